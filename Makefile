@@ -1,0 +1,40 @@
+# The lab's commands. `make run` and `make test` are the README's quick start; both set up what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.lab-installed
+export LAB_PROFILE ?= quick
+export TQDM_MININTERVAL ?= 5
+
+.PHONY: setup run test test-fast lint clean-data clean
+
+setup: $(STAMP)  ## create .venv with everything the lab needs (Python packages, Java for the COCO metrics)
+
+$(STAMP): requirements.txt pyproject.toml
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "Java not found: installing a headless JRE for pycocoevalcap (needs apt and root)."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (lab)" >/dev/null
+	@touch $@
+
+run: setup  ## generate the offline dataset and execute every notebook in order, then print a summary
+	$(BIN)/python -m labutils run
+
+test: setup  ## unit tests + every notebook executed with nbval
+	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider
+
+test-fast: setup  ## unit tests only, without the slow ones
+	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider
+
+lint: setup
+	$(BIN)/python -m ruff check labutils tests benchmarks
+
+clean-data:  ## remove generated data, caches, checkpoints and executed notebooks
+	rm -rf build data/synthetic data/.synthetic-*
+
+clean: clean-data
+	rm -rf $(VENV)

@@ -1,0 +1,44 @@
+"""Command line: `python -m labutils run` (execute the notebooks) and `python -m labutils caption` (caption images)."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: python -m labutils COMMAND [...]
+
+commands:
+  run       execute the lab's notebooks in order and print a summary
+  caption   caption one or more images with a trained checkpoint
+  dataset   generate (quick) or prepare (full) the profile's dataset
+
+`python -m labutils COMMAND --help` shows a command's options."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a sub-command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "run":
+        from .runner import main as run_main
+
+        return run_main(rest)
+    if command == "caption":
+        from .caption_cli import main as caption_main
+
+        return caption_main(rest)
+    if command == "dataset":
+        from .config import get_config
+        from .coco import ensure_dataset
+
+        profile = rest[0] if rest else None
+        print(ensure_dataset(get_config(profile)))
+        return 0
+    print(f"Unknown command {command!r}; run `python -m labutils --help` to see the commands.", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

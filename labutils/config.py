@@ -1,0 +1,175 @@
+"""The lab's two profiles (`quick`: CPU/offline/minutes, `full`: CUDA/MS-COCO) in one small config object."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROFILES = ("quick", "full")
+
+
+def find_lab_root(start: Path | None = None) -> Path:
+    """Return the repository root (the folder holding `labutils/` and `notebooks/`), else the working directory."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "labutils").is_dir() and (folder / "notebooks").is_dir():
+            return folder
+    package_parent = Path(__file__).resolve().parents[1]
+    if (package_parent / "notebooks").is_dir():
+        return package_parent
+    return here
+
+
+def default_profile() -> str:
+    """Return `LAB_PROFILE` if set, else `full` when a CUDA GPU is present and `quick` otherwise."""
+    chosen = os.environ.get("LAB_PROFILE", "").strip().lower()
+    if chosen:
+        if chosen not in PROFILES:
+            raise ValueError(f"LAB_PROFILE={chosen!r} is not a profile; set it to one of {', '.join(PROFILES)}.")
+        return chosen
+    try:
+        import torch
+
+        return "full" if torch.cuda.is_available() else "quick"
+    except ImportError:
+        return "quick"
+
+
+@dataclass
+class LabConfig:
+    """Every size and path the lab uses; `get_config()` fills it from a profile."""
+
+    profile: str = "quick"
+    data_root: Path = field(default_factory=lambda: find_lab_root() / "data")
+    build_dir: Path = field(default_factory=lambda: find_lab_root() / "build")
+    dataset_name: str = "synthetic"
+    seed: int = 0
+    # dataset
+    n_images: int = 3000
+    image_size: int = 128  # side of the stored images (synthetic render size / resize target)
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # vocabulary
+    min_freq: int = 1
+    max_caption_len: int = 24
+    # encoder
+    encoder: str = "efficientnet_lite0"
+    encoder_input_size: int = 128
+    grid_size: int = 4
+    # decoder / training
+    embed_dim: int = 64
+    hidden_dim: int = 256
+    attention_dim: int = 128
+    dropout: float = 0.3
+    batch_size: int = 64
+    epochs: int = 12
+    decoder_lr: float = 3e-3
+    encoder_lr: float = 1e-4
+    grad_clip: float = 5.0
+    alpha_c: float = 1.0  # doubly stochastic attention regularisation weight
+    time_budget_s: float | None = 120.0
+    num_workers: int = 0
+    device: str = "cpu"
+    mixed_precision: bool = False
+
+    @property
+    def dataset_dir(self) -> Path:
+        """Folder of the COCO-format dataset (annotations/, images/, splits.json)."""
+        return self.data_root / self.dataset_name
+
+    @property
+    def captions_file(self) -> Path:
+        """COCO captions annotation file."""
+        return self.dataset_dir / "annotations" / "captions.json"
+
+    @property
+    def instances_file(self) -> Path:
+        """COCO instances annotation file (boxes, segmentation, categories)."""
+        return self.dataset_dir / "annotations" / "instances.json"
+
+    @property
+    def split_file(self) -> Path:
+        """Karpathy-style split file: {"train": [ids], "val": [ids], "test": [ids]}."""
+        return self.dataset_dir / "splits.json"
+
+    @property
+    def image_dir(self) -> Path:
+        """Folder that COCO `file_name` entries are relative to."""
+        return self.dataset_dir / "images"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Where training writes checkpoints (git-ignored)."""
+        return self.build_dir / "checkpoints" / self.profile
+
+    @property
+    def feature_dir(self) -> Path:
+        """Where the encoder feature cache lives (git-ignored)."""
+        return self.build_dir / "features" / self.profile
+
+    def replace(self, **changes) -> LabConfig:
+        """Return a copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        """Plain-types dict (paths as strings), e.g. to store in a checkpoint."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, Path):
+                out[key] = str(value)
+            elif isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+
+QUICK = LabConfig()
+
+FULL = LabConfig(
+    profile="full",
+    dataset_name="coco2014",
+    n_images=123_287,
+    image_size=256,
+    min_freq=5,
+    max_caption_len=50,
+    encoder="resnet101",
+    encoder_input_size=224,
+    grid_size=14,
+    embed_dim=512,
+    hidden_dim=512,
+    attention_dim=512,
+    dropout=0.5,
+    batch_size=128,
+    epochs=20,
+    decoder_lr=4e-4,
+    encoder_lr=1e-4,
+    time_budget_s=None,
+    num_workers=2,
+    device="cuda",
+    mixed_precision=True,
+)
+
+
+def get_config(profile: str | None = None, **overrides) -> LabConfig:
+    """Return the config of `profile` (None: `LAB_PROFILE` or auto-detect) with `overrides` applied."""
+    profile = (profile or default_profile()).lower()
+    if profile not in PROFILES:
+        raise ValueError(f"Unknown profile {profile!r}; use one of {', '.join(PROFILES)}.")
+    base = QUICK if profile == "quick" else FULL
+    cfg = base.replace(data_root=find_lab_root() / "data", build_dir=find_lab_root() / "build")
+    if "LAB_DATA_DIR" in os.environ:
+        cfg = cfg.replace(data_root=Path(os.environ["LAB_DATA_DIR"]))
+    if "LAB_BUILD_DIR" in os.environ:
+        cfg = cfg.replace(build_dir=Path(os.environ["LAB_BUILD_DIR"]))
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            cfg = cfg.replace(device="cpu", mixed_precision=False)
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(LabConfig)}
+    if unknown:
+        raise TypeError(f"get_config() got unknown setting(s) {sorted(unknown)}; see labutils.config.LabConfig.")
+    for key in ("data_root", "build_dir"):
+        if key in overrides:
+            overrides[key] = Path(overrides[key])
+    return cfg.replace(**overrides)

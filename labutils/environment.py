@@ -1,0 +1,90 @@
+"""Notebook 00's checks: what this machine has (Python, torch, GPU, Java, disk) and whether the lab can run on it."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Check:
+    """One line of the setup report: what was checked, whether it passed, and what to do if not."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def java_version() -> str | None:
+    """The installed Java's version line, or None (pycocoevalcap's tokenizer and METEOR need Java)."""
+    if shutil.which("java") is None:
+        return None
+    try:
+        out = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stderr or out.stdout).strip().splitlines()
+    return text[0] if text else None
+
+
+def setup_checks(cfg) -> list[Check]:
+    """Check everything the lab relies on and say, for each missing piece, how to fix it."""
+    import torch
+
+    checks = [Check("python", True, platform.python_version())]
+    checks.append(Check("torch", True, torch.__version__))
+    try:
+        import torchvision
+
+        checks.append(Check("torchvision", True, torchvision.__version__))
+    except ImportError as exc:  # a torch/torchvision mismatch shows up here
+        checks.append(Check("torchvision", False, str(exc).splitlines()[0],
+                            "install the torchvision that matches your torch (see README)"))
+    cuda = torch.cuda.is_available()
+    gpu = torch.cuda.get_device_name(0) if cuda else "none"
+    checks.append(Check("gpu", cuda or cfg.profile == "quick", gpu,
+                        "" if cuda else "on Colab choose Runtime > Change runtime type > GPU; the quick profile runs on CPU"))
+    java = java_version()
+    checks.append(Check("java", java is not None, java or "missing",
+                        "" if java else "install a JRE (apt-get install default-jre-headless) for the COCO metrics"))
+    try:
+        import spacy
+
+        spacy.blank("en")("a red circle")
+        checks.append(Check("spacy", True, f"{spacy.__version__} (blank English tokenizer, no download)"))
+    except Exception as exc:  # noqa: BLE001 - report, don't crash the setup notebook
+        checks.append(Check("spacy", False, str(exc).splitlines()[0], "pip install 'spacy>=3.7'"))
+    data_root = Path(cfg.data_root)
+    data_root.mkdir(parents=True, exist_ok=True)
+    free_gb = shutil.disk_usage(data_root).free / 1e9
+    need_gb = 0.1 if cfg.profile == "quick" else 30.0
+    checks.append(Check("disk", free_gb >= need_gb, f"{free_gb:.0f} GB free under {data_root}",
+                        "" if free_gb >= need_gb else f"free at least {need_gb:.0f} GB or set LAB_DATA_DIR"))
+    return checks
+
+
+def report(checks: list[Check]) -> str:
+    """Format the checks as a short table; failed checks carry their fix."""
+    lines = []
+    for check in checks:
+        mark = "ok " if check.ok else "!! "
+        line = f"{mark}{check.name:<12}{check.detail}"
+        if not check.ok and check.fix:
+            line += f"  -> {check.fix}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def check_split_sizes(answer: dict, splits: dict) -> bool:
+    """Exercise check for notebook 00: `answer` maps each split name to its number of images."""
+    expected = {name: len(ids) for name, ids in splits.items()}
+    if answer == expected:
+        print(f"Right: {expected}.")
+        return True
+    print(f"Not yet: expected one entry per split ({', '.join(expected)}) with its number of image ids; "
+          f"you gave {answer}.")
+    return False

@@ -1,0 +1,45 @@
+"""Profiles: one place decides sizes and paths."""
+
+import pytest
+
+from labutils import config, get_config
+
+
+def test_quick_profile_is_cpu_and_small(monkeypatch):
+    monkeypatch.delenv("LAB_DATA_DIR", raising=False)
+    cfg = get_config("quick")
+    assert cfg.profile == "quick" and cfg.device == "cpu" and cfg.n_images <= 5000
+    assert cfg.dataset_dir == cfg.data_root / "synthetic"
+    assert cfg.captions_file.name == "captions.json" and cfg.split_file.name == "splits.json"
+
+
+def test_full_profile_falls_back_to_cpu_without_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = get_config("full")
+    assert cfg.encoder == "resnet101" and cfg.device == "cpu" and not cfg.mixed_precision
+
+
+def test_environment_variables_choose_profile_and_folders(monkeypatch, tmp_path):
+    monkeypatch.setenv("LAB_PROFILE", "quick")
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "d"))
+    cfg = get_config()
+    assert cfg.profile == "quick" and cfg.data_root == tmp_path / "d"
+    monkeypatch.setenv("LAB_PROFILE", "huge")
+    with pytest.raises(ValueError, match="LAB_PROFILE"):
+        get_config()
+
+
+def test_overrides_and_plain_dict(tmp_path):
+    cfg = get_config("quick", n_images=10, data_root=str(tmp_path))
+    assert cfg.n_images == 10 and cfg.data_root == tmp_path
+    as_dict = cfg.to_dict()
+    assert as_dict["data_root"] == str(tmp_path) and isinstance(as_dict["split_fractions"], list)
+    with pytest.raises(TypeError, match="unknown setting"):
+        get_config("quick", n_imagez=3)
+
+
+def test_find_lab_root_from_a_notebook_folder():
+    root = config.find_lab_root()
+    assert config.find_lab_root(root / "notebooks") == root

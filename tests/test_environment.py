@@ -1,0 +1,21 @@
+"""Notebook 00's setup checks."""
+
+from labutils import environment, get_config
+
+
+def test_setup_checks_report_what_is_missing(tmp_path, monkeypatch):
+    cfg = get_config("quick", data_root=tmp_path)
+    monkeypatch.setattr(environment.shutil, "which", lambda name: None)
+    checks = {c.name: c for c in environment.setup_checks(cfg)}
+    assert not checks["java"].ok and "apt-get install" in checks["java"].fix
+    assert checks["gpu"].ok  # the quick profile needs no GPU
+    assert checks["torch"].ok and checks["spacy"].ok
+    text = environment.report(list(checks.values()))
+    assert "!! java" in text and "ok torch" in text
+
+
+def test_check_split_sizes(capsys):
+    splits = {"train": [1, 2, 3], "val": [4], "test": [5]}
+    assert environment.check_split_sizes({"train": 3, "val": 1, "test": 1}, splits)
+    assert not environment.check_split_sizes({"train": 3}, splits)
+    assert "Not yet" in capsys.readouterr().out
