@@ -10,6 +10,7 @@ commands:
   run       execute the lab's notebooks in order and print a summary
   caption   caption one or more images with a trained checkpoint
   dataset   generate (quick) or prepare (full) the profile's dataset
+  refs      re-record the notebooks' reference outputs for nbval (maintainers)
 
 `python -m labutils COMMAND --help` shows a command's options."""
 
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         from .caption_cli import main as caption_main
 
         return caption_main(rest)
+    if command == "refs":
+        from .notebook_refs import main as refs_main
+
+        return refs_main(rest)
     if command == "dataset":
         from .config import get_config
         from .coco import ensure_dataset

@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import tempfile
 import textwrap
 import urllib.error
@@ -106,9 +105,11 @@ def load_instances(cfg_or_path, verbose: bool = False):
     return _load_coco(_annotation_path(cfg_or_path, "instances"), verbose)
 
 
-def quiet_load_results(coco, results):
-    """`coco.loadRes(results)` without pycocotools' timing prints (e.g. for checked notebook output)."""
-    with contextlib.redirect_stdout(io.StringIO()):
+def load_results(coco, results, verbose: bool = False):
+    """`coco.loadRes(results)` (a list of {"image_id", "caption"} dicts or a JSON file) without its timing prints."""
+    results = str(results) if isinstance(results, Path) else results  # loadRes treats anything but str as a list
+    quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+    with quiet:
         return coco.loadRes(results)
 
 
@@ -315,6 +316,8 @@ def show_image_with_captions(coco_caps, image_id: int, image_dir: str | Path, co
             coco_instances.showAnns(anns, draw_bbox=draw_bbox)
         finally:
             np.random.set_state(state)
+        if anns:  # showAnns adds a filled then an outlined collection; thin the fill so object colours stay true
+            ax.collections[-2].set_alpha(0.12)
         for ann in anns:
             x, y = ann["bbox"][:2]
             ax.text(x, y, coco_instances.cats[ann["category_id"]]["name"], fontsize=7, va="bottom",
@@ -420,7 +423,7 @@ def mscoco_status(cfg) -> dict[str, bool]:
 def _unavailable(missing: list[str], root: Path, url: str) -> DatasetUnavailableError:
     return DatasetUnavailableError(
         f"MS-COCO 2014 is incomplete under {root} (missing: {', '.join(missing)}) and {url} cannot be reached; "
-        "run the full profile where there is internet (e.g. Colab), copy the files there, or use the offline "
+        "run the full profile where there is internet (such as Colab), copy the files there, or use the offline "
         "quick profile (LAB_PROFILE=quick).")
 
 
@@ -461,19 +464,20 @@ def download(url: str, dest: str | Path, timeout: float = 30.0, progress: bool =
     return dest
 
 
-def _extract(archive: Path, dest: Path, members: Iterable[str] | None = None) -> None:
+def _extract(archive: Path, dest: Path, only: str | None = None) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
-            zf.extractall(dest, members=None if members is None else list(members))
+            names = None if only is None else [n for n in zf.namelist() if Path(n).name == only]
+            zf.extractall(dest, members=names)
     except zipfile.BadZipFile:
         archive.unlink(missing_ok=True)
         raise DatasetUnavailableError(f"{archive.name} was damaged and has been deleted; run the same call again "
                                       "to download it afresh.") from None
 
 
-def _fetch_archive(url: str, root: Path, dest: Path, progress: bool, members=None) -> None:
+def _fetch_archive(url: str, root: Path, dest: Path, progress: bool, only: str | None = None) -> None:
     archive = download(url, root / "downloads" / url.rsplit("/", 1)[-1], progress=progress)
-    _extract(archive, dest, members)
+    _extract(archive, dest, only)
     archive.unlink()  # the unpacked files are what count; the zips would double the disk use
 
 
@@ -539,18 +543,21 @@ def convert_coco2014(dataset_dir: str | Path, splits: Mapping[str, list[int]] | 
     return record
 
 
-def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str = COCO_BASE_URL,
-                   karpathy_url: str | None = KARPATHY_SPLIT_URL, timeout: float = 5.0, progress: bool = True,
+def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str | None = None,
+                   karpathy_url: str | None = None, timeout: float = 5.0, progress: bool = True,
                    n_val: int = 5000, n_test: int = 5000) -> Path:
     """Bring MS-COCO 2014 into the lab's layout under `cfg.dataset_dir`, using what is on disk and fetching the rest.
 
     Fetches the 2014 annotation zip and either both image zips (`subset=None`) or only the `subset` images, one by
     one. Uses Karpathy's split when it is on disk or downloadable, else rebuilds a 113,287/5,000/5,000 split.
-    Offline with pieces missing, raises `DatasetUnavailableError` naming them.
+    Offline with pieces missing, raises `DatasetUnavailableError` naming them. `base_url`/`karpathy_url` default to
+    the module's COCO_BASE_URL/KARPATHY_SPLIT_URL (read at call time, so a mirror can be set once); `karpathy_url=""`
+    skips Karpathy's file.
     """
     root = Path(cfg.dataset_dir)
     image_dir = Path(cfg.image_dir)
-    base_url = base_url.rstrip("/")
+    base_url = (base_url or COCO_BASE_URL).rstrip("/")
+    karpathy_url = KARPATHY_SPLIT_URL if karpathy_url is None else karpathy_url
     status = mscoco_status(cfg)
     want_zips = subset is None and not (status["train2014 images"] and status["val2014 images"])
     online = None
@@ -573,9 +580,9 @@ def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str = COCO_BASE_
         karpathy = find_karpathy_json(root)
         if karpathy is None and karpathy_url and network_available(karpathy_url, timeout=timeout):
             try:
-                _fetch_archive(karpathy_url, root, root, progress, members=["dataset_coco.json"])
+                _fetch_archive(karpathy_url, root, root, progress, only="dataset_coco.json")
                 karpathy = find_karpathy_json(root)
-            except (DatasetUnavailableError, KeyError):
+            except DatasetUnavailableError:
                 karpathy = None
         if karpathy is None:
             print(f"Karpathy's split file is not available, so a Karpathy-like {n_val}/{n_test} val/test split is "
@@ -620,10 +627,3 @@ def _fetch_images(coco, image_ids: list[int], image_dir: Path, base_url: str, ti
         raise DatasetUnavailableError(f"{len(errors)} of {len(image_ids)} images failed ({errors[0]}); "
                                       "run the same call again to retry them.")
 
-
-def remove_dataset(cfg) -> None:
-    """Delete the dataset folder of `cfg` (e.g. to regenerate it); refuses paths outside `cfg.data_root`."""
-    root = Path(cfg.dataset_dir).resolve()
-    if Path(cfg.data_root).resolve() not in root.parents:
-        raise ValueError(f"Refusing to delete {root}: it is not inside data_root {cfg.data_root}.")
-    shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,508 @@
+"""Tests for labutils.coco: loading, caption table, splits and leakage, drawing, exercise check, MS-COCO 2014 prep."""
+
+import functools
+import http.server
+import json
+import socket
+import threading
+import zipfile
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from labutils import coco, get_config
+
+matplotlib.use("Agg")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Helpers: fake COCO 2014 files, a loopback HTTP server and a closed port
+
+
+def _closed_port_url() -> str:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now, so a connection is refused at once
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A loopback HTTP server over a temporary folder; yields (folder, base_url)."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _coco_name(folder: str, image_id: int) -> str:
+    return f"COCO_{folder}_{image_id:012d}.jpg"
+
+
+def fake_coco2014(n_train: int, n_val: int, overlapping_ann_ids: bool = True) -> dict[str, dict]:
+    """Official-style 2014 annotation dicts (captions/instances × train/val); ids like the real ones, scaled down."""
+    cats = [{"id": 1, "name": "cat", "supercategory": "animal"}, {"id": 18, "name": "dog", "supercategory": "animal"}]
+    out = {}
+    for folder, ids in (("train2014", range(9, 9 + 2 * n_train, 2)), ("val2014", range(42, 42 + 2 * n_val, 2))):
+        images = [{"id": i, "file_name": _coco_name(folder, i), "width": 16, "height": 12,
+                   "coco_url": f"http://images.cocodataset.org/{folder}/{_coco_name(folder, i)}"} for i in ids]
+        # Real 2014 caption ids are unique across the two files; overlapping ones test the renumbering guard.
+        start = 1 if overlapping_ann_ids or folder == "train2014" else 10_000
+        captions = [{"id": start + 2 * k + j, "image_id": img["id"], "caption": f"A photo number {img['id']} {j}."}
+                    for k, img in enumerate(images) for j in range(2)]
+        instances = [{"id": start + k, "image_id": img["id"], "category_id": 1 if img["id"] % 3 else 18,
+                      "bbox": [1.0, 1.0, 5.0, 4.0], "segmentation": [[1, 1, 6, 1, 6, 5, 1, 5]], "area": 20.0,
+                      "iscrowd": 0} for k, img in enumerate(images)]
+        out[f"captions_{folder}"] = {"info": {"year": 2014}, "licenses": [], "images": images,
+                                     "annotations": captions}
+        out[f"instances_{folder}"] = {"info": {"year": 2014}, "licenses": [], "images": images,
+                                      "annotations": instances, "categories": cats}
+    return out
+
+
+def write_fake_coco2014(root: Path, n_train: int, n_val: int, images: bool = True, **kw) -> dict[str, dict]:
+    """Write fake official 2014 files in the layout they unzip to (annotations/, images/train2014, ...)."""
+    data = fake_coco2014(n_train, n_val, **kw)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for name, obj in data.items():
+        (root / "annotations" / f"{name}.json").write_text(json.dumps(obj))
+    if images:
+        for folder in ("train2014", "val2014"):
+            for img in data[f"captions_{folder}"]["images"]:
+                _write_jpeg(root / "images" / folder / img["file_name"])
+    return data
+
+
+def _write_jpeg(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (16, 12), (200, 30, 30)).save(path, format="JPEG")
+
+
+def karpathy_json(data: dict[str, dict], n_val: int, n_test: int) -> dict:
+    """A dataset_coco.json like Karpathy's: val2014 images split into val/test/restval, train2014 all train."""
+    images = []
+    for folder in ("train2014", "val2014"):
+        for k, img in enumerate(data[f"captions_{folder}"]["images"]):
+            split = "train" if folder == "train2014" else "val" if k < n_val else "test" if k < n_val + n_test \
+                else "restval"
+            images.append({"filepath": folder, "filename": img["file_name"], "cocoid": img["id"], "split": split,
+                           "sentences": [{"raw": "a photo", "tokens": ["a", "photo"]}]})
+    return {"images": images, "dataset": "coco"}
+
+
+def full_cfg(tmp_path):
+    """Full-profile config whose data lives in tmp_path."""
+    return get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def test_ensure_dataset_quick_returns_synthetic_folder_without_regenerating(tiny_cfg):
+    marker = tiny_cfg.dataset_dir / "annotations" / "captions.json"
+    before = marker.stat().st_mtime_ns
+    assert coco.ensure_dataset(tiny_cfg, progress=False) == tiny_cfg.dataset_dir
+    assert marker.stat().st_mtime_ns == before
+
+
+def test_ensure_dataset_full_offline_fails_with_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setattr(coco, "COCO_BASE_URL", _closed_port_url())
+    monkeypatch.setattr(coco, "KARPATHY_SPLIT_URL", _closed_port_url())
+    with pytest.raises(coco.DatasetUnavailableError) as err:
+        coco.ensure_dataset(full_cfg(tmp_path), progress=False)
+    message = str(err.value)
+    assert "caption annotations" in message and "train2014 images" in message and "val2014 images" in message
+    assert "LAB_PROFILE=quick" in message and "Colab" in message
+    assert message.count(". ") == 0 and message.endswith(".")
+    assert not (tmp_path / "data" / "coco2014" / "annotations" / "captions.json").exists()
+
+
+def test_load_captions_and_instances_from_config_folder_and_file(tiny_cfg, capsys):
+    caps = coco.load_captions(tiny_cfg)
+    assert capsys.readouterr().out == ""  # pycocotools' timing prints are silenced
+    assert len(caps.getImgIds()) == 60 and len(caps.getAnnIds()) == 300
+    assert len(coco.load_captions(tiny_cfg.dataset_dir).anns) == 300
+    assert len(coco.load_captions(tiny_cfg.captions_file).anns) == 300
+    inst = coco.load_instances(tiny_cfg)
+    assert [c["name"] for c in inst.loadCats(inst.getCatIds())] == ["circle", "square", "triangle"]
+    assert all(len(a["bbox"]) == 4 for a in inst.loadAnns(inst.getAnnIds()))
+
+
+def test_missing_or_corrupt_annotations_give_one_clear_sentence(tmp_path):
+    with pytest.raises(coco.DatasetUnavailableError, match=r"ensure_dataset\(cfg\).*notebook 00"):
+        coco.load_captions(tmp_path / "nowhere.json")
+    assert issubclass(coco.DatasetUnavailableError, FileNotFoundError)
+    bad = tmp_path / "captions.json"
+    bad.write_text('{"images": [')
+    with pytest.raises(ValueError, match="not a COCO JSON file"):
+        coco.load_captions(bad)
+
+
+def test_load_results_ingests_predicted_captions_quietly(tiny_cfg, capsys):
+    caps = coco.load_captions(tiny_cfg)
+    preds = [{"image_id": 1, "caption": "a red circle"}, {"image_id": 2, "caption": "two blue squares"}]
+    res = coco.load_results(caps, preds)
+    assert capsys.readouterr().out == ""
+    assert sorted(res.getImgIds()) == [1, 2]
+    assert [a["caption"] for a in res.loadAnns(res.getAnnIds(imgIds=[2]))] == ["two blue squares"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Captions
+
+
+def test_captions_by_image_all_and_selected(tiny_cfg):
+    caps = coco.load_captions(tiny_cfg)
+    table = coco.captions_by_image(caps)
+    assert sorted(table) == list(range(1, 61))
+    assert all(len(v) == 5 and all(isinstance(c, str) and c for c in v) for v in table.values())
+    picked = coco.captions_by_image(caps, [7, 3])
+    assert list(picked) == [7, 3] and picked[3] == table[3]
+    with pytest.raises(KeyError, match="999"):
+        coco.captions_by_image(caps, [3, 999])
+
+
+def _tiny_caption_coco(tmp_path):
+    data = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+            "annotations": [{"id": 10, "image_id": 2, "caption": "Two dogs ."},
+                            {"id": 11, "image_id": 1, "caption": " A cat on a mat "},
+                            {"id": 12, "image_id": 1, "caption": "a CAT"}]}
+    path = tmp_path / "caps.json"
+    path.write_text(json.dumps(data))
+    return coco.load_captions(path)
+
+
+def test_caption_table_and_stats_by_hand(tmp_path):
+    table = coco.caption_table(_tiny_caption_coco(tmp_path))
+    assert list(table.columns) == ["image_id", "ann_id", "caption", "n_words", "n_chars", "file_name"]
+    assert table["ann_id"].tolist() == [11, 12, 10]  # sorted by image, then annotation
+    assert table["caption"].tolist() == ["A cat on a mat", "a CAT", "Two dogs ."]
+    assert table["n_words"].tolist() == [5, 2, 3]
+    assert table["file_name"].tolist() == ["a.jpg", "a.jpg", "b.jpg"]
+    stats = coco.caption_stats(table)
+    assert stats["images"] == 2 and stats["captions"] == 3
+    assert (stats["captions_per_image_min"], stats["captions_per_image_mean"], stats["captions_per_image_max"]) \
+        == (1, 1.5, 2)
+    assert (stats["words_min"], stats["words_median"], stats["words_max"]) == (2, 3.0, 5)
+    assert stats["words_mean"] == round(10 / 3, 2)
+    assert stats["distinct_words"] == 7  # a cat on mat two dogs .  (lower-cased)
+
+
+def test_caption_stats_on_synthetic(tiny_cfg):
+    table = coco.caption_table(coco.load_captions(tiny_cfg))
+    stats = coco.caption_stats(table)
+    assert stats["images"] == 60 and stats["captions"] == 300
+    assert stats["captions_per_image_min"] == stats["captions_per_image_max"] == 5
+    assert 2 <= stats["words_min"] <= stats["words_median"] <= stats["words_p95"] <= stats["words_max"] <= 24
+    assert table["n_words"].sum() == sum(len(c.split()) for c in table["caption"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Splits
+
+
+def _write_split(tmp_path, obj) -> Path:
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def test_load_splits_from_config_sorted_and_disjoint(tiny_cfg):
+    splits = coco.load_splits(tiny_cfg)
+    assert list(splits) == ["train", "val", "test"]
+    assert [len(splits[s]) for s in splits] == [40, 10, 10]
+    assert all(ids == sorted(ids) for ids in splits.values())
+    assert set().union(*splits.values()) == set(range(1, 61))
+    assert coco.load_splits(tiny_cfg.dataset_dir) == splits
+
+
+def test_split_leakage_names_the_image_and_both_splits(tmp_path):
+    path = _write_split(tmp_path, {"train": [1, 2, 3], "val": [4], "test": [5, 2]})
+    with pytest.raises(coco.SplitLeakageError) as err:
+        coco.load_splits(path)
+    assert isinstance(err.value, ValueError)
+    assert "Image 2" in str(err.value) and "'train'" in str(err.value) and "'test'" in str(err.value)
+
+
+@pytest.mark.parametrize("obj, pattern", [
+    ({"train": [1], "val": [2], "test": [3], "dev": [4]}, r"Unknown split name.*dev"),
+    ({"train": [1], "val": [2]}, r"lacks \['test'\]"),
+    ({"train": [1], "val": [], "test": [3]}, r"Split 'val' is empty"),
+    ({"train": [1, "2"], "val": [3], "test": [4]}, r"'2'.*not an integer"),
+    ({"train": [1, 1], "val": [3], "test": [4]}, r"listed twice in split 'train'"),
+    ([1, 2, 3], r"JSON object"),
+])
+def test_bad_split_files_get_clear_errors(tmp_path, obj, pattern):
+    with pytest.raises(coco.SplitError, match=pattern):
+        coco.load_splits(_write_split(tmp_path, obj))
+
+
+def test_missing_or_invalid_split_file(tmp_path):
+    with pytest.raises(coco.DatasetUnavailableError, match="ensure_dataset"):
+        coco.load_splits(tmp_path / "splits.json")
+    (tmp_path / "splits.json").write_text("{")
+    with pytest.raises(coco.SplitError, match="not valid JSON"):
+        coco.load_splits(tmp_path / "splits.json")
+
+
+def test_check_split_against_annotations(tiny_cfg):
+    caps = coco.load_captions(tiny_cfg)
+    splits = coco.load_splits(tiny_cfg)
+    assert coco.check_split_against(caps, splits) == []
+    partial = {"train": splits["train"][1:], "val": splits["val"], "test": splits["test"]}
+    assert coco.check_split_against(caps, partial) == [splits["train"][0]]
+    foreign = {"train": splits["train"], "val": splits["val"] + [12345], "test": splits["test"]}
+    with pytest.raises(coco.SplitError, match=r"split 'val' \(e.g. 12345\)"):
+        coco.check_split_against(caps, foreign)
+
+
+def test_karpathy_like_split_has_the_standard_sizes_on_the_real_counts():
+    train_ids = range(1, 82_783 + 1)
+    val_ids = range(1_000_000, 1_000_000 + 40_504)
+    splits = coco.build_karpathy_like_split(train_ids, val_ids, seed=0)
+    assert {k: len(v) for k, v in splits.items()} == coco.KARPATHY_SIZES == {"train": 113_287, "val": 5000,
+                                                                              "test": 5000}
+    assert set(train_ids) <= set(splits["train"])  # every train2014 image stays in train
+    assert min(splits["val"] + splits["test"]) >= 1_000_000  # val and test come from val2014 only
+
+
+def test_karpathy_like_split_is_deterministic_and_disjoint_on_a_scaled_down_fake():
+    train_ids, val_ids = list(range(100, 183)), list(range(500, 541))  # 83 + 41, like 82,783 + 40,504 / 1000
+    a = coco.build_karpathy_like_split(train_ids, val_ids, n_val=5, n_test=5, seed=3)
+    assert {k: len(v) for k, v in a.items()} == {"train": 83 + 41 - 10, "val": 5, "test": 5}
+    assert coco.validate_splits(a) == a
+    assert set().union(*a.values()) == set(train_ids) | set(val_ids)
+    assert coco.build_karpathy_like_split(reversed(train_ids), val_ids[::-1], n_val=5, n_test=5, seed=3) == a
+    assert coco.build_karpathy_like_split(train_ids, val_ids, n_val=5, n_test=5, seed=4)["val"] != a["val"]
+    with pytest.raises(coco.SplitError, match="Only 41 val2014 images"):
+        coco.build_karpathy_like_split(train_ids, val_ids, n_val=30, n_test=30)
+    with pytest.raises(coco.SplitLeakageError, match="Image 500"):
+        coco.build_karpathy_like_split(train_ids + [500], val_ids, n_val=5, n_test=5)
+
+
+def test_karpathy_split_reads_dataset_coco_json_with_restval_in_train(tmp_path):
+    data = fake_coco2014(6, 8)
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps(karpathy_json(data, n_val=2, n_test=3)))
+    splits = coco.karpathy_split(path)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 6 + 3, "val": 2, "test": 3}
+    assert splits["val"] == [42, 44] and splits["test"] == [46, 48, 50]
+    with pytest.raises(coco.DatasetUnavailableError, match="caption_datasets.zip"):
+        coco.karpathy_split(tmp_path / "absent.json")
+
+
+def test_subset_split_sizes_and_determinism():
+    splits = {"train": list(range(1000)), "val": list(range(2000, 2100)), "test": list(range(3000, 3100))}
+    sub = coco.subset_split(splits, 200, seed=1)
+    assert {k: len(v) for k, v in sub.items()} == {"train": 160, "val": 20, "test": 20}
+    assert all(set(sub[k]) <= set(splits[k]) for k in sub)
+    assert coco.subset_split(splits, 200, seed=1) == sub
+    with pytest.raises(coco.SplitError, match="subset"):
+        coco.subset_split(splits, 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Drawing and the exercise check
+
+
+def test_show_image_with_captions_draws_image_captions_and_instances(tiny_cfg):
+    import matplotlib.pyplot as plt
+
+    caps, inst = coco.load_captions(tiny_cfg), coco.load_instances(tiny_cfg)
+    rng_state = np.random.get_state()
+    fig, axes = plt.subplots(1, 2)
+    ax = coco.show_image_with_captions(caps, 1, tiny_cfg.image_dir, inst, ax=axes[1])
+    assert ax is axes[1]
+    assert ax.get_images()[0].get_array().shape == (tiny_cfg.image_size, tiny_cfg.image_size, 3)
+    for caption in coco.captions_by_image(caps, [1])[1]:
+        assert caption.split()[0] in ax.get_title(loc="left")
+    n_objects = len(inst.getAnnIds(imgIds=[1]))
+    assert len(ax.collections) == 2  # showAnns: filled + outlined polygons and boxes
+    assert len(ax.collections[1].get_paths()) == 2 * n_objects  # one polygon and one box per object
+    assert [t.get_text() for t in ax.texts] == [inst.cats[a["category_id"]]["name"]
+                                                for a in inst.loadAnns(inst.getAnnIds(imgIds=[1]))]
+    assert not axes[0].collections  # drew on the axes it was given, not plt.gca() of the moment
+    assert np.array_equal(np.random.get_state()[1], rng_state[1])  # global RNG untouched
+    plain = coco.show_image_with_captions(caps, 2, tiny_cfg.image_dir)
+    assert not plain.collections
+    plt.close("all")
+    with pytest.raises(coco.DatasetUnavailableError, match="missing"):
+        coco.show_image_with_captions(caps, 1, tiny_cfg.dataset_dir)  # wrong image folder
+    with pytest.raises(KeyError, match="getImgIds"):
+        coco.show_image_with_captions(caps, 10_000, tiny_cfg.image_dir)
+
+
+def test_check_image_ids_with_category(tiny_cfg, capsys):
+    inst = coco.load_instances(tiny_cfg)
+    circle, triangle = inst.getCatIds(catNms=["circle"]), inst.getCatIds(catNms=["triangle"])
+    both = inst.getImgIds(catIds=circle + triangle)
+    assert both and set(both) == set(inst.catToImgs[circle[0]]) & set(inst.catToImgs[triangle[0]])
+    assert coco.check_image_ids_with_category(inst, ["circle", "triangle"], list(reversed(both))) is True
+    assert "✅" in capsys.readouterr().out
+    any_circle = inst.getImgIds(catIds=circle)
+    assert coco.check_image_ids_with_category(inst, "circle", any_circle) is True
+    capsys.readouterr()
+    assert coco.check_image_ids_with_category(inst, ["circle", "triangle"], any_circle) is False
+    assert "ALL of them" in capsys.readouterr().out
+    assert coco.check_image_ids_with_category(inst, ["circle", "triangle"], both[:-1]) is False
+    assert f"{len(both) - 1} of the {len(both)}" in capsys.readouterr().out
+    assert coco.check_image_ids_with_category(inst, ["hexagon"], both) is False
+    assert "not category names" in capsys.readouterr().out
+    assert coco.check_image_ids_with_category(inst, "circle", "abc") is False
+    assert "integer image ids" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MS-COCO 2014: conversion, offline failures, and the online path against a loopback server
+
+
+def test_convert_coco2014_writes_the_uniform_layout(tmp_path):
+    root = tmp_path / "coco2014"
+    data = write_fake_coco2014(root, n_train=30, n_val=20)
+    record = coco.convert_coco2014(root, n_val=5, n_test=5, seed=0)
+    assert record["split_source"] == "rebuilt" and record["sizes"] == {"train": 40, "val": 5, "test": 5}
+    caps = coco.load_captions(root)
+    assert len(caps.imgs) == 50 and len(caps.anns) == 100
+    assert len(caps.anns) == len({a["id"] for a in caps.dataset["annotations"]})  # ids renumbered, unique
+    assert caps.imgs[9]["file_name"] == "train2014/COCO_train2014_000000000009.jpg"
+    assert caps.imgs[42]["file_name"] == "val2014/COCO_val2014_000000000042.jpg"
+    assert coco.captions_by_image(caps, [42])[42] == ["A photo number 42 0.", "A photo number 42 1."]
+    assert coco.missing_images(caps, root / "images") == []
+    inst = coco.load_instances(root)
+    assert [c["name"] for c in inst.loadCats(inst.getCatIds())] == ["cat", "dog"] and len(inst.anns) == 50
+    splits = coco.load_splits(root)
+    assert coco.check_split_against(caps, splits) == []
+    val2014 = {img["id"] for img in data["captions_val2014"]["images"]}
+    assert set(splits["val"]) | set(splits["test"]) <= val2014
+    assert json.loads((root / "prepared.json").read_text()) == record
+
+
+def test_convert_coco2014_with_karpathy_split_and_subset(tmp_path):
+    root = tmp_path / "coco2014"
+    data = write_fake_coco2014(root, n_train=40, n_val=30, images=False, overlapping_ann_ids=False)
+    karpathy = tmp_path / "dataset_coco.json"
+    karpathy.write_text(json.dumps(karpathy_json(data, n_val=5, n_test=5)))
+    splits = coco.karpathy_split(karpathy)
+    record = coco.convert_coco2014(root, splits, subset=20, seed=0)
+    assert record["split_source"] == "karpathy" and record["sizes"] == {"train": 16, "val": 2, "test": 2}
+    kept = coco.load_splits(root)
+    assert all(set(kept[k]) <= set(splits[k]) for k in kept)
+    caps = coco.load_captions(root)
+    assert sorted(caps.imgs) == sorted(set().union(*kept.values()))
+    original = {(a["id"], a["caption"]) for f in ("train2014", "val2014") for a in data[f"captions_{f}"]["annotations"]}
+    assert {(a["id"], a["caption"]) for a in caps.dataset["annotations"]} <= original  # unique ids are kept as is
+
+
+def test_prepare_mscoco_offline_with_files_present_converts_them(tmp_path):
+    cfg = full_cfg(tmp_path)
+    data = write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
+    (cfg.dataset_dir / "dataset_coco.json").write_text(json.dumps(karpathy_json(data, n_val=3, n_test=3)))
+    closed = _closed_port_url()
+    assert coco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False) == cfg.dataset_dir
+    assert json.loads((cfg.dataset_dir / "prepared.json").read_text())["split_source"] == "karpathy"
+    assert {k: len(v) for k, v in coco.load_splits(cfg).items()} == {"train": 16, "val": 3, "test": 3}
+    assert coco.mscoco_status(cfg)["converted"]
+    # Run again: already prepared, nothing to fetch, still no network needed.
+    assert coco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False) == cfg.dataset_dir
+
+
+def test_prepare_mscoco_offline_without_karpathy_rebuilds_and_says_so(tmp_path, capsys):
+    cfg = full_cfg(tmp_path)
+    write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
+    closed = _closed_port_url()
+    coco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False, n_val=2, n_test=2)
+    assert "Karpathy-like" in capsys.readouterr().out
+    assert {k: len(v) for k, v in coco.load_splits(cfg).items()} == {"train": 18, "val": 2, "test": 2}
+
+
+def test_prepare_mscoco_offline_with_images_missing_names_them(tmp_path):
+    cfg = full_cfg(tmp_path)
+    write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10, images=False)
+    closed = _closed_port_url()
+    with pytest.raises(coco.DatasetUnavailableError, match=r"missing: 22 images in train2014, val2014\)"):
+        coco.prepare_mscoco(cfg, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)
+    with pytest.raises(coco.DatasetUnavailableError, match="22 images"):  # same answer when converted already
+        coco.prepare_mscoco(cfg, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)
+
+
+def test_network_available(server):
+    _, url = server
+    assert coco.network_available(url, timeout=2) is True
+    assert coco.network_available(url + "/no/such/file.zip", timeout=2) is True  # a 404 still means online
+    assert coco.network_available(_closed_port_url(), timeout=2) is False
+
+
+def _zip(path: Path, files: dict[str, Path | bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, content in files.items():
+            zf.writestr(name, content if isinstance(content, bytes) else content.read_bytes())
+
+
+def test_prepare_mscoco_downloads_archives_from_a_server(tmp_path, server):
+    www, url = server
+    staging = tmp_path / "staging"
+    data = write_fake_coco2014(staging, n_train=8, n_val=8)
+    _zip(www / coco.COCO2014_ARCHIVES["annotations"],
+         {f"annotations/{p.name}": p for p in (staging / "annotations").glob("*.json")})
+    for folder in ("train2014", "val2014"):
+        _zip(www / coco.COCO2014_ARCHIVES[folder],
+             {f"{folder}/{p.name}": p for p in (staging / "images" / folder).glob("*.jpg")})
+    _zip(www / "caption_datasets.zip", {"dataset_coco.json": json.dumps(karpathy_json(data, 2, 2)).encode(),
+                                        "dataset_flickr8k.json": b"{}"})
+    cfg = full_cfg(tmp_path)
+    root = coco.prepare_mscoco(cfg, base_url=url, karpathy_url=f"{url}/caption_datasets.zip", progress=False)
+    assert json.loads((root / "prepared.json").read_text())["split_source"] == "karpathy"
+    assert not (root / "dataset_flickr8k.json").exists()  # only dataset_coco.json is taken from that zip
+    assert not list((root / "downloads").glob("*"))  # zips removed after unpacking, no .part left
+    caps, inst = coco.load_captions(cfg), coco.load_instances(cfg)
+    assert len(caps.imgs) == 16 and coco.missing_images(caps, cfg.image_dir) == []
+    assert len(inst.anns) == 16
+    import matplotlib.pyplot as plt
+
+    coco.show_image_with_captions(caps, 9, cfg.image_dir, inst)
+    plt.close("all")
+
+
+def test_prepare_mscoco_subset_fetches_single_images(tmp_path, server):
+    www, url = server
+    cfg = full_cfg(tmp_path)
+    write_fake_coco2014(cfg.dataset_dir, n_train=30, n_val=20, images=False)
+    for folder, first in (("train2014", 9), ("val2014", 42)):
+        for i in range(first, first + 60, 2):
+            _write_jpeg(www / folder / _coco_name(folder, i))
+    root = coco.prepare_mscoco(cfg, subset=10, base_url=url, karpathy_url="", progress=False, n_val=5, n_test=5)
+    splits = coco.load_splits(cfg)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 8, "val": 1, "test": 1}
+    caps = coco.load_captions(cfg)
+    files = sorted(p.relative_to(cfg.image_dir).as_posix() for p in cfg.image_dir.rglob("*") if p.is_file())
+    assert files == sorted(img["file_name"] for img in caps.imgs.values())  # exactly the subset, no .part files
+    assert root == cfg.dataset_dir
+
+
+def test_download_failures_leave_nothing_that_looks_complete(tmp_path, server):
+    www, url = server
+    dest = tmp_path / "out" / "thing.zip"
+    with pytest.raises(coco.DatasetUnavailableError, match="Could not download"):
+        coco.download(f"{url}/absent.zip", dest, progress=False)
+    assert not dest.exists() and not list(dest.parent.glob("*"))
+    (www / "broken.zip").write_bytes(b"this is not a zip archive")
+    archive = coco.download(f"{url}/broken.zip", dest, progress=False)
+    assert archive.read_bytes() == b"this is not a zip archive"
+    with pytest.raises(coco.DatasetUnavailableError, match="damaged and has been deleted"):
+        coco._extract(archive, tmp_path / "unpacked")
+    assert not archive.exists()
