@@ -305,22 +305,34 @@ def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
 
 
 def _open_rgb(path: Path, size: int) -> Image.Image:
-    """Fully decode an image as RGB (EXIF orientation applied); raises OSError/ValueError if unreadable."""
+    """Fully decode an image as upright RGB, like `labutils.data.load_image`; raises OSError/ValueError if unreadable."""
+    from .data import to_rgb  # one colour policy for the whole lab: alpha over white, 16-bit scaled, CMYK
+
     with Image.open(path) as im:
         if im.format == "JPEG":
             im.draft("RGB", (size, size))  # let the JPEG decoder downscale by 2/4/8 while staying >= size
-        im.load()  # decode now so a truncated file fails here, not later
         im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: keep the top 8 bits
-            arr = np.asarray(im, dtype=np.uint32)
-            im = Image.fromarray((arr >> 8 if arr.max() > 255 else arr).astype(np.uint8))
-        return im.convert("RGB")
+        im.load()  # decode now so a truncated file fails here, not later
+        return to_rgb(im)
+
+
+def _is_done(src: Path, dst: Path, size: int) -> bool:
+    """True when `dst` exists, is newer than `src` and its header says shorter side == `size` (no decoding)."""
+    # Outputs only ever appear complete (written atomically below), so a header check is enough; it also
+    # catches a rerun with a different `size` into the same folder.
+    if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
+        return False
+    try:
+        with Image.open(dst) as im:
+            return min(im.size) == size
+    except (OSError, ValueError, SyntaxError):
+        return False
 
 
 def _resize_one(src: Path, dst: Path, size: int, quality: int) -> str:
     """Resize one file into `dst` atomically; returns "resized" or "skipped"; raises on unreadable input."""
-    if dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime:
-        return "skipped"  # outputs only ever appear complete (see below), so existing and newer means done
+    if _is_done(src, dst, size):
+        return "skipped"
     image = resize_shorter_side(_open_rgb(src, size), size)
     dst.parent.mkdir(parents=True, exist_ok=True)
     fmt = "PNG" if dst.suffix.lower() == ".png" else "JPEG"
@@ -342,8 +354,8 @@ def resize_all(src_dir: str | Path, dst_dir: str | Path, size: int, workers: int
     """Resize every image under `src_dir` to shorter side `size` into `dst_dir` (same relative paths), in parallel.
 
     Keeps the aspect ratio (no squashing, no cropping): the square crop happens later in the transforms, where it
-    can be random for training and central for evaluation. Idempotent: an output that exists and is newer than
-    its source is skipped, and outputs are written atomically. Unreadable files are listed in
+    can be random for training and central for evaluation. Idempotent: an output that exists, is newer than its
+    source and already has shorter side `size` is skipped, and outputs are written atomically. Unreadable files are listed in
     `report.corrupt` (paths relative to `src_dir`) instead of stopping the run.
     """
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
