@@ -1,0 +1,497 @@
+"""From files to batches: robust image loading, the caption Datasets, the collate functions and the DataLoader.
+
+The pieces, in the order data flows through them:
+
+* `load_image(path)` turns any image file a dataset may hold (grayscale, RGBA, CMYK, palette, 16-bit, EXIF-rotated
+  phone photos) into an RGB `PIL.Image`, or raises `ImageLoadError` with one sentence naming the file.
+* An *image source* is any callable `image_id -> Tensor`: `ImageFolderSource` loads and transforms the image, a
+  feature cache (`labutils.features`) returns pre-computed encoder features. The Datasets do not care which.
+* `CaptionDataset` (training: image + one encoded caption) and `EvalDataset` (image + all reference strings).
+* `collate_captions` pads captions with `<pad>`=0 into a `CaptionBatch`; `make_loader` builds the DataLoader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, Dataset
+
+from .vocab import Vocabulary, tokenize_all
+
+SPLITS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Robust image loading
+# ---------------------------------------------------------------------------------------------------------------
+class ImageLoadError(ValueError):
+    """An image file that is missing, truncated or not an image; the message names the file and the fix."""
+
+
+WHITE = (255, 255, 255)
+
+
+def _composite_on_white(image: Image.Image) -> Image.Image:
+    # Plain .convert("RGB") just drops alpha and shows whatever colour sits under fully transparent pixels
+    # (often black, sometimes garbage), so a logo on a transparent background would become a black box.
+    # Blending over white shows the picture the way a viewer or a web page on white displays it.
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, WHITE + (255,))
+    background.alpha_composite(rgba)
+    return background.convert("RGB")
+
+
+def _high_bit_depth_to_rgb(image: Image.Image) -> Image.Image:
+    # PIL's own convert("L"/"RGB") CLIPS 16-bit values at 255, so a 16-bit PNG comes out almost all white.
+    # Scale the full range instead: 0 -> 0, 65535 -> 255 (v / 257 is exactly 65535 -> 255).
+    values = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("I;16") or (values.min() >= 0 and values.max() <= 65535 and image.mode == "I"):
+        scaled = values / 257.0
+    elif image.mode == "F" and values.min() >= 0 and values.max() <= 1:
+        scaled = values * 255.0  # float images stored in [0, 1]
+    else:  # other 32-bit integer or float data: stretch what is there to 0..255
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    gray = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL image mode to 8-bit RGB correctly (alpha over white, 16-bit scaled, CMYK, palettes)."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        return _composite_on_white(image)
+    if mode == "P":
+        # A palette image may mark one palette entry (or several, via a tRNS alpha table) as transparent.
+        return _composite_on_white(image) if "transparency" in image.info else image.convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        return _high_bit_depth_to_rgb(image)
+    # L, 1, CMYK, YCbCr, LAB, HSV: PIL's conversions are right for these (CMYK JPEGs from Adobe software are
+    # stored inverted; PIL's JPEG reader already undoes that).
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file as an upright 8-bit RGB `PIL.Image`, or raise `ImageLoadError` naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ImageLoadError(f"{path} is a folder, not an image file; pass the path of one image.")
+    if not path.is_file():
+        raise ImageLoadError(f"Image file {path} does not exist; check the path and that the dataset was "
+                             "downloaded/generated completely (labutils.coco.ensure_dataset).")
+    try:
+        with Image.open(path) as image:
+            # Phone cameras store the sensor's pixels plus an EXIF "Orientation" tag instead of rotating them.
+            # Viewers apply the tag, PIL does not; without this, portrait photos reach the model lying sideways.
+            upright = ImageOps.exif_transpose(image)
+            upright.load()  # decode now, inside the try: truncated data raises here, not later in a worker
+            return to_rgb(upright)
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"Image {path} is too large to decode safely ({exc}); resize it or remove it "
+                             "from the dataset.") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageLoadError(f"Image {path} is corrupt or not an image ({reason}); download or regenerate it, or "
+                             "leave it out (count_bad_images lists all such files).") from exc
+
+
+@dataclass
+class BadImageReport:
+    """Result of `count_bad_images`: how many files were checked and which ones could not be read, and why."""
+
+    n_checked: int = 0
+    bad: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def n_bad(self) -> int:
+        """Number of unreadable files."""
+        return len(self.bad)
+
+    @property
+    def n_ok(self) -> int:
+        """Number of files that load as images."""
+        return self.n_checked - self.n_bad
+
+    def __str__(self) -> str:
+        return f"{self.n_ok}/{self.n_checked} images readable, {self.n_bad} bad"
+
+
+def _try_load(path: Path) -> str | None:
+    try:
+        load_image(path)
+    except ImageLoadError as exc:
+        return str(exc)
+    return None
+
+
+def count_bad_images(paths: Iterable[str | Path], progress: bool = False, workers: int = 1) -> BadImageReport:
+    """Fully decode every file, skipping and recording the unreadable ones instead of raising (bulk checks)."""
+    from tqdm.auto import tqdm
+
+    paths = [Path(p) for p in paths]
+    report = BadImageReport(n_checked=len(paths))
+    # PIL releases the GIL while decoding, so threads give a real speed-up on big folders.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(_try_load, paths)
+        for path, error in tqdm(zip(paths, results, strict=True), total=len(paths), desc="check images", disable=not progress):
+            if error is not None:
+                report.bad[str(path)] = error
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Image sources
+# ---------------------------------------------------------------------------------------------------------------
+def _plain_to_tensor():
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+
+class ImageFolderSource:
+    """Image source that loads `image_dir / file_names[image_id]` with `load_image` and applies `transform`.
+
+    `transform` maps a PIL image to a tensor (e.g. `labutils.augment.eval_transform(size)`); None gives the
+    un-normalised float tensor in [0, 1]. Picklable, so DataLoader workers can use it.
+    """
+
+    def __init__(self, image_dir: str | Path, file_names: Mapping[int, str], transform: Callable | None = None):
+        """Remember where the images are; nothing is read until an image is asked for."""
+        self.image_dir = Path(image_dir)
+        self.file_names = {int(k): str(v) for k, v in file_names.items()}
+        self.transform = transform if transform is not None else _plain_to_tensor()
+
+    @classmethod
+    def from_config(cls, cfg, transform: Callable | None = None) -> ImageFolderSource:
+        """The source for `cfg`'s dataset: file names from its captions file, images from `cfg.image_dir`."""
+        return cls(cfg.image_dir, _read_file_names(cfg), transform)
+
+    @classmethod
+    def from_coco(cls, coco, image_dir: str | Path, transform: Callable | None = None) -> ImageFolderSource:
+        """The source for an already loaded `pycocotools.coco.COCO` (its `imgs` give the file names)."""
+        return cls(image_dir, {int(i): img["file_name"] for i, img in coco.imgs.items()}, transform)
+
+    def path(self, image_id: int) -> Path:
+        """File path of an image id."""
+        try:
+            return self.image_dir / self.file_names[int(image_id)]
+        except KeyError:
+            raise KeyError(f"Image id {image_id} is not in this dataset's annotation file; use an id from the "
+                           "split file.") from None
+
+    def __call__(self, image_id: int) -> torch.Tensor:
+        """Load and transform one image."""
+        return self.transform(load_image(self.path(image_id)))
+
+    def __len__(self) -> int:
+        """Number of images this source knows."""
+        return len(self.file_names)
+
+    def __repr__(self) -> str:
+        return f"ImageFolderSource({str(self.image_dir)!r}, {len(self)} images)"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------------------------
+def _check_ids(image_ids: Sequence[int], captions_by_image: Mapping[int, Sequence[str]]) -> list[int]:
+    ids = [int(i) for i in image_ids]
+    if not ids:
+        raise ValueError("No image ids given; pass the ids of a split, e.g. labutils.coco.load_splits(cfg)['train'].")
+    missing = [i for i in ids if not captions_by_image.get(i)]
+    if missing:
+        raise ValueError(f"Image {missing[0]} (and {len(missing) - 1} more) has no captions; pass only image ids "
+                         "from the same annotation file as the captions.")
+    return ids
+
+
+class CaptionDataset(Dataset):
+    """Training pairs (image tensor, encoded caption, image id) for teacher forcing.
+
+    `mode="sample"`: one item per image; each `__getitem__` picks one of the image's captions, at random but
+    reproducibly from (seed, epoch, index). Call `set_epoch(epoch)` before each epoch to get fresh picks; the
+    epoch lives in shared memory, so DataLoader workers (persistent ones included) see the new value.
+    An epoch then shows every image once, and over epochs the model still sees every caption.
+    `mode="all"`: one item per (image, caption) pair; 5x longer epochs on COCO with the same images repeated.
+
+    Captions are tokenized and encoded once here (`max_len` caps their length, specials included).
+    """
+
+    MODES = ("sample", "all")
+
+    def __init__(self, image_ids: Sequence[int], captions_by_image: Mapping[int, Sequence[str]],
+                 vocab: Vocabulary, image_source: Callable[[int], torch.Tensor], mode: str = "sample",
+                 max_len: int | None = None, seed: int = 0, progress: bool = False):
+        """Encode every caption of `image_ids` with `vocab`; images come from `image_source(image_id)`."""
+        if mode not in self.MODES:
+            raise ValueError(f"mode={mode!r} is not a CaptionDataset mode; use 'sample' or 'all'.")
+        self.image_ids = _check_ids(image_ids, captions_by_image)
+        self.vocab = vocab
+        self.image_source = image_source
+        self.mode = mode
+        self.max_len = max_len
+        self.seed = int(seed)
+        self._epoch = torch.zeros(1, dtype=torch.long).share_memory_()
+
+        texts = [text for i in self.image_ids for text in captions_by_image[i]]
+        counts = [len(captions_by_image[i]) for i in self.image_ids]
+        encoded = [vocab.encode(tokens, max_len=max_len) for tokens in tokenize_all(texts, progress=progress)]
+        # One flat int32 array + offsets instead of 100k small Python lists: compact, and cheap to hand to workers.
+        lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
+        self._tokens = np.fromiter((t for ids in encoded for t in ids), dtype=np.int32, count=int(lengths.sum()))
+        self._caption_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self._caption_len = lengths
+        self._n_captions = np.array(counts, dtype=np.int64)
+        self._first_caption = np.concatenate([[0], np.cumsum(self._n_captions)[:-1]]).astype(np.int64)
+        self._caption_image = np.repeat(np.arange(len(self.image_ids)), self._n_captions)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the caption picks of `mode="sample"` are drawn for."""
+        return int(self._epoch.item())
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw new caption picks for `epoch` (call before iterating the DataLoader, like DistributedSampler)."""
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def n_captions(self) -> int:
+        """Total number of captions of this dataset's images."""
+        return len(self._caption_len)
+
+    def __len__(self) -> int:
+        """Images in `sample` mode, (image, caption) pairs in `all` mode."""
+        return len(self.image_ids) if self.mode == "sample" else self.n_captions
+
+    def caption_index(self, index: int) -> int:
+        """Which caption (global position) item `index` uses in the current epoch."""
+        if self.mode == "all":
+            return index
+        n = int(self._n_captions[index])
+        pick = np.random.default_rng([self.seed, self.epoch, index]).integers(n) if n > 1 else 0
+        return int(self._first_caption[index] + pick)
+
+    def caption_ids(self, caption: int) -> torch.Tensor:
+        """Encoded caption number `caption` (global position) as a LongTensor."""
+        start = self._caption_start[caption]
+        return torch.from_numpy(self._tokens[start:start + self._caption_len[caption]].astype(np.int64))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(image tensor or features, caption ids `[<start>, ..., <end>]`, image id)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
+        caption = self.caption_index(index)
+        image_id = self.image_ids[int(self._caption_image[caption])]
+        return self.image_source(image_id), self.caption_ids(caption), image_id
+
+    def __repr__(self) -> str:
+        return (f"CaptionDataset({len(self.image_ids)} images, {self.n_captions} captions, mode={self.mode!r}, "
+                f"{len(self)} items)")
+
+
+class EvalDataset(Dataset):
+    """Evaluation items (image tensor, list of reference caption strings, image id): one per image."""
+
+    def __init__(self, image_ids: Sequence[int], captions_by_image: Mapping[int, Sequence[str]],
+                 image_source: Callable[[int], torch.Tensor]):
+        """Keep the raw references: the metrics tokenize them their own way (`labutils.metrics`)."""
+        self.image_ids = _check_ids(image_ids, captions_by_image)
+        self.references = {i: [str(c) for c in captions_by_image[i]] for i in self.image_ids}
+        self.image_source = image_source
+
+    def __len__(self) -> int:
+        """Number of images."""
+        return len(self.image_ids)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, list[str], int]:
+        """(image tensor or features, reference captions, image id)."""
+        image_id = self.image_ids[index]
+        return self.image_source(image_id), list(self.references[image_id]), image_id
+
+    def __repr__(self) -> str:
+        return f"EvalDataset({len(self)} images)"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Collate
+# ---------------------------------------------------------------------------------------------------------------
+class CaptionBatch(NamedTuple):
+    """A padded training batch: inputs [B, ...], captions [B, T] (0 = `<pad>`), lengths [B], image ids."""
+
+    inputs: torch.Tensor
+    captions: torch.Tensor
+    lengths: torch.Tensor
+    image_ids: list[int]
+
+    def to(self, device, non_blocking: bool = False) -> CaptionBatch:
+        """Move inputs and captions to `device`; lengths stay on the CPU (pack_padded_sequence wants them there)."""
+        return CaptionBatch(self.inputs.to(device, non_blocking=non_blocking),
+                            self.captions.to(device, non_blocking=non_blocking), self.lengths, self.image_ids)
+
+
+class EvalBatch(NamedTuple):
+    """An evaluation batch: inputs [B, ...], reference strings per image, image ids."""
+
+    inputs: torch.Tensor
+    references: list[list[str]]
+    image_ids: list[int]
+
+
+def collate_captions(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]], sort: bool = False) -> CaptionBatch:
+    """Stack the inputs and pad the captions with 0 (`<pad>`) to the longest caption of the batch.
+
+    `sort=True` orders the batch by caption length, longest first: `pack_padded_sequence(...,
+    enforce_sorted=True)` expects that order, and Show-and-Tell style loops can then shrink the batch at each
+    time step as short captions finish. The order is stable, so equal lengths keep their batch order.
+    """
+    if not batch:
+        raise ValueError("collate_captions() got an empty batch; the dataset or sampler yielded nothing.")
+    inputs, captions, image_ids = zip(*batch, strict=True)
+    lengths = torch.tensor([len(c) for c in captions], dtype=torch.long)
+    padded = pad_sequence([torch.as_tensor(c, dtype=torch.long) for c in captions], batch_first=True,
+                          padding_value=0)
+    stacked = torch.stack(inputs)
+    image_ids = [int(i) for i in image_ids]
+    if sort:
+        order = torch.sort(lengths, descending=True, stable=True).indices
+        stacked, padded, lengths = stacked[order], padded[order], lengths[order]
+        image_ids = [image_ids[i] for i in order.tolist()]
+    return CaptionBatch(stacked, padded, lengths, image_ids)
+
+
+def collate_captions_sorted(batch: Sequence[tuple[torch.Tensor, torch.Tensor, int]]) -> CaptionBatch:
+    """`collate_captions(batch, sort=True)` as a plain function (picklable for worker processes)."""
+    return collate_captions(batch, sort=True)
+
+
+def collate_eval(batch: Sequence[tuple[torch.Tensor, list[str], int]]) -> EvalBatch:
+    """Stack the inputs; keep the references as lists of strings (images have different numbers of them)."""
+    if not batch:
+        raise ValueError("collate_eval() got an empty batch; the dataset or sampler yielded nothing.")
+    inputs, references, image_ids = zip(*batch, strict=True)
+    return EvalBatch(torch.stack(inputs), [list(r) for r in references], [int(i) for i in image_ids])
+
+
+def make_loader(dataset: Dataset, cfg, train: bool, collate_fn: Callable | None = None,
+                batch_size: int | None = None, seed: int | None = None) -> DataLoader:
+    """DataLoader with the lab's settings: shuffle when training, `cfg.num_workers` workers, pinned memory on CUDA.
+
+    `collate_fn` defaults to `collate_eval` for an `EvalDataset` and `collate_captions` otherwise. The shuffle
+    order comes from a generator seeded with `cfg.seed` (or `seed`), so a run is repeatable.
+    """
+    if collate_fn is None:
+        collate_fn = collate_eval if isinstance(dataset, EvalDataset) else collate_captions
+    workers = int(cfg.num_workers)
+    kwargs = {}
+    if workers > 0:
+        # Keep workers alive between epochs: starting them (and importing torch in each) costs seconds per epoch.
+        kwargs.update(persistent_workers=True, prefetch_factor=2)
+    return DataLoader(
+        dataset,
+        batch_size=int(batch_size or cfg.batch_size),
+        shuffle=bool(train),
+        num_workers=workers,
+        collate_fn=collate_fn,
+        # Page-locked host memory makes host->GPU copies faster and lets them overlap compute (non_blocking=True);
+        # on a CPU-only run it only costs memory.
+        pin_memory=str(cfg.device).startswith("cuda"),
+        drop_last=False,
+        generator=torch.Generator().manual_seed(int(cfg.seed if seed is None else seed)),
+        **kwargs,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading a COCO-format dataset (through labutils.coco: pycocotools plus the split leakage check)
+# ---------------------------------------------------------------------------------------------------------------
+def _read_captions(cfg) -> dict[int, list[str]]:
+    from . import coco
+
+    return coco.captions_by_image(coco.load_captions(cfg))
+
+
+def _read_file_names(cfg) -> dict[int, str]:
+    from . import coco
+
+    return {int(i): img["file_name"] for i, img in coco.load_captions(cfg).imgs.items()}
+
+
+def _read_splits(cfg) -> dict[str, list[int]]:
+    from . import coco
+
+    return coco.load_splits(cfg)
+
+
+def build_caption_datasets(cfg, vocab: Vocabulary, image_source, mode: str = "sample",
+                           splits: Sequence[str] = SPLITS, progress: bool = False) -> dict[str, CaptionDataset]:
+    """A `CaptionDataset` per split of `cfg`'s dataset (captions capped at `cfg.max_caption_len`).
+
+    `image_source` is one callable for all splits or a dict `split -> callable` (e.g. augmenting transforms for
+    train only, or one feature cache per split).
+    """
+    captions, split_ids = _read_captions(cfg), _read_splits(cfg)
+    out = {}
+    for split in splits:
+        if split not in split_ids:
+            raise KeyError(f"Split {split!r} is not in {cfg.split_file}; it has {sorted(split_ids)}.")
+        source = image_source[split] if isinstance(image_source, Mapping) else image_source
+        out[split] = CaptionDataset(split_ids[split], captions, vocab, source, mode=mode,
+                                    max_len=cfg.max_caption_len, seed=cfg.seed, progress=progress)
+    return out
+
+
+def build_eval_datasets(cfg, image_source, splits: Sequence[str] = ("val", "test")) -> dict[str, EvalDataset]:
+    """An `EvalDataset` (images with all their reference captions) per split of `cfg`'s dataset."""
+    captions, split_ids = _read_captions(cfg), _read_splits(cfg)
+    out = {}
+    for split in splits:
+        if split not in split_ids:
+            raise KeyError(f"Split {split!r} is not in {cfg.split_file}; it has {sorted(split_ids)}.")
+        source = image_source[split] if isinstance(image_source, Mapping) else image_source
+        out[split] = EvalDataset(split_ids[split], captions, source)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Notebook 04 exercise
+# ---------------------------------------------------------------------------------------------------------------
+def check_pad(fn) -> bool:
+    """Check a learner's `fn(list_of_caption_tensors) -> (padded [B, T], lengths [B])`; print right or wrong."""
+    cases = [
+        [torch.tensor([1, 7, 8, 2]), torch.tensor([1, 9, 2]), torch.tensor([1, 5, 6, 7, 8, 2])],
+        [torch.tensor([1, 2])],
+        [torch.tensor([1, 4, 2]), torch.tensor([1, 3, 2])],
+    ]
+    for captions in cases:
+        fake = [(torch.zeros(1), c, i) for i, c in enumerate(captions)]
+        expected = collate_captions(fake)
+        try:
+            padded, lengths = fn([c.clone() for c in captions])
+            padded, lengths = torch.as_tensor(padded), torch.as_tensor(lengths)
+        except Exception as exc:  # the learner's code: report, never crash the notebook
+            print(f"❌ Your function raised {type(exc).__name__}: {exc}.")
+            return False
+        if padded.shape != expected.captions.shape:
+            print(f"❌ For lengths {expected.lengths.tolist()} the padded tensor should have shape "
+                  f"{tuple(expected.captions.shape)} (batch, longest caption), got {tuple(padded.shape)}.")
+            return False
+        if not torch.equal(padded.long(), expected.captions):
+            print(f"❌ Padded values are wrong: expected\n{expected.captions}\ngot\n{padded} "
+                  "(keep each caption's ids at the start of its row and fill the rest with 0 = <pad>).")
+            return False
+        if not torch.equal(lengths.long().flatten(), expected.lengths):
+            print(f"❌ Lengths should be {expected.lengths.tolist()} (ids per caption, <start> and <end> "
+                  f"included), got {lengths.tolist()}.")
+            return False
+    print(f"✅ Correct: your padding matches collate_captions on all {len(cases)} test batches.")
+    return True
