@@ -17,13 +17,13 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import tempfile
 import textwrap
 import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,14 @@ TRAIN2014_URL = "http://images.cocodataset.org/zips/train2014.zip"
 VAL2014_URL = "http://images.cocodataset.org/zips/val2014.zip"
 ANNOTATIONS2014_URL = "http://images.cocodataset.org/annotations/annotations_trainval2014.zip"
 KARPATHY_SPLIT_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
+# Where dataset_coco.json has lived, tried in order by `prepare_mscoco` (the first that delivers wins): the
+# original Stanford zip (reported 404 since 2023, kept in case it returns) and a community copy of the bare JSON on
+# GitHub, verified by its size and SHA-256 (labutils.download.KNOWN_FILES). None answering: a rebuilt split.
+KARPATHY_SPLIT_SOURCES = (
+    KARPATHY_SPLIT_URL,
+    "http://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip",
+    "https://github.com/Delphboy/karpathy-splits/raw/main/dataset_coco.json",
+)
 # The same archives relative to a base URL, so tests (and mirrors) can point the lab at another server.
 COCO2014_ARCHIVES = {
     "annotations": "annotations/annotations_trainval2014.zip",
@@ -362,7 +370,7 @@ def check_image_ids_with_category(coco_instances, cat_names: str | Iterable[str]
 #
 # Layout under cfg.dataset_dir: the official files as they unzip (annotations/captions_train2014.json, ...,
 # images/train2014/*.jpg, images/val2014/*.jpg, dataset_coco.json from Karpathy's zip), converted once into the
-# lab's uniform layout above. The downloader here is deliberately simple (atomic, no resume or checksums yet).
+# lab's uniform layout above. Downloads go through labutils.download (resume, retry, checksums, atomic, idempotent).
 
 
 def network_available(url: str = COCO_BASE_URL, timeout: float = 3.0) -> bool:
@@ -420,11 +428,81 @@ def mscoco_status(cfg) -> dict[str, bool]:
     }
 
 
-def _unavailable(missing: list[str], root: Path, url: str) -> DatasetUnavailableError:
+AVERAGE_IMAGE_BYTES = 161_000  # mean MS-COCO 2014 JPEG: (13.5 GB + 6.6 GB) / 123,287 images
+
+
+def mscoco_plan(cfg, subset: int | None = None, base_url: str | None = None) -> list[tuple[str, str, int]]:
+    """What `prepare_mscoco` still has to fetch: one (short name, sentence, bytes) per missing piece, no network.
+
+    Pieces: the annotation zip, Karpathy's split (optional: a rebuilt split replaces it), the image zips or the
+    subset's images, and free disk space when it falls short of the estimated peak use.
+    """
+    from .download import KNOWN_FILES, human_bytes
+
+    root, image_dir = Path(cfg.dataset_dir), Path(cfg.image_dir)
+    base_url = (base_url or COCO_BASE_URL).rstrip("/")
+    official = {"annotations": ANNOTATIONS2014_URL, "train2014": TRAIN2014_URL, "val2014": VAL2014_URL}
+    size_of = {key: KNOWN_FILES.get(url, {}).get("size", 0) for key, url in official.items()}
+    status = mscoco_status(cfg)
+    prepared = json.loads((root / "prepared.json").read_text()) if status["converted"] else None
+    current = prepared is not None and prepared.get("subset") == subset and prepared.get("seed") == cfg.seed
+    pieces: list[tuple[str, str, int]] = []
+    zips: list[int] = []
+
+    def archive(short: str, what: str, key: str, where: Path) -> None:
+        zips.append(size_of[key])
+        pieces.append((short, f"{what} are not under {where}; they come in {base_url}/{COCO2014_ARCHIVES[key]} "
+                              f"({human_bytes(size_of[key])}).", size_of[key]))
+
+    def one_by_one(short: str, what: str, n: int) -> None:
+        pieces.append((short, f"{what}; they are fetched one by one from {base_url}/train2014/ and "
+                              f"{base_url}/val2014/ (about {human_bytes(n * AVERAGE_IMAGE_BYTES)}).",
+                       n * AVERAGE_IMAGE_BYTES))
+
+    if not current and not status["caption annotations"]:
+        archive("2014 caption annotations", "The 2014 caption annotations", "annotations", root / "annotations")
+    if not current and not status["Karpathy split"]:
+        pieces.append(("Karpathy split (optional)", f"Karpathy's split file dataset_coco.json is not under {root} "
+                       f"(optional: without it a Karpathy-like split is rebuilt from the official ids).", 0))
+    if current:
+        captions = load_captions(root)
+        absent = missing_images(captions, image_dir)
+        if absent and subset is None:
+            folders = sorted({captions.imgs[i]["file_name"].split("/")[0] for i in absent})
+            zips += [size_of[f] for f in folders]
+            pieces.append((f"{len(absent)} images in {', '.join(folders)}",
+                           f"{len(absent)} of the {len(captions.imgs)} images are not under {image_dir}; they come "
+                           f"in {' and '.join(f'{base_url}/{COCO2014_ARCHIVES[f]}' for f in folders)} "
+                           f"({human_bytes(sum(size_of[f] for f in folders))}).", sum(size_of[f] for f in folders)))
+        elif absent:
+            one_by_one(f"{len(absent)} of the {subset} subset images",
+                       f"{len(absent)} of the {subset} subset images are not under {image_dir}", len(absent))
+    elif subset is None:
+        for folder in ("train2014", "val2014"):
+            if not status[f"{folder} images"]:
+                archive(f"{folder} images", f"The {folder} images", folder, image_dir / folder)
+    else:
+        one_by_one(f"{subset} subset images", f"The {subset} subset images are not fetched yet (they are chosen "
+                   "when the annotations are converted)", subset)
+    # Each zip is deleted once unpacked, so the peak is everything unpacked plus the largest zip at once.
+    peak = sum(p[2] for p in pieces) + max(zips, default=0)
+    where = next(p for p in (root, *root.parents) if p.exists())
+    free = shutil.disk_usage(where).free
+    if peak > free:
+        pieces.append(("disk space", f"The disk under {where} has {human_bytes(free)} free but preparing needs "
+                                     f"about {human_bytes(peak)} at its peak; free up {human_bytes(peak - free)} or "
+                                     "set LAB_DATA_DIR to a folder on a bigger disk.", 0))
+    return pieces
+
+
+def _unavailable(missing: list, root: Path, url: str) -> DatasetUnavailableError:
+    # `missing`: short names, or mscoco_plan() pieces, whose sentences are listed one per line below the summary.
+    shorts = [m[0] if isinstance(m, tuple) else m for m in missing]
+    details = "".join(f"\n  - {m[1]}" for m in missing if isinstance(m, tuple))
     return DatasetUnavailableError(
-        f"MS-COCO 2014 is incomplete under {root} (missing: {', '.join(missing)}) and {url} cannot be reached; "
+        f"MS-COCO 2014 is incomplete under {root} (missing: {', '.join(shorts)}) and {url} cannot be reached; "
         "run the full profile where there is internet (such as Colab), copy the files there, or use the offline "
-        "quick profile (LAB_PROFILE=quick).")
+        f"quick profile (LAB_PROFILE=quick).{details}")
 
 
 def _write_json_atomic(path: Path, obj) -> None:
@@ -439,46 +517,45 @@ def _write_json_atomic(path: Path, obj) -> None:
         raise
 
 
-def download(url: str, dest: str | Path, timeout: float = 30.0, progress: bool = True) -> Path:
-    """Fetch `url` to `dest` through a `.part` file renamed only when complete (a cut transfer never looks done)."""
-    from tqdm.auto import tqdm
+def download(url: str, dest: str | Path, timeout: float = 30.0, progress: bool = True, **checks) -> Path:
+    """Fetch `url` to `dest`: resumable, retried, verified and atomic (see `labutils.download.download`)."""
+    from .download import download as _download
 
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, part.open("wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        if total is not None and part.stat().st_size != total:
-            raise DatasetUnavailableError(f"The download of {url} stopped early; run the same call again.")
-        os.replace(part, dest)
-    except (urllib.error.URLError, OSError) as err:
-        part.unlink(missing_ok=True)
-        if isinstance(err, DatasetUnavailableError):
-            raise
-        raise DatasetUnavailableError(f"Could not download {url} ({err}); check the connection and run again.") from None
-    return dest
+    return _download(url, dest, timeout=timeout, progress=progress, **checks)
 
 
-def _extract(archive: Path, dest: Path, only: str | None = None) -> None:
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            names = None if only is None else [n for n in zf.namelist() if Path(n).name == only]
-            zf.extractall(dest, members=names)
-    except zipfile.BadZipFile:
-        archive.unlink(missing_ok=True)
-        raise DatasetUnavailableError(f"{archive.name} was damaged and has been deleted; run the same call again "
-                                      "to download it afresh.") from None
+def _extract(archive: Path, dest: Path, only: str | None = None, progress: bool = False) -> None:
+    from .download import extract_zip
+
+    extract_zip(archive, dest, members=None if only is None else [only], progress=progress)
 
 
 def _fetch_archive(url: str, root: Path, dest: Path, progress: bool, only: str | None = None) -> None:
-    archive = download(url, root / "downloads" / url.rsplit("/", 1)[-1], progress=progress)
-    _extract(archive, dest, only)
-    archive.unlink()  # the unpacked files are what count; the zips would double the disk use
+    from . import download as dl
+
+    known = dl.known_source(url)  # the official archives are checked against their published size and MD5
+    archive = dl.download(url, root / "downloads" / url.rsplit("/", 1)[-1], sha256=known.sha256, size=known.size,
+                          md5=known.md5, progress=progress)
+    _extract(archive, dest, only, progress)
+    dl.discard(archive)  # the unpacked files are what count; the zips would double the disk use
+
+
+def _fetch_karpathy(sources: list[str], root: Path, progress: bool) -> Path | None:
+    """dataset_coco.json from the first source that delivers it (its zip, or the bare JSON), else None."""
+    from . import download as dl
+
+    try:
+        got = dl.try_sources([dl.known_source(url) for url in sources], root / "downloads", progress=progress)
+        if zipfile.is_zipfile(got.path):
+            _extract(got.path, root, "dataset_coco.json", progress)
+        else:
+            os.replace(got.path, root / "dataset_coco.json")
+        dl.discard(got.path)
+    except DatasetUnavailableError as err:
+        print(f"Karpathy's split could not be fetched:\n{err}")
+        return None
+    print(f"Fetched Karpathy's split from {got.url}.")
+    return find_karpathy_json(root)
 
 
 def convert_coco2014(dataset_dir: str | Path, splits: Mapping[str, list[int]] | None = None,
@@ -544,20 +621,24 @@ def convert_coco2014(dataset_dir: str | Path, splits: Mapping[str, list[int]] | 
 
 
 def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str | None = None,
-                   karpathy_url: str | None = None, timeout: float = 5.0, progress: bool = True,
-                   n_val: int = 5000, n_test: int = 5000) -> Path:
+                   karpathy_url: str | list[str] | None = None, timeout: float = 5.0, progress: bool = True,
+                   n_val: int = 5000, n_test: int = 5000, dry_run: bool = False) -> Path:
     """Bring MS-COCO 2014 into the lab's layout under `cfg.dataset_dir`, using what is on disk and fetching the rest.
 
     Fetches the 2014 annotation zip and either both image zips (`subset=None`) or only the `subset` images, one by
     one. Uses Karpathy's split when it is on disk or downloadable, else rebuilds a 113,287/5,000/5,000 split.
-    Offline with pieces missing, raises `DatasetUnavailableError` naming them. `base_url`/`karpathy_url` default to
-    the module's COCO_BASE_URL/KARPATHY_SPLIT_URL (read at call time, so a mirror can be set once); `karpathy_url=""`
-    skips Karpathy's file.
+    Offline with pieces missing, raises `DatasetUnavailableError` naming them, one sentence per piece.
+    `dry_run=True` downloads and writes nothing: it prints what is still to fetch (or raises that error offline).
+    `base_url`/`karpathy_url` default to the module's COCO_BASE_URL/KARPATHY_SPLIT_SOURCES (read at call time, so a
+    mirror can be set once); `karpathy_url` may be one URL or a list tried in order, and `""` skips Karpathy's file.
+    Downloads resume, retry, verify and skip what is done (labutils.download), so re-running is always safe.
     """
     root = Path(cfg.dataset_dir)
     image_dir = Path(cfg.image_dir)
     base_url = (base_url or COCO_BASE_URL).rstrip("/")
-    karpathy_url = KARPATHY_SPLIT_URL if karpathy_url is None else karpathy_url
+    karpathy_urls = list(KARPATHY_SPLIT_SOURCES if karpathy_url is None else
+                         [karpathy_url] if isinstance(karpathy_url, str) else karpathy_url)
+    karpathy_urls = [url for url in karpathy_urls if url]
     status = mscoco_status(cfg)
     want_zips = subset is None and not (status["train2014 images"] and status["val2014 images"])
     online = None
@@ -567,7 +648,22 @@ def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str | None = Non
         if online is None:
             online = network_available(base_url, timeout=timeout)
         if not online:
-            raise _unavailable(missing, root, base_url)
+            raise _unavailable(mscoco_plan(cfg, subset, base_url) or missing, root, base_url)
+
+    if dry_run:
+        from .download import human_bytes
+
+        pieces = mscoco_plan(cfg, subset, base_url)
+        if not pieces:
+            print(f"MS-COCO 2014 is ready under {root}; nothing to download.")
+            return root
+        if not network_available(base_url, timeout=timeout):
+            raise _unavailable(pieces, root, base_url)
+        print(f"Dry run: preparing MS-COCO 2014 under {root} would fetch about "
+              f"{human_bytes(sum(p[2] for p in pieces))}:")
+        for _, sentence, _ in pieces:
+            print(f"  - {sentence}")
+        return root
 
     prepared = json.loads((root / "prepared.json").read_text()) if status["converted"] else None
     if prepared is None or prepared.get("subset") != subset or prepared.get("seed") != cfg.seed:
@@ -578,13 +674,11 @@ def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str | None = Non
             need_network(missing)
             _fetch_archive(f"{base_url}/{COCO2014_ARCHIVES['annotations']}", root, root, progress)
         karpathy = find_karpathy_json(root)
-        if karpathy is None and karpathy_url and network_available(karpathy_url, timeout=timeout):
-            try:
-                _fetch_archive(karpathy_url, root, root, progress, only="dataset_coco.json")
-                karpathy = find_karpathy_json(root)
-            except DatasetUnavailableError:
-                karpathy = None
-        if karpathy is None:
+        if karpathy is None and karpathy_urls:
+            karpathy = _fetch_karpathy(karpathy_urls, root, progress)
+        if karpathy is not None:
+            print(f"Using Karpathy's split ({karpathy}).")
+        else:
             print(f"Karpathy's split file is not available, so a Karpathy-like {n_val}/{n_test} val/test split is "
                   "rebuilt from the official val2014 ids (same sizes, different images than the papers' split).")
         convert_coco2014(root, karpathy_split(karpathy) if karpathy else None, subset=subset, seed=cfg.seed,
@@ -609,21 +703,14 @@ def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str | None = Non
 
 
 def _fetch_images(coco, image_ids: list[int], image_dir: Path, base_url: str, timeout: float,
-                  progress: bool, workers: int = 8) -> None:
-    from tqdm.auto import tqdm
+                  progress: bool, workers: int = 16) -> None:
+    from .download import fetch_images_by_url
 
-    def fetch(image_id: int) -> str | None:
-        rel = coco.imgs[image_id]["file_name"]
-        try:
-            download(f"{base_url}/{rel}", image_dir / rel, timeout=timeout, progress=False)
-        except DatasetUnavailableError as err:
-            return str(err)
-        return None
-
-    with ThreadPoolExecutor(workers) as pool:
-        errors = [e for e in tqdm(pool.map(fetch, image_ids), total=len(image_ids), desc="images",
-                                  disable=not progress) if e]
-    if errors:
-        raise DatasetUnavailableError(f"{len(errors)} of {len(image_ids)} images failed ({errors[0]}); "
+    # `base_url/file_name` is each image's official `coco_url` (http://images.cocodataset.org/train2014/...), or
+    # the same path on a mirror or test server.
+    entries = [(f"{base_url}/{coco.imgs[i]['file_name']}", image_dir / coco.imgs[i]["file_name"]) for i in image_ids]
+    report = fetch_images_by_url(entries, workers=workers, timeout=timeout, progress=progress)
+    if report.failed:
+        why = next(iter(report.failed.values())).rstrip(".")
+        raise DatasetUnavailableError(f"{len(report.failed)} of {len(image_ids)} images failed ({why}); "
                                       "run the same call again to retry them.")
-
