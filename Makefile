@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.lab-installed
 export LAB_PROFILE ?= quick
 export TQDM_MININTERVAL ?= 5
 
-.PHONY: setup run test test-fast lint clean-data clean
+.PHONY: setup run test test-fast lint clean-data clean slides slides-check
 
 setup: $(STAMP)  ## create .venv with everything the lab needs (Python packages, Java for the COCO metrics)
 
@@ -31,10 +31,16 @@ test-fast: setup  ## unit tests only, without the slow ones
 	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider
 
 lint: setup
-	$(BIN)/python -m ruff check labutils tests benchmarks
+	$(BIN)/python -m ruff check labutils tests benchmarks slides
+
+slides: setup  ## build the instructor decks into slides/dist/ (HTML + PDF; Marp from npm, Chromium via apt if missing)
+	$(BIN)/python slides/build.py
+
+slides-check: setup  ## build the decks, then open every slide in headless Chromium and check it renders
+	$(BIN)/python slides/build.py --check
 
 clean-data:  ## remove generated data, caches, checkpoints and executed notebooks
-	rm -rf build data/synthetic data/.synthetic-*
+	rm -rf build data/synthetic data/.synthetic-* slides/dist
 
 clean: clean-data
 	rm -rf $(VENV)

@@ -1,0 +1,265 @@
+"""Headless Chromium driven over the DevTools protocol on a pipe (no websocket library, no browser download).
+
+Used by `build.py --check` and `tests/test_slides.py` to open each built deck at 1280x720, step through every
+slide, take a screenshot, and check that the slide really shows something (not a blank or flat page), that its
+images loaded, and that its content fits on the slide.
+
+Chromium is Debian's `chromium` package (or any Chrome/Chromium named by $CHROME_PATH). As root it needs
+`--no-sandbox`; the background-networking flags stop it from calling Google services on a machine with no
+internet, and a fresh `--user-data-dir` keeps runs independent.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+WIDTH, HEIGHT = 1280, 720
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                  "--disable-extensions", "--hide-scrollbars", "--mute-audio", "--no-default-browser-check")
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium/Chrome executable: $CHROME_PATH if set, else the first of CHROMIUM_NAMES on PATH."""
+    env = os.environ.get("CHROME_PATH")
+    if env and Path(env).is_file():
+        return env
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+class BrowserError(RuntimeError):
+    """Chromium could not be started or stopped answering."""
+
+
+def _wire_pipes(read_fd: int, write_fd: int) -> None:
+    """In the child: put our pipe ends on fds 3 (Chromium reads) and 4 (Chromium writes)."""
+    high_r, high_w = os.dup(read_fd), os.dup(write_fd)  # dup first so that 3/4 cannot clobber each other
+    os.dup2(high_r, 3)
+    os.dup2(high_w, 4)
+
+
+class Chromium:
+    """A headless Chromium with one page, controlled with the DevTools protocol over --remote-debugging-pipe."""
+
+    def __init__(self, executable: str | None = None, width: int = WIDTH, height: int = HEIGHT,
+                 timeout: float = 60.0):
+        self.executable = executable or find_chromium()
+        if not self.executable:
+            raise BrowserError("No Chromium found: install Debian's `chromium` package (apt-get install chromium) "
+                               "or set CHROME_PATH to a Chrome/Chromium executable.")
+        self.timeout = timeout
+        self.profile = tempfile.mkdtemp(prefix="slides-chromium-")
+        to_chrome_r, to_chrome_w = os.pipe()
+        from_chrome_r, from_chrome_w = os.pipe()
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [self.executable, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-pipe",
+             f"--window-size={width},{height}", "about:blank"],
+            pass_fds=(3, 4), preexec_fn=lambda: _wire_pipes(to_chrome_r, from_chrome_w),
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self._out, self._in = to_chrome_w, from_chrome_r
+        self._buffer = b""
+        self._next_id = 0
+        target = self.send("Target.createTarget", url="about:blank")["targetId"]
+        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.page("Page.enable")
+        self.page("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
+                  mobile=False)
+
+    # -- protocol ---------------------------------------------------------------------------------------------
+    def _read_message(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BrowserError(f"Chromium did not answer within {self.timeout:.0f} s.")
+            ready, _, _ = select.select([self._in], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self._in, 1 << 20)
+            if not chunk:
+                raise BrowserError(f"Chromium exited unexpectedly: {self._stderr_tail()}")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def send(self, method: str, session: str | None = None, **params) -> dict:
+        """Send one DevTools command and return its result (events arriving meanwhile are dropped)."""
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise BrowserError(f"{method} failed: {reply['error']}")
+                return reply.get("result", {})
+
+    def page(self, method: str, **params) -> dict:
+        """Send a command to the page's session."""
+        return self.send(method, self.session, **params)
+
+    def _stderr_tail(self) -> str:
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-600:]
+
+    # -- page helpers -----------------------------------------------------------------------------------------
+    def evaluate(self, expression: str):
+        """Evaluate a JavaScript expression in the page and return its (JSON) value; awaits promises."""
+        result = self.page("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise BrowserError(f"JavaScript error in {expression[:60]!r}: {result['exceptionDetails'].get('text')}")
+        return result["result"].get("value")
+
+    def open(self, url: str, ready: str = "document.readyState === 'complete'", wait: float = 30.0) -> None:
+        """Navigate to `url` and wait until the JavaScript condition `ready` holds."""
+        self.page("Page.navigate", url=url)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                if self.evaluate(f"Boolean({ready})"):
+                    return
+            except BrowserError:
+                pass  # the old document went away mid-evaluation; try again
+            time.sleep(0.05)
+        raise BrowserError(f"{url} did not finish loading within {wait:.0f} s.")
+
+    def screenshot(self) -> bytes:
+        """PNG bytes of the viewport."""
+        return base64.b64decode(self.page("Page.captureScreenshot", format="png")["data"])
+
+    def close(self) -> None:
+        """Close the browser and remove its profile folder."""
+        try:
+            if self.proc.poll() is None:
+                try:
+                    self.send("Browser.close")
+                except (BrowserError, OSError):
+                    pass
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        finally:
+            for fd in (self._out, self._in):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._log.close()
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+    def __enter__(self) -> Chromium:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------------------- slide checks
+def ink_fraction(png: bytes, ignore_bottom: int = 60) -> float:
+    """Share of pixels that differ clearly from the dominant (background) colour, footer band excluded.
+
+    A blank or single-colour slide scores ~0; a slide with a title and a few bullets scores a few percent.
+    """
+    import numpy as np
+    from PIL import Image
+
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+    if ignore_bottom:
+        image = image[:-ignore_bottom]
+    image = image[::2, ::2]  # every other pixel is plenty for a coverage estimate, and 4x faster
+    flat = image.reshape(-1, 3)
+    # Coarse 5-bit bins absorb anti-aliasing noise; the most common bin is the background.
+    keys = (flat[:, 0] >> 3) * 1024 + (flat[:, 1] >> 3) * 32 + (flat[:, 2] >> 3)
+    top = int(np.bincount(keys, minlength=32768).argmax())
+    background = np.array([top // 1024, (top // 32) % 32, top % 32]) * 8 + 4
+    distance = np.abs(flat - background).sum(axis=1)
+    return float((distance > 60).mean())
+
+
+@dataclass
+class SlideCheck:
+    """What the browser saw on one slide."""
+
+    deck: str
+    index: int  # 1-based, as in Marp's #N URLs
+    ink: float
+    active: bool  # the bespoke viewer really showed slide `index`
+    broken_images: list[str]
+    overflow_px: int  # how far the content runs into the bottom padding (footer band) or beyond; <= 0 fits
+    has_notes: bool
+    png: bytes
+
+    @property
+    def blank(self) -> bool:
+        """True when the slide shows (almost) nothing."""
+        return self.ink < MIN_INK
+
+
+MIN_INK = 0.003  # at least 0.3% of the slide area must differ from the background (real slides: 1.3% and up)
+
+_HIDE_CONTROLS = """(() => { const s = document.createElement('style');
+  s.textContent = '.bespoke-marp-osc{display:none !important}'; document.head.appendChild(s); return true; })()"""
+
+_SLIDE_STATE = """(() => {
+  const slides = [...document.querySelectorAll('svg[data-marpit-svg]')];
+  const svg = slides[%d];
+  const section = svg.querySelector('section');
+  const images = [...section.querySelectorAll('img')];
+  const broken = images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => (i.getAttribute('src') || '').slice(0, 60));
+  const bottom = Math.max(0, ...[...section.children].filter(e => e.tagName !== 'FOOTER' && e.tagName !== 'HEADER')
+                    .map(e => e.offsetTop + e.offsetHeight));
+  const notes = document.querySelectorAll('.bespoke-marp-note[data-index="%d"]');
+  const notesText = [...notes].map(n => n.textContent.trim()).join(' ');
+  return {active: svg.classList.contains('bespoke-marp-active'), broken: broken,
+          overflow: Math.round(bottom - (section.clientHeight - parseFloat(getComputedStyle(section).paddingBottom))),
+          notes: notesText.length};
+})()"""
+
+
+def slide_count(browser: Chromium) -> int:
+    """Number of slides in the open Marp deck."""
+    return int(browser.evaluate("document.querySelectorAll('svg[data-marpit-svg]').length"))
+
+
+def check_deck(browser: Chromium, html: Path, settle: float = 0.15) -> list[SlideCheck]:
+    """Open a built Marp HTML deck and check every slide (see SlideCheck)."""
+    html = Path(html).resolve()
+    browser.open(html.as_uri() + "#1", ready="document.readyState === 'complete' && "
+                 "document.querySelector('.bespoke-marp-active') !== null")
+    browser.evaluate(_HIDE_CONTROLS)
+    browser.evaluate("document.fonts.ready.then(() => true)")
+    results = []
+    for index in range(1, slide_count(browser) + 1):
+        browser.evaluate(f"location.hash = '#{index}'")
+        deadline = time.monotonic() + 5
+        state = browser.evaluate(_SLIDE_STATE % (index - 1, index - 1))
+        while not state["active"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = browser.evaluate(_SLIDE_STATE % (index - 1, index - 1))
+        time.sleep(settle)  # let the page paint the newly active slide
+        png = browser.screenshot()
+        results.append(SlideCheck(html.name, index, ink_fraction(png), bool(state["active"]), state["broken"],
+                                  int(state["overflow"]), state["notes"] > 0, png))
+    return results

@@ -1,0 +1,555 @@
+#!/usr/bin/env python3
+"""Build the instructor decks: figures from code, Markdown decks -> self-contained HTML and PDF with Marp CLI.
+
+    python slides/build.py            # everything into slides/dist/ (installs Marp and Chromium when missing)
+    python slides/build.py --check    # ... then open every slide in headless Chromium and check it renders
+    python slides/build.py --no-pdf   # HTML only (quicker while writing slides)
+
+Steps: (1) make sure Node/npm, Marp CLI (npm ci from package-lock.json) and Chromium are present, installing
+them when possible; (2) draw the diagrams and regenerate the lab figures (required ones must succeed; optional
+ones fall back to a labelled placeholder); (3) check the decks against the notebooks and their figure links;
+(4) render every deck to HTML (images inlined as data URIs, so one file works offline) and to PDF (speaker
+notes as PDF annotations); (5) write dist/index.html.
+
+Run it with the lab's Python environment (it imports labutils, matplotlib and torch for the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import mimetypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SLIDES = Path(__file__).resolve().parent
+ROOT = SLIDES.parent
+DECKS = SLIDES / "decks"
+THEME = SLIDES / "theme" / "lab.css"
+NOTEBOOKS = ROOT / "notebooks"
+DEFAULT_OUT = SLIDES / "dist"
+MARP = SLIDES / "node_modules" / ".bin" / "marp"
+
+sys.path.insert(0, str(SLIDES))
+sys.path.insert(0, str(ROOT))
+
+NOTEBOOK_RE = re.compile(r"notebooks/(\d\d_[A-Za-z0-9_\-]+)\.ipynb")
+FIGURE_RE = re.compile(r"!\[[^\]]*\]\((figures/[A-Za-z0-9_\-]+\.png)\)")
+# Marp directives: an HTML comment made only of these `key: value` lines is a directive, anything else a note.
+DIRECTIVES = {"theme", "paginate", "header", "footer", "class", "backgroundColor", "backgroundImage",
+              "backgroundPosition", "backgroundRepeat", "backgroundSize", "color", "style", "headingDivider",
+              "size", "math", "title", "description", "author", "image", "keywords", "url", "marp", "transition",
+              "lang", "_class", "_paginate", "_footer", "_header", "_backgroundColor", "_color", "_transition"}
+
+
+class BuildError(RuntimeError):
+    """Something the build cannot work around (missing tool that cannot be installed, a broken required figure)."""
+
+
+def log(message: str) -> None:
+    """Progress line on stderr (stdout stays clean for the summary)."""
+    print(f"[slides] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- deck parsing
+@dataclass
+class Slide:
+    """One slide of a deck source: its Markdown body and speaker notes (non-directive HTML comments)."""
+
+    number: int
+    body: str
+    notes: str
+    footer: str | None  # a local `<!-- footer: ... -->` directive, if any
+
+
+@dataclass
+class Deck:
+    """A deck source file: front matter, slides and the notebooks it declares in `footer` directives."""
+
+    path: Path
+    front: dict[str, str]
+    slides: list[Slide] = field(default_factory=list)
+
+    @property
+    def title(self) -> str:
+        """The deck's `title` front matter (or its file name)."""
+        return self.front.get("title", self.path.stem)
+
+    @property
+    def notebooks(self) -> list[str]:
+        """Notebook stems named by the deck's footer directives (global first, then per slide), in order."""
+        footers = [self.front.get("footer", "")] + [s.footer or "" for s in self.slides]
+        names: list[str] = []
+        for footer in footers:
+            for name in NOTEBOOK_RE.findall(footer):
+                if name not in names:
+                    names.append(name)
+        return names
+
+    @property
+    def figures(self) -> list[str]:
+        """Figure paths (figures/NAME.png) the deck's Markdown refers to."""
+        return FIGURE_RE.findall(self.path.read_text(encoding="utf-8"))
+
+
+def _split_front_matter(text: str) -> tuple[dict[str, str], str]:
+    if not text.startswith("---\n"):
+        return {}, text
+    end = text.index("\n---\n", 4)
+    front = {}
+    for line in text[4:end].splitlines():
+        if ":" in line and not line.startswith((" ", "#")):
+            key, value = line.split(":", 1)
+            front[key.strip()] = value.strip().strip('"').strip("'")
+    return front, text[end + 5:]
+
+
+def _is_directive(comment: str) -> bool:
+    lines = [line.strip() for line in comment.strip().splitlines() if line.strip()]
+    return bool(lines) and all(re.match(r"^(_?[A-Za-z]+)\s*:", line) and
+                               re.match(r"^(_?[A-Za-z]+)", line).group(1) in DIRECTIVES for line in lines)
+
+
+def parse_deck(path: Path) -> Deck:
+    """Read a Marp Markdown deck: front matter, then slides split on `---` lines outside code fences."""
+    front, body = _split_front_matter(Path(path).read_text(encoding="utf-8"))
+    chunks, current, fenced = [], [], False
+    for line in body.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        if line.strip() == "---" and not fenced:
+            chunks.append("\n".join(current))
+            current = []
+        else:
+            current.append(line)
+    chunks.append("\n".join(current))
+    deck = Deck(Path(path), front)
+    for number, chunk in enumerate(chunks, start=1):
+        comments = re.findall(r"<!--(.*?)-->", chunk, flags=re.S)
+        notes = "\n".join(c.strip() for c in comments if not _is_directive(c))
+        footer = None
+        for c in comments:
+            match = re.search(r"^\s*_?footer\s*:(.*)$", c, flags=re.M)
+            if _is_directive(c) and match:
+                footer = match.group(1).strip()
+        deck.slides.append(Slide(number, re.sub(r"<!--.*?-->", "", chunk, flags=re.S).strip(), notes, footer))
+    return deck
+
+
+def deck_files(decks_dir: Path = DECKS) -> list[Path]:
+    """The deck sources, in order (NN_name.md)."""
+    return sorted(p for p in Path(decks_dir).glob("[0-9][0-9]_*.md"))
+
+
+def lab_notebooks(notebooks_dir: Path = NOTEBOOKS) -> list[str]:
+    """Stems of the lab's numbered notebooks (NN_name.ipynb), in order."""
+    return sorted(p.stem for p in Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
+
+
+def check_sync(decks_dir: Path = DECKS, notebooks_dir: Path = NOTEBOOKS) -> list[str]:
+    """Problems keeping decks and notebooks in step; an empty list means they match.
+
+    Rules: every notebook `notebooks/NN_name.ipynb` is named in the `footer` of some deck (the deck's front
+    matter or a slide's `<!-- footer: ... -->`), so each of its slides shows which notebook it belongs to;
+    every notebook a deck names exists; decks name notebooks in the notebooks' order; a deck whose file
+    starts with NN covers notebook NN when that notebook exists.
+    """
+    problems = []
+    notebooks = lab_notebooks(notebooks_dir)
+    decks = [parse_deck(p) for p in deck_files(decks_dir)]
+    if not decks:
+        return [f"no decks (NN_name.md) in {decks_dir}"]
+    claimed = {name: deck.path.name for deck in decks for name in deck.notebooks}
+    for name in notebooks:
+        if name not in claimed:
+            problems.append(f"notebooks/{name}.ipynb has no deck: add a deck (or a slide) whose footer names "
+                            f"`notebooks/{name}.ipynb`")
+    for deck in decks:
+        text = deck.path.read_text(encoding="utf-8")
+        for name in sorted(set(NOTEBOOK_RE.findall(text))):
+            if name not in notebooks:
+                problems.append(f"{deck.path.name} names notebooks/{name}.ipynb, which does not exist")
+        prefix = deck.path.name[:2]
+        same_number = [n for n in notebooks if n[:2] == prefix]
+        if same_number and not set(same_number) & set(deck.notebooks):
+            problems.append(f"{deck.path.name} should cover notebooks/{same_number[0]}.ipynb (same number)")
+    order = [name for deck in decks for name in deck.notebooks if name in notebooks]
+    if order != sorted(order):
+        problems.append(f"decks cover the notebooks out of order: {order}")
+    return problems
+
+
+def check_notes(deck: Deck, min_words: int = 8) -> list[str]:
+    """Slides whose speaker notes are missing or shorter than `min_words` words."""
+    return [f"{deck.path.name} slide {s.number}: no speaker notes" for s in deck.slides
+            if len(s.notes.split()) < min_words]
+
+
+# ------------------------------------------------------------------------------------------------- tools
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    log("$ " + " ".join(str(c) for c in cmd))
+    return subprocess.run(cmd, check=True, **kwargs)
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def apt_install(packages: list[str], why: str) -> None:
+    """Install Debian packages with apt-get (needs root); otherwise fail with the command to run."""
+    if not (_is_root() and shutil.which("apt-get")):
+        raise BuildError(f"{why} is missing and this build cannot install it (needs root and apt-get): run "
+                         f"`sudo apt-get install -y {' '.join(packages)}` (or set CHROME_PATH for a browser) "
+                         "and build again.")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    log(f"installing {why} with apt-get: {' '.join(packages)} (a minute or two, once)")
+    _run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
+    _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env,
+         stdout=subprocess.DEVNULL)
+
+
+def ensure_node() -> None:
+    """Node.js and npm on PATH (Debian's packages when missing and root)."""
+    if shutil.which("node") and shutil.which("npm"):
+        return
+    # Debian's nodejs (18 on bookworm) is new enough for Marp CLI 4 (needs >= 18).
+    apt_install(["npm"] if shutil.which("node") else ["nodejs", "npm"], "Node.js/npm (to run Marp CLI)")
+
+
+def ensure_marp() -> Path:
+    """Marp CLI installed from the npm registry at the version pinned in package-lock.json."""
+    stamp = SLIDES / "node_modules" / ".package-lock.json"
+    lock = SLIDES / "package-lock.json"
+    if MARP.exists() and stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
+        return MARP
+    ensure_node()
+    log("installing Marp CLI from the npm registry (npm ci, pinned by package-lock.json)")
+    # PUPPETEER_SKIP_DOWNLOAD: Marp uses puppeteer-core, which never downloads a browser; the variable
+    # makes sure nothing in the tree tries to (such downloads fail offline).
+    env = dict(os.environ, PUPPETEER_SKIP_DOWNLOAD="1", PUPPETEER_SKIP_CHROMIUM_DOWNLOAD="1")
+    _run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=SLIDES, env=env)
+    if not MARP.exists():
+        raise BuildError(f"npm ci finished but {MARP} is missing; delete slides/node_modules and build again.")
+    return MARP
+
+
+def ensure_chromium() -> str:
+    """A Chromium for PDF export and the render check: $CHROME_PATH, one on PATH, or Debian's package."""
+    from browser import find_chromium
+
+    found = find_chromium()
+    if found:
+        return found
+    apt_install(["chromium", "fonts-liberation", "fonts-dejavu-core"], "Chromium (for PDF export)")
+    found = find_chromium()
+    if not found:
+        raise BuildError("apt-get installed chromium but no chromium executable is on PATH; set CHROME_PATH.")
+    return found
+
+
+# ----------------------------------------------------------------------------------------------- figures
+@dataclass
+class FigureReport:
+    """Which figures were made, which are placeholders (and why), how long it took."""
+
+    made: list[str] = field(default_factory=list)
+    placeholders: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def make_figures(out_dir: Path, work_dir: Path) -> FigureReport:
+    """Draw every diagram and lab figure into `out_dir`; optional lab figures may become placeholders."""
+    import warnings
+
+    os.environ.setdefault("LAB_PROFILE", "quick")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    with warnings.catch_warnings():
+        # Library deprecation chatter (torchvision, pycocotools) is not the instructor's business here.
+        warnings.simplefilter("ignore")
+        return _make_figures(out_dir, work_dir)
+
+
+def _make_figures(out_dir: Path, work_dir: Path) -> FigureReport:
+    import diagrams
+    import lab_figures
+
+    started = time.perf_counter()
+    report = FigureReport()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, draw in diagrams.all_diagrams().items():
+        _required(name, lambda p, draw=draw: draw(p), out_dir, report)
+    ctx = lab_figures.Context(work_dir)
+    for name, draw in lab_figures.REQUIRED.items():
+        _required(name, lambda p, draw=draw: draw(p, ctx), out_dir, report)
+    for name, (draw, title, how) in lab_figures.OPTIONAL.items():
+        path = out_dir / f"{name}.png"
+        try:
+            draw(path, ctx)
+            report.made.append(name)
+        except Exception as exc:  # optional: never fail the build, say so on the slide instead
+            reason = str(exc) if isinstance(exc, lab_figures.FigureUnavailable) else f"{type(exc).__name__}: {exc}"
+            lab_figures.placeholder(path, title, reason, how)
+            report.placeholders[name] = reason
+    report.notes = dict(ctx.notes)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _required(name: str, draw, out_dir: Path, report: FigureReport) -> None:
+    path = out_dir / f"{name}.png"
+    try:
+        draw(path)
+    except Exception as exc:
+        traceback.print_exc()
+        raise BuildError(f"required figure {name!r} failed ({type(exc).__name__}: {exc}); the slides would show a "
+                         "figure that no longer matches the lab, so the build stops here.") from exc
+    if not path.is_file() or path.stat().st_size < 2000:
+        raise BuildError(f"required figure {name!r} was not written (or is empty): {path}")
+    report.made.append(name)
+
+
+# --------------------------------------------------------------------------------------------- rendering
+def marp(args: list[str], chrome: str | None = None) -> None:
+    """Run Marp CLI with the lab theme (and Chromium for PDF)."""
+    env = dict(os.environ)
+    if chrome:
+        env["CHROME_PATH"] = chrome
+    # Marp launches Chromium through puppeteer-core; as root it must skip the sandbox.
+    env.setdefault("CHROME_NO_SANDBOX", "1")
+    cmd = [str(MARP), "--theme-set", str(THEME), "--html", "--allow-local-files", "--no-stdin", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"marp failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def inline_images(html_path: Path, base: Path) -> int:
+    """Replace every local figure reference in a built HTML deck by a data: URI; returns how many."""
+    text = html_path.read_text(encoding="utf-8")
+    count = 0
+
+    def data_uri(match: re.Match) -> str:
+        nonlocal count
+        rel = match.group(2)
+        path = (base / rel).resolve()
+        if not path.is_file():
+            raise BuildError(f"{html_path.name} refers to {rel}, which was not generated")
+        mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        count += 1
+        return match.group(1) + f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+    text = re.sub(r'((?:src="|url\(&quot;|url\(|url\(&#x27;))(figures/[A-Za-z0-9_\-]+\.(?:png|jpg|jpeg|svg))',
+                  data_uri, text)
+    leftover = re.findall(r'(?:src|href)="(?!data:|#|https?:|mailto:)([^"]+)"', text)
+    if leftover:
+        raise BuildError(f"{html_path.name} still refers to local files after inlining: {leftover[:5]}")
+    html_path.write_text(text, encoding="utf-8")
+    return count
+
+
+def external_references(html: str) -> list[str]:
+    """URLs a built deck would fetch from the network (scripts, styles, images, fonts); should be empty."""
+    found = re.findall(r'<(?:script|img|link|iframe|source|video|audio)\b[^>]*?(?:src|href)="(https?:[^"]+)"', html)
+    found += re.findall(r'@import\s+(?:url\()?["\']?(https?:[^"\')]+)', html)
+    found += re.findall(r'url\(["\']?(https?:[^"\')]+)', html)
+    return found
+
+
+def pdf_stats(path: Path) -> tuple[int, int]:
+    """(pages, text annotations) of a PDF, read with the standard library (object streams inflated with zlib).
+
+    Marp writes one page per slide and, with --pdf-notes, one note annotation per slide that has notes.
+    """
+    import zlib
+
+    data = Path(path).read_bytes()
+    text = data
+    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, flags=re.S):
+        try:
+            text += zlib.decompress(match.group(1))
+        except zlib.error:
+            pass  # an image or font stream that is not plain deflate: no page objects inside
+    pages = len(re.findall(rb"/Type\s*/Page(?![A-Za-z])", text))
+    notes = len(re.findall(rb"/Subtype\s*/Text(?![A-Za-z])", text))
+    return pages, notes
+
+
+def write_index(out: Path, decks: list[Deck], pdf: bool) -> Path:
+    """dist/index.html: the decks in order, with their notebooks and HTML/PDF links."""
+    rows = []
+    for deck in decks:
+        name = deck.path.stem
+        notebooks = ", ".join(f"<code>notebooks/{n}.ipynb</code>" for n in deck.notebooks) or "(no notebook)"
+        links = f'<a href="html/{name}.html">slides</a>' + (f' · <a href="pdf/{name}.pdf">PDF</a>' if pdf else "")
+        rows.append(f"<tr><td>{name[:2]}</td><td>{deck.title}</td><td>{notebooks}</td>"
+                    f"<td>{len(deck.slides)}</td><td>{links}</td></tr>")
+    html = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Image captioning lab: instructor decks</title>
+<style>body{{font-family:sans-serif;max-width:60rem;margin:2rem auto;color:#1f2937}}
+td,th{{padding:.3rem .8rem;text-align:left}} tr:nth-child(even){{background:#f3f4f6}}</style></head>
+<body><h1>Image captioning lab: instructor decks</h1>
+<p>Present a deck from its HTML file (press <b>p</b> for the presenter view with speaker notes, <b>f</b> for full
+screen). The PDFs carry the speaker notes as annotations.</p>
+<table><tr><th>#</th><th>deck</th><th>notebook</th><th>slides</th><th></th></tr>
+{''.join(rows)}
+</table></body></html>
+"""
+    path = out / "index.html"
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- build
+@dataclass
+class BuildResult:
+    """Where the build wrote what, and how long each part took."""
+
+    out: Path
+    html: list[Path]
+    pdf: list[Path]
+    figures: FigureReport
+    warnings: list[str]
+    timings: dict[str, float]
+
+
+def build(out: Path = DEFAULT_OUT, pdf: bool = True, strict: bool = False) -> BuildResult:
+    """Build every deck into `out` (html/, pdf/, index.html, figures.json)."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ensure_marp()
+    chrome = ensure_chromium() if pdf else None
+    timings["tools"] = time.perf_counter() - t0
+
+    out = Path(out).resolve()
+    work = out / ".work"
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "decks").mkdir(parents=True)
+    for sub in ("html", "pdf"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)
+
+    t = time.perf_counter()
+    figures = make_figures(work / "decks" / "figures", work / "data")
+    timings["figures"] = time.perf_counter() - t
+
+    decks = [parse_deck(p) for p in deck_files()]
+    warnings = check_sync()
+    for deck in decks:
+        warnings += check_notes(deck)
+        for figure in deck.figures:
+            if not (work / "decks" / figure).is_file():
+                raise BuildError(f"{deck.path.name} shows {figure}, but no code draws it; add it to "
+                                 "slides/diagrams.py or slides/lab_figures.py, or fix the name.")
+    if warnings and strict:
+        raise BuildError("decks and notebooks are out of step:\n  " + "\n  ".join(warnings))
+    for deck in decks:
+        shutil.copy2(deck.path, work / "decks" / deck.path.name)
+
+    t = time.perf_counter()
+    marp(["--input-dir", str(work / "decks"), "--output", str(out / "html")])
+    html_files = sorted((out / "html").glob("*.html"))
+    for html in html_files:
+        inline_images(html, work / "decks")
+        external = external_references(html.read_text(encoding="utf-8"))
+        if external:
+            raise BuildError(f"{html.name} would load {external[:3]} from the network; decks must work offline.")
+    timings["html"] = time.perf_counter() - t
+
+    pdf_files: list[Path] = []
+    if pdf:
+        t = time.perf_counter()
+        marp(["--pdf", "--pdf-notes", "--pdf-outlines", "--input-dir", str(work / "decks"),
+              "--output", str(out / "pdf")], chrome=chrome)
+        pdf_files = sorted((out / "pdf").glob("*.pdf"))
+        if len(pdf_files) != len(decks):
+            raise BuildError(f"expected {len(decks)} PDFs, Marp wrote {len(pdf_files)}")
+        for deck, pdf_file in zip(decks, pdf_files, strict=True):
+            pages, _ = pdf_stats(pdf_file)
+            if pages != len(deck.slides):
+                raise BuildError(f"{pdf_file.name} has {pages} pages for {len(deck.slides)} slides")
+        timings["pdf"] = time.perf_counter() - t
+
+    write_index(out, decks, pdf)
+    (out / "figures.json").write_text(json.dumps(
+        {"made": figures.made, "placeholders": figures.placeholders, "notes": figures.notes}, indent=2))
+    shutil.rmtree(work / "data", ignore_errors=True)
+    timings["total"] = time.perf_counter() - t0
+    return BuildResult(out, html_files, pdf_files, figures, warnings, timings)
+
+
+def render_check(html_files: list[Path], save_dir: Path | None = None) -> list[str]:
+    """Open every deck in headless Chromium and check each slide; returns the problems found."""
+    from browser import Chromium, check_deck
+
+    problems = []
+    with Chromium() as browser:
+        for html in html_files:
+            for slide in check_deck(browser, html):
+                where = f"{slide.deck} slide {slide.index}"
+                if save_dir is not None:
+                    save_dir.mkdir(parents=True, exist_ok=True)
+                    (save_dir / f"{html.stem}_{slide.index:02d}.png").write_bytes(slide.png)
+                if not slide.active:
+                    problems.append(f"{where}: the viewer did not show it")
+                if slide.blank:
+                    problems.append(f"{where}: renders (nearly) blank (ink {slide.ink:.3%})")
+                if slide.broken_images:
+                    problems.append(f"{where}: broken images {slide.broken_images}")
+                if slide.overflow_px > 4:
+                    problems.append(f"{where}: content runs {slide.overflow_px}px past the bottom")
+                if not slide.has_notes:
+                    problems.append(f"{where}: no speaker notes in the built deck")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default slides/dist)")
+    parser.add_argument("--no-pdf", action="store_true", help="HTML only")
+    parser.add_argument("--check", action="store_true", help="open every slide in headless Chromium and check it")
+    parser.add_argument("--screenshots", type=Path, help="with --check: save one PNG per slide here")
+    parser.add_argument("--strict", action="store_true", help="fail when decks and notebooks are out of step")
+    args = parser.parse_args(argv)
+    try:
+        result = build(args.out, pdf=not args.no_pdf, strict=args.strict)
+        problems = []
+        if args.check:
+            t = time.perf_counter()
+            ensure_chromium()
+            problems = render_check(result.html, args.screenshots)
+            result.timings["check"] = time.perf_counter() - t
+    except BuildError as exc:
+        print(f"slides build failed: {exc}", file=sys.stderr)
+        return 1
+    slides = sum(len(parse_deck(p).slides) for p in deck_files())
+    print(f"Built {len(result.html)} decks ({slides} slides) into {result.out}: html/ "
+          + ("and pdf/ " if result.pdf else "") + "+ index.html")
+    print("Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()))
+    print(f"Figures: {len(result.figures.made)} made"
+          + (f", {len(result.figures.placeholders)} placeholders:" if result.figures.placeholders else ""))
+    for name, reason in result.figures.placeholders.items():
+        print(f"  - {name}: {reason}")
+    for name, note in result.figures.notes.items():
+        print(f"  - {name}: {note}")
+    for warning in result.warnings:
+        print(f"WARNING: {warning}")
+    if args.check:
+        print(f"Render check: {slides} slides opened at 1280x720, {len(problems)} problems")
+        for problem in problems:
+            print(f"  - {problem}")
+        return 1 if problems else 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
