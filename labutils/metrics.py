@@ -1,0 +1,284 @@
+"""Caption metrics: the COCO evaluation (pycocoevalcap) and NLTK's BLEU side by side, per image and as tables.
+
+`coco_scores` gives exactly the numbers of pycocoevalcap's own `COCOEvalCap.evaluate` (tested): captions and
+references go through the same Stanford PTB tokenizer (Java; lower-cases, splits off punctuation and clitics,
+then drops punctuation) and the same scorers, image by image in the same order.
+
+What the numbers are:
+
+* `Bleu_1`..`Bleu_4` (Papineni et al. 2002): corpus-level BLEU, clipped n-gram counts and lengths summed over all
+  images before the geometric mean; the brevity penalty uses, per image, the reference length closest to the
+  candidate's.
+* `METEOR` (Denkowski & Lavie 2014, METEOR 1.5): unigram matching with stems, synonyms and paraphrases.
+* `ROUGE_L` (Lin 2004): longest-common-subsequence F-measure (beta 1.2), averaged over images.
+* `CIDEr`: pycocoevalcap's `Cider` class is **CIDEr-D** (Vedantam et al. 2015), the variant the COCO server
+  reports: no stemming, candidate n-gram counts clipped to the reference's, a Gaussian length penalty
+  exp(-(l_cand - l_ref)^2 / (2 * 6^2)), times 10. Its IDF weights come from the references of the images being
+  evaluated, so CIDEr-D of a subset is not the mean of the whole set's per-image values.
+* `SPICE` (Anderson et al. 2016) only with `spice=True`: it needs Stanford CoreNLP, which pycocoevalcap downloads
+  on first use, so offline it is left out with one message.
+
+METEOR and the tokenizer need `java` on the PATH (it is on Colab). Without it, captions are tokenised by a Python
+approximation of the PTB tokenizer, METEOR is left out, and a warning says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import shutil
+import socket
+import warnings
+from collections.abc import Mapping, Sequence
+
+METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+DISPLAY_NAMES = {"Bleu_1": "BLEU-1", "Bleu_2": "BLEU-2", "Bleu_3": "BLEU-3", "Bleu_4": "BLEU-4",
+                 "METEOR": "METEOR", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr-D", "SPICE": "SPICE"}
+# The tokens pycocoevalcap's PTBTokenizer removes after tokenising.
+PTB_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
+                   "...", ";"}
+NO_JAVA = ("java was not found, so captions are tokenised with a Python approximation of the PTB tokenizer and "
+           "METEOR is left out; install a Java runtime (apt-get install default-jre, or conda install openjdk) "
+           "for the official COCO numbers.")
+
+_ptb_cache: dict[str, str] = {}  # caption -> PTB tokens (see ptb_tokenize)
+_meteor = None  # one METEOR java process per Python process: starting it (loading paraphrases) takes seconds
+
+
+def java_available() -> bool:
+    """Whether a `java` executable is on the PATH (needed by the PTB tokenizer, METEOR and SPICE)."""
+    return shutil.which("java") is not None
+
+
+# -- inputs and tokenisation ----------------------------------------------------------------------------------
+def _text(value) -> str:
+    value = getattr(value, "text", value)  # accept decode.Caption objects as predictions
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str):
+        raise TypeError(f"A prediction must be a caption string, got {type(value).__name__}.")
+    return value
+
+
+def _aligned(predictions: Mapping, references: Mapping[int, Sequence[str]]) -> tuple[list, dict, dict]:
+    """Image ids in the order of `references` (COCOEvalCap follows the annotation file's order), with texts."""
+    if not predictions:
+        raise ValueError("predictions is empty; caption some images first (a dict image_id -> caption).")
+    missing = [i for i in predictions if i not in references]
+    if missing:
+        raise ValueError(f"Image {missing[0]!r} has a prediction but no references ({len(missing)} such images); "
+                         "pass the references of every predicted image.")
+    ids = [i for i in references if i in predictions]
+    for i in ids:
+        refs = references[i]
+        if isinstance(refs, str) or not refs:
+            raise ValueError(f"Image {i!r} needs a non-empty list of reference captions, got {refs!r}.")
+    preds = {i: _text(predictions[i]) for i in ids}
+    refs = {i: [str(r) for r in references[i]] for i in ids}
+    return ids, preds, refs
+
+
+def simple_ptb_tokenize(text: str) -> str:
+    """A Python stand-in for the PTB tokenizer (used without java): lower-case, split punctuation and clitics
+    ("isn't" -> "is n't", "it's" -> "it 's"), then drop the punctuation as pycocoevalcap does."""
+    text = text.lower().replace("\n", " ")
+    text = re.sub(r"(\w)n't\b", r"\1 n't", text)
+    text = re.sub(r"(\w)'(s|re|ll|d|ve|m)\b", r"\1 '\2", text)
+    tokens = re.findall(r"n't|'(?:s|re|ll|d|ve|m)\b|\w+|\.\.\.|--|\S", text)
+    return " ".join(t for t in tokens if t not in PTB_PUNCTUATION)
+
+
+def ptb_tokenize(captions: Mapping[object, Sequence[str]]) -> dict[object, list[str]]:
+    """Tokenise {key: [caption, ...]} exactly as COCOEvalCap does (PTBTokenizer in Java; Python stand-in without).
+
+    The tokenizer treats every line on its own, so each distinct caption is tokenised once per process and
+    remembered: scoring several decoding methods against the same references starts Java only for new text.
+    """
+    if not java_available():
+        return {key: [simple_ptb_tokenize(c) for c in caps] for key, caps in captions.items()}
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    new = list(dict.fromkeys(c for caps in captions.values() for c in caps
+                             if c not in _ptb_cache and c.strip()))
+    if new:
+        tokenized = PTBTokenizer().tokenize({n: [{"caption": c}] for n, c in enumerate(new)})
+        if len(_ptb_cache) + len(new) > 500_000:  # bound the memory of a long session
+            _ptb_cache.clear()
+        _ptb_cache.update((c, tokenized.get(n, [""])[0]) for n, c in enumerate(new))
+    return {key: [_ptb_cache.get(c, "") if c.strip() else "" for c in caps] for key, caps in captions.items()}
+
+
+def _tokenized(ids, preds, refs) -> tuple[dict, dict]:
+    tokens = ptb_tokenize({("ref", i): refs[i] for i in ids} | {("pred", i): [preds[i]] for i in ids})
+    return {i: tokens[("ref", i)] for i in ids}, {i: tokens[("pred", i)] for i in ids}
+
+
+# -- scorers --------------------------------------------------------------------------------------------------
+def _meteor_scorer():
+    global _meteor
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    if _meteor is None or _meteor.meteor_p.poll() is not None:
+        _meteor = Meteor()
+    return _meteor
+
+
+def _spice(gts: dict, res: dict):
+    """SPICE scores, or None with one clear message when it cannot run (offline, no java, failed jar)."""
+    if not java_available():
+        warnings.warn("SPICE needs java, which was not found; SPICE is left out.", RuntimeWarning, stacklevel=3)
+        return None
+    previous = socket.getdefaulttimeout()
+    try:
+        from pycocoevalcap.spice.spice import Spice
+
+        socket.setdefaulttimeout(20)  # offline, fail in seconds instead of hanging on the CoreNLP download
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap's download chatter; we warn once instead
+            scorer = Spice()  # downloads Stanford CoreNLP (several hundred MB) on first use
+        return scorer.compute_score(gts, res)
+    except Exception as exc:  # network errors, a broken download, or the SPICE jar failing
+        warnings.warn(f"SPICE could not run ({type(exc).__name__}: {str(exc)[:100]}); it needs Stanford CoreNLP, "
+                      "which pycocoevalcap downloads on first use, so run once online, with Java 8 or 11. "
+                      "SPICE is left out.", RuntimeWarning, stacklevel=3)
+        return None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def evaluate(predictions: Mapping, references: Mapping[int, Sequence[str]], spice: bool = False):
+    """Corpus scores (dict) and per-image scores (DataFrame) of `predictions` against `references`.
+
+    `predictions` maps image id -> caption (a string or a `decode.Caption`); `references` maps image id -> list
+    of reference captions. Only predicted images are scored, in the order of `references`.
+    """
+    import pandas as pd
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    ids, preds, refs = _aligned(predictions, references)
+    if not java_available():
+        warnings.warn(NO_JAVA, RuntimeWarning, stacklevel=2)
+    gts, res = _tokenized(ids, preds, refs)
+
+    scores: dict[str, float] = {}
+    per_image: dict[str, list[float]] = {}
+    bleu, bleu_images = Bleu(4).compute_score(gts, res, verbose=0)
+    for n in range(4):
+        scores[f"Bleu_{n + 1}"] = bleu[n]
+        per_image[f"Bleu_{n + 1}"] = list(bleu_images[n])
+    if java_available():
+        scores["METEOR"], meteor_images = _meteor_scorer().compute_score(gts, res)
+        per_image["METEOR"] = list(meteor_images)
+    scores["ROUGE_L"], rouge_images = Rouge().compute_score(gts, res)
+    per_image["ROUGE_L"] = list(rouge_images)
+    scores["CIDEr"], cider_images = Cider().compute_score(gts, res)
+    per_image["CIDEr"] = list(cider_images)
+    if spice:
+        spice_result = _spice(gts, res)
+        if spice_result is not None:
+            scores["SPICE"] = spice_result[0]
+            per_image["SPICE"] = [s["All"]["f"] for s in spice_result[1]]
+    scores = {key: float(value) for key, value in scores.items()}
+
+    table = pd.DataFrame(per_image, index=pd.Index(ids, name="image_id"))
+    table.insert(0, "prediction", [preds[i] for i in ids])
+    table["references"] = [refs[i] for i in ids]
+    return scores, table
+
+
+def coco_scores(predictions: Mapping, references: Mapping[int, Sequence[str]], spice: bool = False) -> dict:
+    """BLEU-1..4, METEOR, ROUGE-L and CIDEr-D (+ SPICE if asked and possible), keyed as COCOEvalCap keys them."""
+    return evaluate(predictions, references, spice=spice)[0]
+
+
+def per_image_scores(predictions: Mapping, references: Mapping[int, Sequence[str]], spice: bool = False):
+    """A DataFrame indexed by image id: the prediction, every metric for that image, and its references."""
+    return evaluate(predictions, references, spice=spice)[1]
+
+
+def coco_bleu(predictions: Mapping, references: Mapping[int, Sequence[str]]) -> list[float]:
+    """Corpus BLEU-1..4 exactly as `coco_scores` computes them, and nothing else (fast: no METEOR/ROUGE/CIDEr)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    ids, preds, refs = _aligned(predictions, references)
+    gts, res = _tokenized(ids, preds, refs)
+    return [float(b) for b in Bleu(4).compute_score(gts, res, verbose=0)[0]]
+
+
+def bleu4(predictions: Mapping, references: Mapping[int, Sequence[str]]) -> float:
+    """Corpus BLEU-4 exactly as `coco_scores` computes it: the fast path for validation during training."""
+    return coco_bleu(predictions, references)[3]
+
+
+def results_table(results: Mapping[str, Mapping[str, float]], percent: bool = False):
+    """One row per decoding method (e.g. {"greedy": scores, "beam3": scores}), one column per metric."""
+    import pandas as pd
+
+    table = pd.DataFrame.from_dict({name: dict(scores) for name, scores in results.items()}, orient="index")
+    order = [m for m in (*METRICS, "SPICE") if m in table.columns]
+    table = table[order + [c for c in table.columns if c not in order]]
+    table = table.rename(columns=DISPLAY_NAMES)
+    table.index.name = "method"
+    return table * 100 if percent else table
+
+
+# -- NLTK BLEU, for comparison --------------------------------------------------------------------------------
+def nltk_corpus_bleu(predictions: Mapping, references: Mapping[int, Sequence[str]],
+                     smoothing: bool | str | None = None, max_n: int = 4) -> dict[str, float]:
+    """NLTK's `corpus_bleu` on whitespace tokens, as many tutorials compute it; keys as in `coco_scores`.
+
+    Why it differs from `coco_scores`' BLEU on the same captions:
+
+    * Tokenisation: here `caption.split()`, so "Dog" / "dog" and "circle." / "circle" are different words;
+      COCO's PTB tokenizer lower-cases and drops punctuation first. (Tutorials that score vocabulary ids also
+      turn rare reference words into `<unk>`, which can match a predicted `<unk>`.)
+    * Corpus vs averaged: both functions here are corpus-level (counts summed over images, then one geometric
+      mean). Averaging per-image sentence BLEU, as `per_image_scores(...).mean()` would, gives another number.
+    * Short captions: NLTK puts at least 1 in every n-gram precision's denominator per caption (max(1, count)),
+      so a 3-word caption lowers NLTK's BLEU-4; COCO counts its zero 4-grams as zero.
+    * Brevity penalty: both use the reference length closest to each candidate (ties to the shorter one) in the
+      installed versions; some older scripts (NIST's mteval-v11, pycocoevalcap's unused "shortest" option) take
+      the shortest reference, which penalises short captions less.
+    * Zero counts and smoothing: COCO adds 1e-15 / 1e-9 to every n-gram precision, so a corpus with no matching
+      4-gram gets BLEU-4 of about 0 without complaint; NLTK returns about 1e-78 (and warns, silenced here)
+      unless `smoothing` names a `SmoothingFunction` method ("method1".."method7"; True means "method1"), and
+      smoothing raises scores noticeably on small corpora.
+    """
+    from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
+
+    ids, preds, refs = _aligned(predictions, references)
+    hypotheses = [preds[i].split() for i in ids]
+    reference_lists = [[r.split() for r in refs[i]] for i in ids]
+    smoother = None
+    if smoothing:
+        name = "method1" if smoothing is True else str(smoothing)
+        smoother = getattr(SmoothingFunction(), name, None)
+        if smoother is None:
+            raise ValueError(f"Unknown NLTK smoothing {smoothing!r}; use 'method0' to 'method7' or True.")
+    weights = [tuple([1.0 / n] * n) for n in range(1, max_n + 1)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # NLTK's "0 counts of n-gram overlaps" warning
+        values = corpus_bleu(reference_lists, hypotheses, weights=weights, smoothing_function=smoother)
+    return {f"Bleu_{n}": float(v) for n, v in enumerate(values, start=1)}
+
+
+def compare_bleu(predictions: Mapping, references: Mapping[int, Sequence[str]], smoothing: str = "method1"):
+    """BLEU-1..4 four ways on the same captions: COCO corpus, COCO per-image mean, NLTK plain, NLTK smoothed."""
+    import pandas as pd
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    ids, preds, refs = _aligned(predictions, references)
+    gts, res = _tokenized(ids, preds, refs)
+    corpus, per_image = Bleu(4).compute_score(gts, res, verbose=0)
+    rows = {
+        "pycocoevalcap (PTB tokens, corpus)": {f"Bleu_{n + 1}": corpus[n] for n in range(4)},
+        "pycocoevalcap per-image mean": {f"Bleu_{n + 1}": float(sum(per_image[n]) / len(ids)) for n in range(4)},
+        "NLTK corpus_bleu (whitespace)": nltk_corpus_bleu(preds, refs),
+        f"NLTK corpus_bleu + {smoothing}": nltk_corpus_bleu(preds, refs, smoothing=smoothing),
+    }
+    table = pd.DataFrame.from_dict(rows, orient="index").rename(columns=DISPLAY_NAMES)
+    table.index.name = "BLEU computed by"
+    return table
+

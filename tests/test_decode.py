@@ -1,0 +1,434 @@
+"""Tests for labutils.decode: exact checks on toy decoders with known transition tables, then the real decoders."""
+
+import importlib.util
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from labutils import decode
+from labutils.decoders import ShowAndTell, ShowAttendTell
+from labutils.vocab import Vocabulary
+
+NEG_INF = float("-inf")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: a second OpenMP thread only adds synchronisation (very slow on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TableDecoder(nn.Module):
+    """A Markov-chain 'decoder': logits = log P(next | previous token) from a fixed table, plus an image bias.
+
+    It implements the step interface exactly: the state holds the features (passed through unchanged, like the
+    attention decoder's) and a per-row step counter (a new tensor every step). Attention puts weight on the
+    position chosen by the previous token, so reordered beams carry visibly different maps.
+    """
+
+    uses_attention = True
+
+    def __init__(self, table: torch.Tensor, end_ramp: float = 0.0):
+        super().__init__()
+        self.register_buffer("table", table.float())
+        self.vocab_size = table.size(1)
+        self.end_ramp = end_ramp
+        self.calls = 0
+
+    def init_state(self, features):
+        return features, torch.zeros(features.size(0), 1)
+
+    def step(self, tokens, state):
+        features, t = state
+        self.calls += 1
+        logits = self.table[tokens] + features.mean(dim=1)[:, : self.vocab_size]
+        logits[:, 2] = logits[:, 2] + self.end_ramp * t[:, 0]  # <end> (id 2) grows likelier with length
+        positions = features.size(1)
+        alpha = torch.softmax(torch.nn.functional.one_hot(tokens % positions, positions).float() * 3.0, dim=1)
+        return logits, (features, t + 1), alpha
+
+
+class NeverEnds(TableDecoder):
+    """A decoder whose <end> has probability 0: every search must stop at max_len on its own."""
+
+    def step(self, tokens, state):
+        logits, state, alpha = super().step(tokens, state)
+        logits[:, 2] = NEG_INF
+        return logits, state, alpha
+
+
+def words_vocab(n_words: int) -> Vocabulary:
+    return Vocabulary([f"w{i}" for i in range(n_words)])
+
+
+def log_table(rows: dict[int, dict[int, float]], size: int) -> torch.Tensor:
+    """A [size, size] table of log-probabilities from {previous: {next: probability}} (missing = 0)."""
+    table = torch.full((size, size), NEG_INF)
+    for prev, nexts in rows.items():
+        for nxt, p in nexts.items():
+            table[prev, nxt] = math.log(p)
+    return table
+
+
+def random_table(vocab: Vocabulary, seed: int, end_bias: float = 0.0) -> torch.Tensor:
+    """Random transition logits that never produce the specials <pad>, <start>, <unk>."""
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randn(len(vocab), len(vocab), generator=gen) * 2.0
+    table[:, [vocab.pad_id, vocab.start_id, vocab.unk_id]] = NEG_INF
+    table[:, vocab.end_id] += end_bias
+    return table
+
+
+def zero_features(batch: int, vocab_size: int, positions: int = 3) -> torch.Tensor:
+    return torch.zeros(batch, positions, vocab_size)
+
+
+def image_features(batch: int, vocab_size: int, seed: int, positions: int = 3) -> torch.Tensor:
+    """Per-image features: their mean over positions is an image-specific bias on the logits."""
+    return torch.randn(batch, positions, vocab_size, generator=torch.Generator().manual_seed(seed))
+
+
+def forced_log_prob_and_alphas(decoder, features, vocab, tokens):
+    """Run the decoder along `tokens` for one image: their total log-prob and the attention at each step."""
+    decoder.eval()
+    with torch.inference_mode():
+        state = decoder.init_state(features)
+        prev = torch.tensor([vocab.start_id])
+        total, alphas = 0.0, []
+        for token in tokens:
+            logits, state, alpha = decoder.step(prev, state)
+            total += torch.log_softmax(logits.float(), dim=1)[0, token].item()
+            if alpha is not None:
+                alphas.append(alpha[0])
+            prev = torch.tensor([token])
+    return total, torch.stack(alphas) if alphas else None
+
+
+# -- a hand-made chain where greedy and beam search disagree ------------------------------------------------
+@pytest.fixture()
+def chain():
+    """start -> a .5 | b .4 | c .1;  a -> c .35 | d .35 | end .3;  b -> end .9 | a .1;  c, d -> end 1."""
+    vocab = Vocabulary(["a", "b", "c", "d"])
+    a, b, c, d = (vocab[w] for w in "abcd")
+    end = vocab.end_id
+    table = log_table({vocab.start_id: {a: 0.5, b: 0.4, c: 0.1}, a: {c: 0.35, d: 0.35, end: 0.3},
+                       b: {end: 0.9, a: 0.1}, c: {end: 1.0}, d: {end: 1.0}}, len(vocab))
+    return TableDecoder(table), vocab
+
+
+def test_greedy_takes_the_locally_best_word_and_breaks_ties_to_the_lower_id(chain):
+    decoder, vocab = chain
+    [caption] = decode.greedy(decoder, zero_features(1, len(vocab)), vocab, max_len=10)
+    # After "a", c and d tie at 0.35: the lower id (c) wins, as argmax documents.
+    assert caption.text == "a c"
+    assert caption.words == ["a", "c", "<end>"]
+    assert caption.finished
+    assert caption.log_prob == pytest.approx(math.log(0.5 * 0.35 * 1.0), abs=1e-6)
+
+
+def test_beam_search_finds_the_better_caption_greedy_misses(chain):
+    decoder, vocab = chain
+    decoder.calls = 0
+    [options] = decode.beam_search(decoder, zero_features(1, len(vocab)), vocab, beam_size=2, max_len=30,
+                                   return_k=2)
+    assert [c.text for c in options] == ["b", "a c"]
+    assert options[0].log_prob == pytest.approx(math.log(0.4 * 0.9), abs=1e-6)
+    assert options[1].log_prob == pytest.approx(math.log(0.5 * 0.35), abs=1e-6)
+    assert options[0].score == options[0].log_prob  # no length penalty
+    assert all(c.finished for c in options)
+    # b<end> finishes at step 2, a c <end> at step 3: both slots retired, so the search stops after 3 of 30 steps.
+    assert decoder.calls == 3
+
+
+def test_beam_size_one_is_greedy(chain):
+    decoder, vocab = chain
+    feats = image_features(5, len(vocab), seed=3)
+    greedy = decode.greedy(decoder, feats, vocab, max_len=12)
+    beams = decode.beam_search(decoder, feats, vocab, beam_size=1, max_len=12)
+    assert [b[0].tokens for b in beams] == [g.tokens for g in greedy]
+    assert [b[0].log_prob for b in beams] == pytest.approx([g.log_prob for g in greedy], abs=1e-5)
+
+
+def test_length_penalty_follows_wu_et_al(chain):
+    decoder, vocab = chain
+    [options] = decode.beam_search(decoder, zero_features(1, len(vocab)), vocab, beam_size=2, max_len=30,
+                                   length_penalty=1.0, return_k=2)
+    for caption in options:
+        expected = caption.log_prob / ((5 + len(caption.tokens)) / 6)
+        assert caption.score == pytest.approx(expected, rel=1e-6)
+    assert decode.length_penalty(3, 0.0) == 1.0
+    assert decode.length_penalty(7, 1.0) == pytest.approx(2.0)
+
+
+# -- exhaustive search as ground truth --------------------------------------------------------------------------
+def brute_force(table: torch.Tensor, vocab: Vocabulary, max_len: int, alpha: float):
+    """Every finished caption up to max_len tokens with its log-prob, best first (ranked like beam_search)."""
+    logp = torch.log_softmax(table, dim=1)
+    word_ids = [i for i in range(len(vocab)) if i >= 4]
+    found = []
+    for n_words in range(0, max_len):
+        for words in itertools.product(word_ids, repeat=n_words):
+            seq = [*words, vocab.end_id]
+            prev, total = vocab.start_id, torch.zeros(())
+            for token in seq:  # the same float32 additions in the same order as the search
+                total = total + logp[prev, token]
+                prev = token
+            raw = total.item()
+            found.append((raw / ((5 + len(seq)) / 6) ** alpha if alpha else raw, raw, seq))
+    return sorted(found, key=lambda item: -item[0])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_a_wide_enough_beam_is_exhaustive_search(alpha):
+    vocab = words_vocab(3)
+    table = random_table(vocab, seed=7, end_bias=0.5)
+    decoder = TableDecoder(table)
+    max_len = 4
+    # 3 + 9 + 27 + 81 = 120 prefixes: a beam of 120 never prunes anything.
+    [options] = decode.beam_search(decoder, zero_features(1, len(vocab)), vocab, beam_size=120, max_len=max_len,
+                                   length_penalty=alpha, return_k=5)
+    expected = brute_force(table, vocab, max_len, alpha)[:5]
+    assert [c.tokens for c in options] == [seq for _, _, seq in expected]
+    assert [c.score for c in options] == pytest.approx([s for s, _, _ in expected], abs=1e-5)
+
+
+# -- batching -----------------------------------------------------------------------------------------------------
+def test_batched_beam_search_equals_one_image_at_a_time():
+    vocab = words_vocab(6)
+    decoder = TableDecoder(random_table(vocab, seed=1), end_ramp=0.4)
+    feats = image_features(7, len(vocab), seed=2)
+    batched = decode.beam_search(decoder, feats, vocab, beam_size=4, max_len=15, return_k=3)
+    for i in range(len(feats)):
+        [single] = decode.beam_search(decoder, feats[i:i + 1], vocab, beam_size=4, max_len=15, return_k=3)
+        assert [c.tokens for c in batched[i]] == [c.tokens for c in single]
+        assert [c.score for c in batched[i]] == [c.score for c in single]
+        for a, b in zip(batched[i], single, strict=True):
+            assert torch.equal(a.alphas, b.alphas)
+
+
+def load_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_beam_search.py"
+    spec = importlib.util.spec_from_file_location("bench_beam_search", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batched_beam_search_matches_the_per_image_reference_of_the_benchmark(seed):
+    bench = load_benchmark()
+    vocab = words_vocab(8)
+    # Endings at varied steps exercise retiring slots, early exits and the max_len fallback.
+    decoder = TableDecoder(random_table(vocab, seed=seed, end_bias=-1.0), end_ramp=0.3)
+    feats = image_features(12, len(vocab), seed=seed + 10)
+    batched = decode.beam_search(decoder, feats, vocab, beam_size=5, max_len=9)
+    with torch.inference_mode():
+        reference = [bench.reference_beam_search(decoder, feats[i:i + 1], vocab, 5, 9) for i in range(len(feats))]
+    assert [b[0].tokens for b in batched] == [r[0] for r in reference]
+    assert [b[0].log_prob for b in batched] == pytest.approx([r[1] for r in reference], abs=1e-5)
+    assert [b[0].finished for b in batched] == [r[2] for r in reference]
+
+
+def test_first_step_expands_one_beam_so_the_k_best_are_distinct(chain):
+    decoder, vocab = chain
+    [options] = decode.beam_search(decoder, zero_features(1, len(vocab)), vocab, beam_size=4, max_len=5,
+                                   return_k=4)
+    assert len({tuple(c.tokens) for c in options}) == 4
+
+
+# -- termination ----------------------------------------------------------------------------------------------------
+def test_every_decoding_function_terminates_when_the_decoder_never_ends():
+    vocab = words_vocab(5)
+    decoder = NeverEnds(random_table(vocab, seed=4))
+    feats = image_features(3, len(vocab), seed=5)
+    max_len = 7
+    results = {
+        "greedy": decode.greedy(decoder, feats, vocab, max_len=max_len),
+        "sample": decode.sample(decoder, feats, vocab, generator=0, max_len=max_len),
+        "sample_top_p": decode.sample(decoder, feats, vocab, top_p=0.9, top_k=3, generator=0, max_len=max_len),
+        "beam": decode.best_of(decode.beam_search(decoder, feats, vocab, beam_size=3, max_len=max_len)),
+        "caption_images": decode.caption_images(decoder, feats, vocab, method="beam", max_len=max_len),
+    }
+    for name, captions in results.items():
+        assert len(captions) == 3, name
+        for caption in captions:
+            assert len(caption.tokens) == max_len and not caption.finished, name
+            assert vocab.end_id not in caption.tokens, name
+            assert len(caption.text.split()) == max_len, name
+            assert caption.alphas.shape == (max_len, feats.size(1)), name
+    # Without finished hypotheses beam search returns the best unfinished ones, best first.
+    options = decode.beam_search(decoder, feats, vocab, beam_size=3, max_len=max_len, return_k=3)
+    for per_image in options:
+        assert len(per_image) == 3 and not any(c.finished for c in per_image)
+        assert [c.score for c in per_image] == sorted((c.score for c in per_image), reverse=True)
+
+
+def test_real_decoders_terminate_with_an_end_token_they_never_pick():
+    vocab = words_vocab(20)
+    torch.manual_seed(0)
+    for decoder in (ShowAttendTell(len(vocab), 32, 16, 32, 16), ShowAndTell(len(vocab), 32, 16, 32)):
+        with torch.no_grad():
+            decoder.fc.bias[vocab.end_id] = -1e4  # <end> effectively impossible
+        feats = torch.randn(2, 4, 32)
+        for captions in (decode.greedy(decoder, feats, vocab, max_len=6),
+                         decode.best_of(decode.beam_search(decoder, feats, vocab, beam_size=3, max_len=6)),
+                         decode.sample(decoder, feats, vocab, generator=1, max_len=6)):
+            assert [len(c.tokens) for c in captions] == [6, 6]
+            assert not any(c.finished for c in captions)
+
+
+# -- the real decoders (random init) ------------------------------------------------------------------------------
+@pytest.fixture(params=["attention", "attention_deep_output", "show_and_tell"])
+def real_decoder(request):
+    torch.manual_seed(0)
+    vocab = words_vocab(30)
+    if request.param.startswith("attention"):
+        decoder = ShowAttendTell(len(vocab), feature_dim=48, embed_dim=16, hidden_dim=32, attention_dim=16,
+                                 deep_output=request.param.endswith("deep_output"))
+    else:
+        decoder = ShowAndTell(len(vocab), feature_dim=48, embed_dim=16, hidden_dim=32)
+    with torch.no_grad():  # make <end> reachable so both finished and cut captions occur
+        decoder.fc.bias[vocab.end_id] += 2.5
+    return decoder, vocab, torch.randn(6, 9, 48).relu()
+
+
+def test_real_decoders_batched_beam_equals_single_image_and_reference(real_decoder):
+    decoder, vocab, feats = real_decoder
+    bench = load_benchmark()
+    batched = decode.beam_search(decoder, feats, vocab, beam_size=5, max_len=12, return_k=2)
+    with torch.inference_mode():
+        reference = [bench.reference_beam_search(decoder, feats[i:i + 1], vocab, 5, 12) for i in range(len(feats))]
+    assert [b[0].tokens for b in batched] == [r[0] for r in reference]
+    for options, ref in zip(batched, reference, strict=True):
+        if decoder.uses_attention:
+            torch.testing.assert_close(options[0].alphas, ref[3], atol=1e-5, rtol=1e-5)
+        else:
+            assert options[0].alphas is None and ref[3] is None
+    for i in range(len(feats)):
+        [single] = decode.beam_search(decoder, feats[i:i + 1], vocab, beam_size=5, max_len=12, return_k=2)
+        assert [c.tokens for c in single] == [c.tokens for c in batched[i]]
+
+
+def test_scores_and_attention_maps_belong_to_the_returned_captions(real_decoder):
+    decoder, vocab, feats = real_decoder
+    beams = decode.beam_search(decoder, feats, vocab, beam_size=4, max_len=10, return_k=3)
+    greedy = decode.greedy(decoder, feats, vocab, max_len=10)
+    for i in range(len(feats)):
+        for caption in [*beams[i], greedy[i]]:
+            log_prob, alphas = forced_log_prob_and_alphas(decoder, feats[i:i + 1], vocab, caption.tokens)
+            assert caption.log_prob == pytest.approx(log_prob, abs=1e-4)
+            if decoder.uses_attention:
+                assert caption.alphas.shape == (len(caption.tokens), feats.size(1))
+                torch.testing.assert_close(caption.alphas, alphas, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(caption.alphas.sum(1), torch.ones(len(caption.tokens)))
+            else:
+                assert caption.alphas is None
+            assert caption.text == vocab.decode(caption.tokens)
+            assert caption.finished == (caption.tokens[-1] == vocab.end_id)
+
+
+def test_decoding_uses_eval_mode_and_restores_training_mode(real_decoder):
+    decoder, vocab, feats = real_decoder
+    decoder.dropout.p = 0.9  # would scramble the logits if dropout were active
+    decoder.train()
+    first = decode.greedy(decoder, feats, vocab, max_len=8)
+    second = decode.greedy(decoder, feats, vocab, max_len=8)
+    assert [c.tokens for c in first] == [c.tokens for c in second]
+    assert decoder.training and decoder.dropout.training
+    # Mixed modes survive too: a frozen part kept in eval mode inside a training model stays in eval mode.
+    decoder.dropout.eval()
+    decode.beam_search(decoder, feats, vocab, beam_size=2, max_len=4)
+    assert decoder.training and not decoder.dropout.training
+
+
+# -- sampling -----------------------------------------------------------------------------------------------------
+def test_sampling_with_one_candidate_is_greedy(real_decoder):
+    decoder, vocab, feats = real_decoder
+    greedy = [c.tokens for c in decode.greedy(decoder, feats, vocab, max_len=10)]
+    for kwargs in ({"top_k": 1}, {"top_p": 1e-4}, {"top_n_schedule": [1]}, {"temperature": 1e-4}):
+        sampled = decode.sample(decoder, feats, vocab, generator=3, max_len=10, **kwargs)
+        assert [c.tokens for c in sampled] == greedy, kwargs
+
+
+def test_sampling_is_reproducible_with_a_seed_and_varies_without():
+    vocab = words_vocab(10)
+    decoder = TableDecoder(random_table(vocab, seed=8) * 0.2)  # flat: many plausible captions
+    feats = zero_features(40, len(vocab))
+    first = decode.sample(decoder, feats, vocab, generator=123, max_len=6)
+    again = decode.sample(decoder, feats, vocab, generator=torch.Generator().manual_seed(123), max_len=6)
+    assert [c.tokens for c in first] == [c.tokens for c in again]
+    assert len({tuple(c.tokens) for c in first}) > 20
+    for caption in first:
+        assert caption.log_prob == pytest.approx(
+            forced_log_prob_and_alphas(decoder, feats[:1], vocab, caption.tokens)[0], abs=1e-4)
+
+
+def test_top_n_schedule_is_wide_for_the_first_words_and_narrow_later():
+    vocab = words_vocab(12)
+    table = torch.zeros(len(vocab), len(vocab))
+    table[:, 4:] = torch.linspace(3.0, 0.0, 12).unsqueeze(0)  # word 4 best, then 5, 6, ...: same order always
+    table[:, [0, 1, 2, 3]] = NEG_INF  # never end: every caption runs all steps
+    decoder = TableDecoder(table)
+    rule = decode.wide_then_narrow(wide=6, narrow=2, wide_steps=2)
+    captions = decode.sample(decoder, zero_features(300, len(vocab)), vocab, top_n_schedule=rule, generator=0,
+                             max_len=5)
+    by_step = list(zip(*(c.tokens for c in captions), strict=True))
+    for step, tokens in enumerate(by_step):
+        allowed = set(range(4, 4 + (6 if step < 2 else 2)))
+        assert set(tokens) == allowed, step  # every allowed word drawn (300 draws), nothing outside
+    # A list works the same way, its last entry repeating; top_k caps it.
+    listed = decode.sample(decoder, zero_features(300, len(vocab)), vocab, top_n_schedule=[6, 6, 2], top_k=4,
+                           generator=0, max_len=4)
+    assert {c.tokens[0] for c in listed} == set(range(4, 8))
+    assert {c.tokens[3] for c in listed} == {4, 5}
+
+
+def test_filter_logits_top_k_and_nucleus():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = lambda out: torch.isfinite(out[0]).nonzero().squeeze(1).tolist()  # noqa: E731
+    assert kept(decode.filter_logits(logits, top_k=2)) == [0, 1]
+    assert kept(decode.filter_logits(logits, top_p=0.75)) == [0, 1]  # 0.5 + 0.3 >= 0.75
+    assert kept(decode.filter_logits(logits, top_p=0.85)) == [0, 1, 2]
+    assert kept(decode.filter_logits(logits, top_p=0.3)) == [0]  # the best word is always kept
+    assert kept(decode.filter_logits(logits.flip(1), top_p=0.75)) == [2, 3]  # works on unsorted logits
+    assert kept(decode.filter_logits(logits, top_k=3, top_p=0.6)) == [0, 1]
+
+
+# -- convenience and errors -------------------------------------------------------------------------------------------
+def test_caption_images_batches_and_predict_maps_ids(real_decoder):
+    decoder, vocab, feats = real_decoder
+    whole = decode.caption_images(decoder, feats, vocab, method="beam", beam_size=3, max_len=9)
+    chunked = decode.caption_images(decoder, feats, vocab, method="beam", beam_size=3, max_len=9, batch_size=4)
+    assert [c.tokens for c in whole] == [c.tokens for c in chunked]
+    ids = [101, 205, 307, 412, 520, 611]
+    source = dict(zip(ids, feats, strict=True)).__getitem__
+    predicted = decode.predict(decoder, source, ids, vocab, method="greedy", batch_size=4, max_len=9)
+    assert list(predicted) == ids
+    assert [c.tokens for c in predicted.values()] == [c.tokens for c in decode.greedy(decoder, feats, vocab, 9)]
+    one = decode.caption_images(decoder, feats[0], vocab, method="sample", generator=0, max_len=9)
+    assert len(one) == 1 and str(one[0]) == one[0].text
+
+
+def test_clear_errors_for_bad_arguments(real_decoder):
+    decoder, vocab, feats = real_decoder
+    with pytest.raises(ValueError, match="beam_size"):
+        decode.beam_search(decoder, feats, vocab, beam_size=0)
+    with pytest.raises(ValueError, match="return_k"):
+        decode.beam_search(decoder, feats, vocab, beam_size=2, return_k=3)
+    with pytest.raises(ValueError, match="temperature"):
+        decode.sample(decoder, feats, vocab, temperature=0)
+    with pytest.raises(ValueError, match="top_p"):
+        decode.sample(decoder, feats, vocab, top_p=1.5)
+    with pytest.raises(ValueError, match="positions, channels"):
+        decode.greedy(decoder, feats.flatten(), vocab)
+    with pytest.raises(ValueError, match="method"):
+        decode.caption_images(decoder, feats, vocab, method="viterbi")
+    with pytest.raises(ValueError, match="top_n_schedule"):
+        decode.sample(decoder, feats, vocab, top_n_schedule=[])
