@@ -69,11 +69,13 @@ def plot_attention(image, words: list[str], alphas, grid_size: int, cols: int = 
         ax.set_axis_off()
     axes.flat[0].imshow(picture)
     axes.flat[0].set_title(title or "input", fontsize=9)
+    # One colour scale for all panels: per-panel scaling would make a near-uniform map look as sharp as a peaked one.
+    heats = [upsample_attention(alphas[i], grid_size, height, width, smooth=smooth) for i in range(len(words))]
+    top = max((float(h.max()) for h in heats), default=1.0)
     for i, word in enumerate(words):
         ax = axes.flat[i + 1]
         ax.imshow(picture)
-        heat = upsample_attention(alphas[i], grid_size, height, width, smooth=smooth)
-        ax.imshow(heat, cmap="magma", alpha=0.6, extent=(0, width, height, 0))
+        ax.imshow(heats[i], cmap="magma", alpha=0.6, extent=(0, width, height, 0), vmin=0.0, vmax=top)
         ax.set_title(f"{word}  ({alphas[i].max():.2f})", fontsize=9)
     fig.tight_layout()
     if save_to is not None:
@@ -81,7 +83,7 @@ def plot_attention(image, words: list[str], alphas, grid_size: int, cols: int = 
     return fig
 
 
-def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = 90) -> Path:
     """Save a figure (creating folders) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
