@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("LAB_PROFILE", "quick")
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported; see the Makefile
 
 try:
     import nbformat

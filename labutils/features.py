@@ -1,0 +1,379 @@
+"""The feature cache: run the frozen encoder ONCE over every image, keep the grid features on disk.
+
+With a frozen encoder, every epoch would otherwise recompute exactly the same features; that is most of the
+time of a training step. `build_feature_cache` stores them as float16 in a memory-mapped `.npy` file
+(self-describing: `np.load(path, mmap_mode="r")` opens it anywhere) under
+`cfg.feature_dir / <encoder>-<size>px-g<grid>-<key>/`, where `<key>` hashes everything the features depend on:
+encoder name, weights, normalisation, input size, grid size, the image ids and a fingerprint of the dataset
+(the synthetic generator's parameters, or the captions file's size and modification time). Change any of
+them and you get a new folder, so a stale cache is never reused.
+
+Extraction commits its progress in chunks (`progress.json`, replaced atomically after the features it counts
+are flushed), so an interrupted run (Ctrl-C, a Colab disconnect, a kill) resumes where it stopped; the cache is
+marked complete only at the very end. `FeatureCache.source(image_id)` returns the features of one image as a
+float32 tensor [P, C]: pass it as the `image_source` of `labutils.data.CaptionDataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import load_image
+
+CACHE_VERSION = 1
+META_FILE = "meta.json"
+PROGRESS_FILE = "progress.json"
+FEATURES_FILE = "features.npy"
+
+
+class FeatureCacheError(ValueError):
+    """A feature cache that cannot be built or opened as asked."""
+
+
+class CacheNotFoundError(FileNotFoundError):
+    """No complete feature cache in the folder."""
+
+
+# ------------------------------------------------------------------------------------------ small helpers
+def _write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that readers only ever see the old or the new file, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        json.dump(obj, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def dataset_fingerprint(cfg) -> dict:
+    """What identifies the dataset's contents cheaply: generator.json (synthetic) or the captions file's stat."""
+    marker = Path(cfg.dataset_dir) / "generator.json"
+    if marker.is_file():
+        return {"generator": _read_json(marker)}
+    captions = Path(cfg.captions_file)
+    if captions.is_file():
+        st = captions.stat()
+        return {"captions_file": captions.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"dataset_dir": str(cfg.dataset_dir)}
+
+
+def file_names_from_captions(captions_file: str | Path) -> dict[int, str]:
+    """image id -> file_name from a COCO captions JSON (plain json: fast, no index building)."""
+    path = Path(captions_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"No captions file at {path}; run labutils.coco.ensure_dataset(cfg) first.")
+    return {int(img["id"]): img["file_name"] for img in _read_json(path)["images"]}
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Dataset of image ids -> transformed tensors, for a DataLoader (module-level so workers can pickle it)."""
+
+    def __init__(self, image_ids: list[int], loader: Callable, transform: Callable):
+        self.image_ids, self.loader, self.transform = image_ids, loader, transform
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        item = self.loader(self.image_ids[i])
+        return item if isinstance(item, torch.Tensor) else self.transform(item)
+
+
+class _FolderLoader:
+    """image id -> PIL image from a folder and a file-name table."""
+
+    def __init__(self, image_dir: Path, file_names: Mapping[int, str]):
+        self.image_dir, self.file_names = Path(image_dir), file_names
+
+    def __call__(self, image_id: int):
+        try:
+            name = self.file_names[image_id]
+        except KeyError:
+            raise FeatureCacheError(f"Image id {image_id} is not in the captions file; "
+                                    "pass only ids from the dataset's split file.") from None
+        return load_image(self.image_dir / name)
+
+
+def _resolve_images(cfg, images, image_ids: list[int]) -> tuple[Callable[[], Callable], dict]:
+    """A factory for the loader `image_id -> PIL image or tensor`, and a fingerprint of where images come from.
+
+    The loader is made only when something must be encoded: a cache hit reads no captions file and needs no
+    image folder (on Colab you may even delete the images once their features are cached).
+    """
+    if images is None or isinstance(images, (str, Path)):
+        image_dir = Path(images) if images is not None else Path(cfg.image_dir)
+
+        def folder_loader():
+            if not image_dir.is_dir():
+                raise FileNotFoundError(f"No image folder at {image_dir}; run labutils.coco.ensure_dataset(cfg) "
+                                        "first.")
+            return _FolderLoader(image_dir, file_names_from_captions(cfg.captions_file))
+
+        return folder_loader, {"kind": "folder"}
+    if isinstance(images, Mapping):
+        names = {int(k): str(v) for k, v in images.items()}
+        digest = hashlib.sha256(json.dumps(sorted((k, Path(names[k]).name) for k in image_ids if k in names))
+                                .encode()).hexdigest()[:16]
+        return (lambda: _FolderLoader(Path(), names)), {"kind": "files", "names": digest}
+    if callable(images):
+        # A callable source decides its own images; it may expose `cache_fingerprint` to tell versions apart.
+        tag = getattr(images, "cache_fingerprint", None) or type(images).__qualname__
+        return (lambda: images), {"kind": "callable", "tag": str(tag)}
+    raise FeatureCacheError("`images` must be None (the dataset's image folder), a folder, a mapping "
+                            "{image_id: path} or a callable image_id -> image.")
+
+
+def cache_parts(cfg, encoder, image_ids: Iterable[int], source_fingerprint: dict | None = None) -> dict:
+    """Everything the cached features depend on (hashed into the cache key); the order of the ids does not matter."""
+    image_ids = _normalise_ids(image_ids)
+    ids_digest = hashlib.sha256(np.asarray(image_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return {
+        "version": CACHE_VERSION,
+        "encoder": encoder.name,
+        "weights_id": encoder.weights_id,
+        "normalization": encoder.normalization.to_dict(),
+        "input_size": int(cfg.encoder_input_size),
+        "grid_size": int(encoder.grid_size),
+        "channels": int(encoder.out_channels),
+        "n_images": len(image_ids),
+        "image_ids_sha256": ids_digest,
+        "dataset": dataset_fingerprint(cfg),
+        "source": source_fingerprint or {"kind": "folder"},
+    }
+
+
+def cache_key(parts: dict) -> str:
+    """Readable prefix + 12 hex digits of the parts' hash, e.g. `efficientnet_lite0-128px-g4-1a2b3c4d5e6f`."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{parts['encoder']}-{parts['input_size']}px-g{parts['grid_size']}-{digest}"
+
+
+def _normalise_ids(image_ids: Iterable[int]) -> list[int]:
+    ids = sorted({int(i) for i in image_ids})
+    if not ids:
+        raise FeatureCacheError("No image ids given; pass the ids of the split(s) to encode.")
+    return ids
+
+
+# ------------------------------------------------------------------------------------------ the cache
+class FeatureCache:
+    """Read access to a complete cache: `source(image_id) -> float32 [P, C]`, also `cache[image_id]`."""
+
+    def __init__(self, folder: str | Path, meta: dict):
+        self.folder = Path(folder)
+        self.meta = meta
+        self.key = meta["key"]
+        self.parts = meta["parts"]
+        self.image_ids: list[int] = meta["image_ids"]
+        self.index = {image_id: row for row, image_id in enumerate(self.image_ids)}
+        self.features = np.load(self.folder / FEATURES_FILE, mmap_mode="r")  # float16 [N, P, C], memory-mapped
+
+    @classmethod
+    def load(cls, folder: str | Path) -> FeatureCache:
+        """Open the complete cache in `folder` (raises CacheNotFoundError when missing or unfinished)."""
+        folder = Path(folder)
+        meta_path, progress_path = folder / META_FILE, folder / PROGRESS_FILE
+        if not meta_path.is_file() or not progress_path.is_file():
+            raise CacheNotFoundError(f"No feature cache in {folder}; build it with "
+                                     "labutils.features.build_feature_cache(cfg, encoder, image_ids).")
+        if not _read_json(progress_path).get("complete"):
+            raise CacheNotFoundError(f"The feature cache in {folder} is unfinished; run build_feature_cache again "
+                                     "to resume it.")
+        return cls(folder, _read_json(meta_path))
+
+    # -- shapes
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(N images, P positions, C channels)."""
+        return tuple(self.features.shape)
+
+    @property
+    def num_positions(self) -> int:
+        """P, positions per image (grid_size**2)."""
+        return self.features.shape[1]
+
+    @property
+    def channels(self) -> int:
+        """C, channels per position."""
+        return self.features.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the features on disk in bytes."""
+        return int(self.features.nbytes)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __contains__(self, image_id) -> bool:
+        return int(image_id) in self.index
+
+    def _row(self, image_id) -> int:
+        try:
+            return self.index[int(image_id)]
+        except KeyError:
+            raise KeyError(f"Image {image_id} is not in this feature cache ({len(self)} images); build the cache "
+                           "with every split you use.") from None
+
+    def source(self, image_id) -> torch.Tensor:
+        """Features of one image as float32 [P, C] (a CaptionDataset `image_source`)."""
+        return torch.from_numpy(self.features[self._row(image_id)].astype(np.float32))
+
+    __call__ = source
+    __getitem__ = source
+
+    def batch(self, image_ids: Iterable[int]) -> torch.Tensor:
+        """Features of several images as float32 [B, P, C]."""
+        rows = [self._row(i) for i in image_ids]
+        return torch.from_numpy(self.features[rows].astype(np.float32))
+
+    def __getstate__(self):
+        # DataLoader workers started with "spawn" (macOS, Windows) pickle the dataset: send the path, not the
+        # gigabytes behind the memory map.
+        return {"folder": str(self.folder), "meta": self.meta}
+
+    def __setstate__(self, state):
+        self.__init__(state["folder"], state["meta"])
+
+    def __repr__(self) -> str:
+        n, p, c = self.shape
+        return f"FeatureCache({self.key!r}, images={n}, positions={p}, channels={c}, {self.nbytes / 2**20:.1f} MiB)"
+
+
+def find_cache(cfg, encoder, image_ids: Iterable[int], images=None) -> FeatureCache | None:
+    """The complete cache for these settings if one exists, else None (never builds)."""
+    ids = _normalise_ids(image_ids)
+    _, source_fp = _resolve_images(cfg, images, ids)
+    folder = Path(cfg.feature_dir) / cache_key(cache_parts(cfg, encoder, ids, source_fp))
+    try:
+        return FeatureCache.load(folder)
+    except CacheNotFoundError:
+        return None
+
+
+def _check_disk(folder: Path, need: int) -> None:
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise FeatureCacheError(f"The feature cache needs {need / 2**30:.1f} GiB but {folder} has only "
+                                f"{free / 2**30:.1f} GiB free; free some space, use a smaller grid_size, or fewer "
+                                "images.")
+
+
+@torch.inference_mode()
+def build_feature_cache(cfg, encoder, image_ids: Iterable[int], images=None, batch_size: int | None = None,
+                        progress: bool = True, chunk_size: int = 512,
+                        on_chunk: Callable[[int, int], None] | None = None) -> FeatureCache:
+    """Encode `image_ids` once with the frozen `encoder` into a memory-mapped fp16 cache; reuse or resume it.
+
+    `encoder`: an `Encoder` (None: the profile's pretrained `cfg.encoder` at `cfg.grid_size`). `images`: None (the dataset's image folder and captions file), a folder, a mapping {image_id: path}, or a
+    callable image_id -> PIL image (transformed here with the encoder's normalisation at
+    `cfg.encoder_input_size`) or -> ready tensor [3, H, W]. Progress is committed every `chunk_size` images;
+    `on_chunk(done, total)` is called after each commit.
+    """
+    from tqdm.auto import tqdm
+
+    if encoder is None:
+        from .models import build_encoder
+
+        encoder = build_encoder(cfg.encoder, pretrained=True, grid_size=cfg.grid_size, progress=progress)
+    if any(p.requires_grad for p in encoder.parameters()):
+        raise FeatureCacheError("A feature cache stores a FROZEN encoder's output; build the encoder with "
+                                "fine_tune=False (fine-tuning needs the images in every batch).")
+    ids = _normalise_ids(image_ids)
+    make_loader, source_fp = _resolve_images(cfg, images, ids)
+    parts = cache_parts(cfg, encoder, ids, source_fp)
+    key = cache_key(parts)
+    folder = Path(cfg.feature_dir) / key
+    meta_path, progress_path, feat_path = folder / META_FILE, folder / PROGRESS_FILE, folder / FEATURES_FILE
+    shape = (len(ids), encoder.num_positions, encoder.out_channels)
+
+    done = 0
+    if meta_path.is_file() and progress_path.is_file() and feat_path.is_file():
+        meta, state = _read_json(meta_path), _read_json(progress_path)
+        if meta.get("parts") == parts and meta.get("image_ids") == ids:
+            if state.get("complete"):
+                return FeatureCache(folder, meta)
+            done = int(state.get("done", 0))
+    loader_fn = make_loader()  # fails here, before any file is written, if the images are missing
+    if done == 0:  # fresh start (or a leftover we cannot trust): begin from an empty folder
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        _check_disk(folder, int(np.prod(shape)) * 2)
+        np.lib.format.open_memmap(feat_path, mode="w+", dtype=np.float16, shape=shape).flush()
+        meta = {"key": key, "parts": parts, "image_ids": ids, "shape": list(shape), "dtype": "float16"}
+        _write_json_atomic(meta_path, meta)
+        _write_json_atomic(progress_path, {"done": 0, "complete": False})
+    rows = np.load(feat_path, mmap_mode="r+")  # the memory-mapped [N, P, C] array we fill
+
+    from .models import inference_copy
+
+    device = torch.device(cfg.device)
+    fast = inference_copy(encoder).to(device)  # BatchNorm folded, channels_last: 2-3x faster on CPU
+    use_amp = device.type == "cuda" and bool(cfg.mixed_precision)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
+    dataset = _ImageFiles(ids[done:], loader_fn, encoder.eval_transform(cfg.encoder_input_size))
+    batch_size = batch_size or cfg.batch_size
+    batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    committed, started = done, time.perf_counter()
+
+    def commit(complete: bool = False) -> None:
+        nonlocal committed
+        rows.flush()  # the rows must be on disk before the counter that vouches for them
+        _write_json_atomic(progress_path, {"done": done, "complete": complete})
+        committed = done
+
+    bar = tqdm(total=len(ids), initial=done, unit="img", desc=f"encoding ({encoder.name})", disable=not progress)
+    try:
+        for x in batches:
+            with autocast:
+                grid, _ = fast(x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
+            rows[done:done + len(x)] = grid.to(torch.float16).cpu().numpy()
+            done += len(x)
+            bar.update(len(x))
+            if done - committed >= chunk_size:
+                commit()
+                if on_chunk is not None:
+                    on_chunk(done, len(ids))
+    except BaseException:
+        # Keep every fully written batch: the next call resumes after it.
+        commit()
+        raise
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - started
+    meta["build"] = {"seconds": round(seconds, 3), "images_encoded": len(dataset),
+                     "images_per_s": round(len(dataset) / max(seconds, 1e-9), 1), "device": str(device)}
+    rows.flush()
+    _write_json_atomic(meta_path, meta)
+    # Only now, with every row on disk, does the cache count as complete.
+    _write_json_atomic(progress_path, {"done": done, "complete": True})
+    return FeatureCache(folder, meta)
+
+
+def ensure_features(cfg, encoder=None, splits: Iterable[str] = ("train", "val", "test"),
+                    progress: bool = True) -> FeatureCache:
+    """The profile's cache over the given splits: built once (pretrained `cfg.encoder`), then reused instantly."""
+    split_file = Path(cfg.split_file)
+    if not split_file.is_file():
+        raise FileNotFoundError(f"No split file at {split_file}; run labutils.coco.ensure_dataset(cfg) first.")
+    table = _read_json(split_file)
+    unknown = [s for s in splits if s not in table]
+    if unknown:
+        raise FeatureCacheError(f"Split(s) {unknown} are not in {split_file}; choose from {sorted(table)}.")
+    ids = [i for s in splits for i in table[s]]
+    return build_feature_cache(cfg, encoder, ids, progress=progress)
