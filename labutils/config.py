@@ -63,7 +63,7 @@ class LabConfig:
     attention_dim: int = 128
     dropout: float = 0.3
     batch_size: int = 64
-    epochs: int = 12
+    epochs: int = 25  # an upper bound: the 2-minute budget and early stopping end training sooner
     decoder_lr: float = 3e-3
     encoder_lr: float = 1e-4
     grad_clip: float = 5.0

@@ -1,0 +1,597 @@
+"""Training a captioner: teacher forcing, validation WITHOUT teacher forcing, early stopping, exact resume.
+
+The loop in `train` is the classic recipe of the seed tutorials, made robust for a workshop:
+
+* teacher forcing: the decoder reads the ground-truth previous word and is scored with cross-entropy on the next
+  one (`<pad>` ignored), plus the doubly stochastic attention penalty for attention decoders;
+* optional scheduled sampling (Bengio et al. 2015): with a probability that grows over the epochs, the decoder
+  reads its own previous prediction instead, so training looks more like generation;
+* Adam (separate learning rates for the decoder and a fine-tuned encoder), gradient clipping, an LR schedule;
+* every epoch the model captions the validation images on its own (greedy decoding, no teacher forcing) and is
+  scored with BLEU-4; that number drives the LR schedule, early stopping and the best checkpoint;
+* a wall-clock budget, mixed precision on CUDA, a seed that makes a CPU run repeatable, and a checkpoint from which
+  an interrupted run continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import checkpoint as ckpt
+from .decoders import DecoderOutput, build_decoder, canonical_kind, doubly_stochastic_penalty, valid_step_mask
+
+METRIC = "bleu4"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reproducibility
+# ---------------------------------------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (CPU and CUDA) so that a CPU run repeats exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small pieces: accuracy, schedules, greedy captions, BLEU-4
+# ---------------------------------------------------------------------------------------------------------------
+def topk_correct(logits: Tensor, targets: Tensor, k: int = 5, ignore_index: int = 0) -> tuple[int, int]:
+    """(number of non-pad targets among the top-k logits, number of non-pad targets)."""
+    valid = targets != ignore_index
+    topk = logits.topk(min(k, logits.size(-1)), dim=-1).indices
+    hit = (topk == targets.unsqueeze(-1)).any(dim=-1) & valid
+    return int(hit.sum()), int(valid.sum())
+
+
+def topk_accuracy(logits: Tensor, targets: Tensor, k: int = 5, ignore_index: int = 0) -> float:
+    """Share of non-pad target words that are among the model's k highest-scoring words."""
+    hit, total = topk_correct(logits, targets, k, ignore_index)
+    return hit / max(total, 1)
+
+
+def sampling_probability(epoch: int, max_prob: float = 0.25, ramp_epochs: int = 8,
+                         schedule: str = "linear") -> float:
+    """Scheduled sampling: probability of feeding the model's own previous word at (0-based) `epoch`.
+
+    Bengio et al. (2015) decay the probability eps_i of using the ground truth; we return 1 - eps_i, capped at
+    `max_prob`. `linear` ramps from 0 to `max_prob` over `ramp_epochs`; `inverse_sigmoid` follows the paper's
+    eps_i = k / (k + exp(i / k)) with k = ramp_epochs / 4.
+    """
+    if max_prob <= 0:
+        return 0.0
+    if schedule == "linear":
+        return max_prob * min(1.0, epoch / max(ramp_epochs, 1))
+    if schedule == "inverse_sigmoid":
+        k = max(ramp_epochs / 4, 1e-6)
+        eps = k / (k + math.exp(min(epoch / k, 50.0)))
+        return max_prob * (1.0 - eps)
+    raise ValueError(f"Unknown scheduled-sampling schedule {schedule!r}; use 'linear' or 'inverse_sigmoid'.")
+
+
+def _forward_scheduled_sampling(decoder: nn.Module, features: Tensor, captions: Tensor, lengths: Tensor,
+                                prob: float) -> DecoderOutput:
+    """Like `decoder(features, captions, lengths)`, but each next input is the model's own argmax with `prob`."""
+    state = decoder.init_state(features)
+    tokens = captions[:, 0]
+    logits, alphas = [], []
+    for t in range(captions.size(1) - 1):
+        step_logits, state, alpha = decoder.step(tokens, state)
+        logits.append(step_logits)
+        alphas.append(alpha)
+        if t + 2 < captions.size(1):
+            own = step_logits.detach().argmax(dim=-1)
+            use_own = torch.rand(tokens.size(0), device=tokens.device) < prob
+            tokens = torch.where(use_own, own, captions[:, t + 1])
+    logits = torch.stack(logits, dim=1)
+    if alphas[0] is None:
+        return DecoderOutput(logits, None)
+    mask = valid_step_mask(lengths.to(captions.device), logits.size(1)).unsqueeze(2)
+    return DecoderOutput(logits, torch.stack(alphas, dim=1) * mask)
+
+
+@torch.no_grad()
+def greedy_ids(decoder: nn.Module, features: Tensor, start_id: int, end_id: int, max_len: int) -> Tensor:
+    """Greedy decoding over the step interface: token ids [B, <= max_len] (after <start>; <end> included)."""
+    state = decoder.init_state(features)
+    tokens = torch.full((features.size(0),), start_id, dtype=torch.long, device=features.device)
+    finished = torch.zeros_like(tokens, dtype=torch.bool)
+    out = []
+    for _ in range(max_len):
+        logits, state, _ = decoder.step(tokens, state)
+        tokens = logits.argmax(dim=-1)
+        out.append(tokens)
+        finished |= tokens == end_id
+        if bool(finished.all()):
+            break
+    return torch.stack(out, dim=1)
+
+
+def bleu4(predictions: Mapping[int, str], references: Mapping[int, list[str]], exact: bool = True) -> float:
+    """Corpus BLEU-4 as coco-caption computes it (pycocoevalcap's Bleu scorer on PTB-tokenized, lower-cased text).
+
+    `exact=True` uses `labutils.metrics.bleu4` (the Java PTB tokenizer, like the COCO evaluation server);
+    `exact=False` uses its pure-Python stand-in tokenizer, which avoids starting Java every epoch and gives
+    the same tokens for plain captions like the synthetic ones.
+    """
+    from . import metrics
+
+    if exact:
+        return float(metrics.bleu4(predictions, references))
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    ids = list(predictions)
+    res = {i: [metrics.simple_ptb_tokenize(predictions[i])] for i in ids}
+    gts = {i: [metrics.simple_ptb_tokenize(r) for r in references[i]] for i in ids}
+    score, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return float(score[3])
+
+
+def _batch_features(inputs: Tensor, encoder: nn.Module | None, device, non_blocking: bool,
+                    grad: bool = False) -> Tensor:
+    inputs = inputs.to(device, non_blocking=non_blocking)
+    if encoder is None:
+        return inputs.float()
+    with nullcontext() if grad else torch.no_grad():
+        grid, _pooled = encoder(inputs)
+    return grid
+
+
+@torch.no_grad()
+def caption_loader(decoder: nn.Module, loader, vocab, device="cpu", max_len: int = 24,
+                   encoder: nn.Module | None = None, progress: bool = False,
+                   desc: str = "caption") -> tuple[dict[int, str], dict[int, list[str]]]:
+    """Greedy captions for every image of an evaluation loader: (predictions, references) keyed by image id."""
+    from tqdm.auto import tqdm
+
+    was_training = decoder.training
+    decoder.eval()
+    if encoder is not None:
+        encoder.eval()
+    predictions, references = {}, {}
+    non_blocking = str(device).startswith("cuda")
+    for inputs, refs, image_ids in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        features = _batch_features(inputs, encoder, device, non_blocking)
+        ids = greedy_ids(decoder, features, vocab.start_id, vocab.end_id, max_len).cpu()
+        for image_id, row, ref in zip(image_ids, ids, refs, strict=True):
+            predictions[int(image_id)] = vocab.decode(row)
+            references[int(image_id)] = list(ref)
+    decoder.train(was_training)
+    return predictions, references
+
+
+def evaluate_bleu4(decoder: nn.Module, loader, vocab, device="cpu", max_len: int = 24,
+                   encoder: nn.Module | None = None, progress: bool = False, exact: bool = True) -> float:
+    """Caption an evaluation loader greedily (no teacher forcing) and return its coco-caption BLEU-4."""
+    predictions, references = caption_loader(decoder, loader, vocab, device, max_len, encoder, progress)
+    return bleu4(predictions, references, exact=exact)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    """What `train` returns: the per-epoch history, the best validation BLEU-4 and why training stopped."""
+
+    history: object  # pandas DataFrame: epoch, train_loss, top5, val_bleu4, lr, seconds, ...
+    best_epoch: int
+    best_metric: float
+    stopped: str  # "epochs", "early_stopping" or "time_budget"
+    seconds: float  # wall-clock of all epochs, training and validation (resumed runs include the earlier part)
+    checkpoint_path: Path | None = None
+    metric: str = METRIC
+    test_metric: float | None = None  # filled in by train_quick_captioner (BLEU-4 on the test split)
+    test_samples: dict = field(default_factory=dict)  # a few test predictions, image id -> caption
+
+    def __repr__(self) -> str:
+        test = "" if self.test_metric is None else f", test {self.metric}={self.test_metric:.3f}"
+        return (f"TrainResult({len(self.history)} epochs in {self.seconds:.0f} s, best val {self.metric}="
+                f"{self.best_metric:.3f} at epoch {self.best_epoch}{test}, stopped: {self.stopped})")
+
+
+class TrainingInterrupted(Exception):
+    """Raise this from a callback to stop training after the epoch's checkpoint is written (used by the tests)."""
+
+
+def _loader_generators(loaders: Mapping) -> dict[str, torch.Generator]:
+    return {name: loader.generator for name, loader in loaders.items()
+            if getattr(loader, "generator", None) is not None}
+
+
+def _make_optimizer(decoder: nn.Module, encoder: nn.Module | None, decoder_lr: float, encoder_lr: float):
+    groups = [{"params": [p for p in decoder.parameters() if p.requires_grad], "lr": decoder_lr}]
+    encoder_params = [p for p in encoder.parameters() if p.requires_grad] if encoder is not None else []
+    if encoder_params:  # only a fine-tuned encoder gets a (smaller) learning rate of its own
+        groups.append({"params": encoder_params, "lr": encoder_lr})
+    return torch.optim.Adam(groups)
+
+
+def _make_scheduler(optimizer, scheduler: str | None, lr_factor: float, lr_patience: int, step_size: int,
+                    epochs: int):
+    if scheduler in (None, "none"):
+        return None
+    if scheduler == "cosine":  # from the full rate down to ~0 at the last epoch
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=lr_factor,
+                                                          patience=lr_patience)
+    if scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=lr_factor)
+    raise ValueError(f"Unknown scheduler {scheduler!r}; use 'plateau', 'step', 'cosine' or None.")
+
+
+def _state_copy(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def decoder_spec(decoder: nn.Module) -> dict:
+    """The constructor arguments of a decoder (stored in checkpoints so `load_trained` can rebuild it)."""
+    if isinstance(decoder, nn.Module) and type(decoder).__name__ == "ShowAndTell":
+        return {"kind": "show_and_tell", "vocab_size": decoder.vocab_size, "feature_dim": decoder.feature_dim,
+                "embed_dim": decoder.embedding.embedding_dim, "hidden_dim": decoder.rnn.hidden_size,
+                "num_layers": decoder.rnn.num_layers, "rnn": decoder.rnn_type, "dropout": decoder.dropout.p}
+    if isinstance(decoder, nn.Module) and type(decoder).__name__ == "ShowAttendTell":
+        return {"kind": "attention", "vocab_size": decoder.vocab_size, "feature_dim": decoder.feature_dim,
+                "embed_dim": decoder.embedding.embedding_dim, "hidden_dim": decoder.hidden_dim,
+                "attention_dim": decoder.encoder_att.out_features, "dropout": decoder.dropout.p,
+                "deep_output": decoder.deep_output, "num_positions": decoder.num_positions,
+                "feature_norm": decoder.feature_norm is not None, "adapter_dim": decoder.adapter_dim}
+    return {"kind": type(decoder).__name__}
+
+
+def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Module | None = None,
+          epochs: int | None = None, decoder_lr: float | None = None, encoder_lr: float | None = None,
+          patience: int | None = 4, scheduler: str | None = "plateau", lr_factor: float = 0.5,
+          lr_patience: int = 1, step_size: int = 5, scheduled_sampling: float = 0.0, ss_ramp_epochs: int = 8,
+          ss_schedule: str = "linear", time_budget_s: float | None | str = "cfg", max_len: int | None = None,
+          checkpoint_path: str | Path | None = None, resume_from: str | Path | None = None,
+          callbacks: Iterable[Callable] = (), restore_best: bool = True, progress: bool = True) -> TrainResult:
+    """Train `decoder` on `loaders["train"]` (CaptionBatch), validating on `loaders["val"]` (EvalBatch) each epoch.
+
+    Settings not given come from `cfg` (epochs, learning rates, grad_clip, alpha_c, time_budget_s, device,
+    mixed_precision, seed). `patience`: epochs without a better validation BLEU-4 before stopping early (None:
+    never). `scheduled_sampling`: the largest probability of feeding the model's own word (0 = pure teacher
+    forcing). The time budget is checked between epochs: training stops before an epoch that, judging by the
+    last one, would end past the budget. `checkpoint_path`: written after every epoch (best weights + the state
+    to resume); `resume_from`: such a file, to continue where it stopped. `callbacks` are called as
+    `fn(epoch, row)` after each epoch's checkpoint; raise `TrainingInterrupted` there to stop. With
+    `restore_best`, the decoder ends with the weights of its best validation epoch.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if "train" not in loaders or "val" not in loaders:
+        raise ValueError("train() needs loaders={'train': caption loader, 'val': evaluation loader}.")
+    epochs = int(epochs if epochs is not None else cfg.epochs)
+    decoder_lr = float(decoder_lr if decoder_lr is not None else cfg.decoder_lr)
+    encoder_lr = float(encoder_lr if encoder_lr is not None else cfg.encoder_lr)
+    budget = cfg.time_budget_s if time_budget_s == "cfg" else time_budget_s
+    max_len = int(max_len or cfg.max_caption_len)
+    device = torch.device(cfg.device)
+    use_amp = bool(cfg.mixed_precision) and device.type == "cuda"
+    non_blocking = device.type == "cuda"
+    pad_id = vocab.pad_id
+
+    decoder.to(device)
+    if encoder is not None:
+        encoder.to(device)
+    fine_tune = encoder is not None and any(p.requires_grad for p in encoder.parameters())
+    optimizer = _make_optimizer(decoder, encoder, decoder_lr, encoder_lr)
+    lr_scheduler = _make_scheduler(optimizer, scheduler, lr_factor, lr_patience, step_size, epochs)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    criterion = nn.CrossEntropyLoss(ignore_index=pad_id)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    generators = _loader_generators(loaders)
+
+    history: list[dict] = []
+    start_epoch, best_metric, best_epoch, bad_epochs, elapsed_before = 1, -math.inf, 0, 0, 0.0
+    best_state = None
+    best_encoder_state = None
+    if resume_from is not None:
+        saved = ckpt.load_checkpoint(resume_from)
+        resume = saved.get("resume")
+        if resume is None:
+            raise ckpt.CheckpointError(f"{resume_from} holds weights only (no training state); start a new run "
+                                       "or resume from a checkpoint written by train().")
+        decoder.load_state_dict(resume.get("model_state", saved["model_state"]))
+        best_state = saved["model_state"]
+        if fine_tune:
+            encoder.load_state_dict(resume.get("encoder_state", saved.get("encoder_state")))
+            best_encoder_state = saved.get("encoder_state")
+        optimizer.load_state_dict(resume["optimizer"])
+        if lr_scheduler is not None and resume.get("scheduler") is not None:
+            lr_scheduler.load_state_dict(resume["scheduler"])
+        if use_amp and resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
+        for name, state in resume.get("loader_generators", {}).items():
+            if name in generators:
+                generators[name].set_state(state)
+        ckpt.set_rng_state(resume["rng"])
+        history = list(saved.get("history", []))
+        start_epoch = int(saved["epoch"]) + 1
+        best_metric, best_epoch = float(saved["best_metric"]), int(saved["best_epoch"])
+        bad_epochs, elapsed_before = int(resume["bad_epochs"]), float(resume["elapsed_s"])
+    else:
+        seed_everything(cfg.seed)
+        for generator in generators.values():  # a loader used before must not shift this run's shuffle order
+            generator.manual_seed(int(cfg.seed))
+
+    started = time.perf_counter() - elapsed_before
+    stopped, last_epoch_s = "epochs", 0.0
+    epoch_bar = tqdm(range(start_epoch, epochs + 1), desc="epochs", disable=not progress,
+                     initial=start_epoch - 1, total=epochs)
+    for epoch in epoch_bar:
+        if budget is not None and epoch > start_epoch and time.perf_counter() - started + last_epoch_s > budget:
+            stopped = "time_budget"
+            break
+        epoch_started = time.perf_counter()
+        train_loader = loaders["train"]
+        if hasattr(train_loader.dataset, "set_epoch"):
+            train_loader.dataset.set_epoch(epoch)  # fresh caption picks, reproducible from (seed, epoch)
+        ss_prob = sampling_probability(epoch - 1, scheduled_sampling, ss_ramp_epochs, ss_schedule)
+        decoder.train()
+        if encoder is not None:
+            encoder.train(fine_tune)
+        loss_sum, tokens, hits = 0.0, 0, 0
+        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress):
+            inputs, captions, lengths = batch[0], batch[1], batch[2]
+            captions = captions.to(device, non_blocking=non_blocking)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                features = _batch_features(inputs, encoder, device, non_blocking, grad=fine_tune)
+                if ss_prob > 0:
+                    out = _forward_scheduled_sampling(decoder, features, captions, lengths, ss_prob)
+                else:
+                    out = decoder(features, captions, lengths)
+                targets = captions[:, 1:]
+                loss = criterion(out.logits.reshape(-1, out.logits.size(-1)).float(), targets.reshape(-1))
+                total = loss
+                if out.alphas is not None and cfg.alpha_c > 0:
+                    total = loss + doubly_stochastic_penalty(out.alphas.float(), lengths, cfg.alpha_c)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            hit, n = topk_correct(out.logits.detach(), targets, 5, pad_id)
+            loss_sum, tokens, hits = loss_sum + float(loss.detach()) * n, tokens + n, hits + hit
+
+        val_metric = evaluate_bleu4(decoder, loaders["val"], vocab, device, max_len, encoder, exact=False)
+        lr = optimizer.param_groups[0]["lr"]
+        if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            lr_scheduler.step(val_metric)
+        elif lr_scheduler is not None:
+            lr_scheduler.step()
+        last_epoch_s = time.perf_counter() - epoch_started
+        row = {"epoch": epoch, "train_loss": loss_sum / max(tokens, 1), "top5": hits / max(tokens, 1),
+               f"val_{METRIC}": val_metric, "lr": lr, "ss_prob": ss_prob, "seconds": last_epoch_s}
+        history.append(row)
+        improved = val_metric > best_metric
+        if improved:
+            best_metric, best_epoch, bad_epochs = val_metric, epoch, 0
+            best_state = _state_copy(decoder)
+            if fine_tune:
+                best_encoder_state = _state_copy(encoder)
+        else:
+            bad_epochs += 1
+        epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_bleu4=f"{val_metric:.3f}")
+        if checkpoint_path is not None:
+            resume = {"optimizer": optimizer.state_dict(),
+                      "scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+                      "scaler": scaler.state_dict() if use_amp else {},
+                      "rng": ckpt.rng_state(),
+                      "loader_generators": {name: g.get_state() for name, g in generators.items()},
+                      "bad_epochs": bad_epochs, "elapsed_s": time.perf_counter() - started}
+            if not improved:  # the file's model_state is the best epoch's; keep the latest weights to resume
+                resume["model_state"] = _state_copy(decoder)
+                if fine_tune:
+                    resume["encoder_state"] = _state_copy(encoder)
+            extra = {"encoder_state": best_encoder_state} if fine_tune else {}
+            ckpt.save_checkpoint(checkpoint_path, best_state, vocab, cfg.to_dict(), decoder=decoder_spec(decoder),
+                                 epoch=epoch, best_epoch=best_epoch, best_metric=best_metric, metric=METRIC,
+                                 history=history, resume=resume, **extra)
+        for callback in callbacks:
+            callback(epoch, row)
+        if patience is not None and bad_epochs >= patience:
+            stopped = "early_stopping"
+            break
+    epoch_bar.close()
+
+    if restore_best and best_state is not None:
+        decoder.load_state_dict(best_state)
+        if fine_tune and best_encoder_state is not None:
+            encoder.load_state_dict(best_encoder_state)
+    return TrainResult(history=pd.DataFrame(history), best_epoch=best_epoch, best_metric=best_metric,
+                       stopped=stopped, seconds=time.perf_counter() - started,
+                       checkpoint_path=Path(checkpoint_path) if checkpoint_path is not None else None)
+
+
+def assert_learned(result: TrainResult, min_bleu4: float) -> None:
+    """d2l-style check: raise AssertionError with advice unless BLEU-4 (test if measured, else best val) >= min."""
+    split, value = ("test", result.test_metric) if result.test_metric is not None else ("validation",
+                                                                                         result.best_metric)
+    if value is None or not value >= min_bleu4:
+        raise AssertionError(
+            f"The captioner did not learn enough: {split} BLEU-4 = {value:.3f} < {min_bleu4:.2f} after "
+            f"{len(result.history)} epochs ({result.seconds:.0f} s, stopped: {result.stopped}). Train longer (more "
+            "epochs or a larger time_budget_s), check the learning rate, or look for a bug in the data pipeline.")
+    print(f"Learned: {split} BLEU-4 = {value:.3f} >= {min_bleu4:.2f}.")
+
+
+def plot_history(history, metric: str = f"val_{METRIC}", figsize=(9, 3)):
+    """Training loss, top-5 accuracy and the validation metric per epoch (two small panels)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    if isinstance(history, TrainResult):
+        history = history.history
+    frame = history if isinstance(history, pd.DataFrame) else pd.DataFrame(history)
+    fig, (left, right) = plt.subplots(1, 2, figsize=figsize)
+    left.plot(frame["epoch"], frame["train_loss"], marker="o", label="train loss (teacher forcing)")
+    left.set_xlabel("epoch")
+    left.set_ylabel("cross-entropy")
+    left.legend(loc="upper right", fontsize="small")
+    right.plot(frame["epoch"], frame["top5"], marker="o", label="train top-5 accuracy")
+    right.plot(frame["epoch"], frame[metric], marker="s", label=f"{metric} (greedy, no teacher forcing)")
+    right.set_xlabel("epoch")
+    right.set_ylim(0, 1.02)
+    right.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The notebooks' one-call path: data, features, training, checkpoint
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class LabData:
+    """Everything a captioner trains on: vocabulary, split ids, references, feature source and data loaders."""
+
+    cfg: object
+    vocab: object
+    splits: dict
+    captions: dict  # image id -> reference captions
+    source: Callable  # image id -> features [P, C]
+    feature_dim: int
+    loaders: dict  # "train" (CaptionBatch), "val" and "test" (EvalBatch)
+
+
+def prepare_data(cfg, caption_mode: str = "sample", source: Callable | None = None,
+                 feature_dim: int | None = None, progress: bool = True) -> LabData:
+    """Dataset on disk, vocabulary from the training captions, cached encoder features, and the three loaders."""
+    from . import coco, data
+    from .vocab import Vocabulary
+
+    coco.ensure_dataset(cfg, progress=progress)
+    captions = coco.captions_by_image(coco.load_captions(cfg))
+    splits = coco.load_splits(cfg)
+    vocab = Vocabulary.build((c for i in splits["train"] for c in captions[i]), min_freq=cfg.min_freq)
+    if source is None:  # the frozen pretrained encoder's features, computed once and cached on disk
+        from . import features
+
+        cache = features.ensure_features(cfg, splits=("train", "val", "test"), progress=progress)
+        source, feature_dim = cache.source, cache.channels
+    if feature_dim is None:
+        feature_dim = int(source(splits["train"][0]).shape[-1])
+    train_set = data.CaptionDataset(splits["train"], captions, vocab, source, mode=caption_mode,
+                                    max_len=cfg.max_caption_len, seed=cfg.seed)
+    loaders = {"train": data.make_loader(train_set, cfg, train=True, collate_fn=data.collate_captions)}
+    for name in ("val", "test"):
+        loaders[name] = data.make_loader(data.EvalDataset(splits[name], captions, source), cfg, train=False,
+                                         collate_fn=data.collate_eval)
+    return LabData(cfg, vocab, splits, captions, source, int(feature_dim), loaders)
+
+
+def checkpoint_path_for(cfg, kind: str) -> Path:
+    """Where the quick/full run of decoder `kind` saves its checkpoint: cfg.checkpoint_dir / f"{kind}.pt"."""
+    return Path(cfg.checkpoint_dir) / f"{canonical_kind(kind)}.pt"
+
+
+def train_quick_captioner(cfg, kind: str = "attention", progress: bool = True, lab_data: LabData | None = None,
+                          caption_mode: str = "sample", decoder_options: dict | None = None, **train_kwargs):
+    """Prepare the data, build decoder `kind`, train it, score the test split; return (decoder, vocab, result, path).
+
+    The checkpoint (best validation epoch) is saved to `cfg.checkpoint_dir / f"{kind}.pt"`, where notebooks 08
+    and 09 find it. `result.test_metric` is the greedy BLEU-4 on the test split. Extra keyword arguments go to
+    `train` (e.g. `time_budget_s=45`, `epochs=...`).
+    """
+    kind = canonical_kind(kind)
+    lab_data = lab_data or prepare_data(cfg, caption_mode=caption_mode, progress=progress)
+    seed_everything(cfg.seed)
+    decoder = build_decoder(kind, len(lab_data.vocab), lab_data.feature_dim, cfg, **(decoder_options or {}))
+    path = checkpoint_path_for(cfg, kind)
+    result = train(cfg, decoder, lab_data.loaders, lab_data.vocab, checkpoint_path=path, progress=progress,
+                   **train_kwargs)
+    predictions, references = caption_loader(decoder, lab_data.loaders["test"], lab_data.vocab, cfg.device,
+                                             cfg.max_caption_len, progress=progress, desc="test captions")
+    result.test_metric = bleu4(predictions, references)
+    result.test_samples = dict(list(predictions.items())[:8])
+    saved = ckpt.load_checkpoint(path)
+    saved["test_metric"] = result.test_metric
+    ckpt.save_checkpoint(path, saved.pop("model_state"), saved.pop("vocab"), saved.pop("config"),
+                         **{k: v for k, v in saved.items() if k not in ("format", "version")})
+    return decoder.eval(), lab_data.vocab, result, path
+
+
+def decoder_from_checkpoint(checkpoint: Mapping) -> nn.Module:
+    """Rebuild the decoder a checkpoint was trained with and load its (best) weights, in eval mode."""
+    spec = dict(checkpoint["decoder"])
+    kind = spec.pop("kind")
+    if canonical_kind(kind) == "attention":  # checkpoints from before the lab's additions hold the plain model
+        for key, plain in (("deep_output", False), ("num_positions", None), ("feature_norm", False),
+                           ("adapter_dim", None)):
+            spec.setdefault(key, plain)
+    decoder = build_decoder(kind, spec.pop("vocab_size"), spec.pop("feature_dim"), spec)
+    decoder.load_state_dict(checkpoint["model_state"])
+    return decoder.eval()
+
+
+def _matches(saved_cfg: Mapping, cfg) -> bool:
+    keys = ("dataset_name", "n_images", "image_size", "encoder", "encoder_input_size", "grid_size", "seed")
+    now = cfg.to_dict()
+    return all(saved_cfg.get(k) == now.get(k) for k in keys)
+
+
+def load_trained(cfg, kind: str = "attention", progress: bool = True):
+    """Load the checkpoint `train_quick_captioner` saved for `kind` (training it first if missing or stale).
+
+    Returns (decoder in eval mode on cfg.device, vocabulary, checkpoint dict).
+    """
+    from .vocab import Vocabulary
+
+    path = checkpoint_path_for(cfg, kind)
+    saved = ckpt.load_checkpoint(path) if path.is_file() else None
+    if saved is None or not _matches(saved["config"], cfg):
+        reason = "no checkpoint yet" if saved is None else "the checkpoint was trained on other data/features"
+        print(f"Training the {canonical_kind(kind)} captioner first ({reason}: {path}).")
+        train_quick_captioner(cfg, kind, progress=progress)
+        saved = ckpt.load_checkpoint(path)
+    return decoder_from_checkpoint(saved).to(cfg.device), Vocabulary.from_dict(saved["vocab"]), saved
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Notebook 07 exercise
+# ---------------------------------------------------------------------------------------------------------------
+def check_topk_accuracy(fn) -> bool:
+    """Check a learner's `fn(logits [B, T, V], targets [B, T], k, pad_id) -> float`; print right or wrong."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 6, 12, generator=gen)
+    targets = torch.randint(1, 12, (4, 6), generator=gen)
+    targets[1, 4:] = 0
+    targets[3, 2:] = 0
+    for k in (1, 5):
+        expected = topk_accuracy(logits, targets, k, 0)
+        try:
+            got = float(fn(logits.clone(), targets.clone(), k, 0))
+        except Exception as exc:  # the learner's code: report, never crash the notebook
+            print(f"❌ Your function raised {type(exc).__name__}: {exc}.")
+            return False
+        if abs(got - expected) > 1e-6:
+            wrong_pad = topk_accuracy(logits, targets, k, -1)
+            hint = " Leave out the <pad> positions (target == pad_id)." if abs(got - wrong_pad) < 1e-6 else ""
+            print(f"❌ For k={k} expected {expected:.4f}, got {got:.4f}.{hint}")
+            return False
+    print("✅ Correct: your top-k accuracy matches labutils.train.topk_accuracy (pad positions ignored).")
+    return True
+
+
+__all__ = [
+    "LabData", "TrainResult", "TrainingInterrupted", "assert_learned", "bleu4", "caption_loader",
+    "check_topk_accuracy", "checkpoint_path_for", "decoder_from_checkpoint", "decoder_spec", "evaluate_bleu4",
+    "greedy_ids", "load_trained", "plot_history", "prepare_data", "sampling_probability", "seed_everything",
+    "topk_accuracy", "topk_correct", "train", "train_quick_captioner",
+]

@@ -1,0 +1,228 @@
+"""Decoders: shapes, masking of padded steps, attention sums, step() == forward(), the penalty, the factory."""
+
+import pytest
+import torch
+
+from labutils import decoders
+from labutils.decoders import ShowAndTell, ShowAttendTell, build_decoder, doubly_stochastic_penalty
+
+B, P, C, V, T = 4, 6, 10, 17, 8
+LENGTHS = torch.tensor([8, 3, 5, 2])
+
+
+def _inputs(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(B, P, C, generator=gen)
+    captions = torch.randint(4, V, (B, T), generator=gen)
+    captions[:, 0] = 1
+    for row, length in enumerate(LENGTHS.tolist()):
+        captions[row, length - 1] = 2  # <end>
+        captions[row, length:] = 0  # <pad>
+    return features, captions, LENGTHS.clone()
+
+
+def _models():
+    torch.manual_seed(0)
+    return {
+        "show_tell_lstm": ShowAndTell(V, C, embed_dim=8, hidden_dim=12, dropout=0.2),
+        "show_tell_gru2": ShowAndTell(V, C, embed_dim=8, hidden_dim=12, num_layers=2, rnn="gru", dropout=0.2),
+        "show_tell_lstm2": ShowAndTell(V, C, embed_dim=8, hidden_dim=12, num_layers=2, dropout=0.2),
+        "attention": ShowAttendTell(V, C, embed_dim=8, hidden_dim=12, attention_dim=9, dropout=0.2),
+        "attention_deep_pos": ShowAttendTell(V, C, embed_dim=8, hidden_dim=12, attention_dim=9, dropout=0.2,
+                                             deep_output=True, num_positions=P, feature_norm=True, adapter_dim=7),
+    }
+
+
+MODELS = list(_models())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_and_step_shapes(name):
+    model = _models()[name]
+    features, captions, lengths = _inputs()
+    out = model(features, captions, lengths)
+    assert out.logits.shape == (B, T - 1, V)
+    assert model.vocab_size == V
+    if model.uses_attention:
+        assert out.alphas.shape == (B, T - 1, P)
+    else:
+        assert out.alphas is None
+    state = model.init_state(features)
+    assert all(t.size(0) == B for t in state), "every state tensor must be batch-first"
+    logits, new_state, alpha = model.step(captions[:, 0], state)
+    assert logits.shape == (B, V)
+    assert [t.shape for t in new_state] == [t.shape for t in state]
+    assert (alpha.shape == (B, P)) if model.uses_attention else alpha is None
+
+
+def test_show_and_tell_state_layout():
+    model = _models()["show_tell_gru2"]
+    (h,) = model.init_state(_inputs()[0])
+    assert h.shape == (B, 2, 12)
+    h_c = _models()["show_tell_lstm2"].init_state(_inputs()[0])
+    assert [t.shape for t in h_c] == [(B, 2, 12), (B, 2, 12)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_tokens_after_the_end_do_not_change_valid_steps(name):
+    model = _models()[name].eval()
+    features, captions, lengths = _inputs()
+    changed = captions.clone()
+    for row, length in enumerate(lengths.tolist()):
+        changed[row, length:] = torch.arange(length, T) % (V - 4) + 4  # garbage instead of <pad>
+    a, b = model(features, captions, lengths), model(features, changed, lengths)
+    mask = decoders.valid_step_mask(lengths, T - 1)
+    assert torch.allclose(a.logits[mask], b.logits[mask], atol=1e-6)
+    loss = torch.nn.functional.cross_entropy(a.logits.reshape(-1, V), captions[:, 1:].reshape(-1), ignore_index=0)
+    loss_b = torch.nn.functional.cross_entropy(b.logits.reshape(-1, V), captions[:, 1:].reshape(-1), ignore_index=0)
+    assert torch.allclose(loss, loss_b)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_step_loop_equals_teacher_forced_forward(name):
+    model = _models()[name].eval()
+    features, captions, lengths = _inputs(seed=3)
+    with torch.no_grad():
+        out = model(features, captions, lengths)
+        state = model.init_state(features)
+        logits, alphas = [], []
+        for t in range(T - 1):
+            step_logits, state, alpha = model.step(captions[:, t], state)
+            logits.append(step_logits)
+            alphas.append(alpha)
+    logits = torch.stack(logits, dim=1)
+    mask = decoders.valid_step_mask(lengths, T - 1)
+    assert torch.allclose(logits[mask], out.logits[mask], atol=1e-5)
+    if model.uses_attention:
+        assert torch.allclose(torch.stack(alphas, dim=1)[mask], out.alphas[mask], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["attention", "attention_deep_pos"])
+def test_attention_weights_sum_to_one_and_padding_is_zero(name):
+    model = _models()[name]
+    features, captions, lengths = _inputs()
+    alphas = model(features, captions, lengths).alphas
+    mask = decoders.valid_step_mask(lengths, T - 1)
+    sums = alphas.sum(dim=2)
+    assert torch.allclose(sums[mask], torch.ones(int(mask.sum())), atol=1e-5)
+    assert torch.count_nonzero(alphas[~mask]) == 0
+    assert (alphas >= 0).all()
+    _, _, alpha = model.step(captions[:, 0], model.init_state(features))
+    assert torch.allclose(alpha.sum(dim=1), torch.ones(B), atol=1e-5)
+
+
+def test_encoder_projection_is_computed_once_per_batch():
+    model = _models()["attention"]
+    calls = []
+    model.encoder_att.register_forward_hook(lambda *args: calls.append(1))
+    features, captions, lengths = _inputs()
+    model(features, captions, lengths)
+    assert len(calls) == 1, "forward must project the features once, not at every time step"
+    state = model.init_state(features)
+    for t in range(3):
+        _, state, _ = model.step(captions[:, t], state)
+    assert len(calls) == 2, "init_state projects once; step() reuses the projection stored in the state"
+
+
+def test_state_can_be_reordered_for_beam_search():
+    model = _models()["attention"].eval()
+    features, captions, _ = _inputs()
+    order = torch.tensor([2, 0, 0, 3])
+    with torch.no_grad():
+        state = model.init_state(features)
+        _, state, _ = model.step(captions[:, 0], state)
+        reordered = tuple(t.index_select(0, order) for t in state)
+        logits, _, _ = model.step(captions[order, 1], reordered)
+        full, _, _ = model.step(captions[:, 1], state)
+    assert torch.allclose(logits, full[order], atol=1e-6)
+
+
+def test_doubly_stochastic_penalty_matches_the_formula():
+    alphas = torch.zeros(2, 3, 2)
+    alphas[0] = torch.tensor([[0.5, 0.5], [1.0, 0.0], [0.2, 0.8]])  # length 4: 3 valid steps
+    alphas[1, 0] = torch.tensor([0.25, 0.75])  # length 2: 1 valid step
+    alphas[1, 1:] = 0.5  # padded steps: must be ignored even if not zeroed
+    lengths = torch.tensor([4, 2])
+    # image 0: sums (1.7, 1.3) -> (0.49 + 0.09); image 1: sums (0.25, 0.75) -> (0.5625 + 0.0625); mean of 4
+    expected = 2.0 * (0.49 + 0.09 + 0.5625 + 0.0625) / 4
+    got = doubly_stochastic_penalty(alphas, lengths, alpha_c=2.0)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_penalty_is_zero_when_every_position_gets_total_attention_one():
+    alphas = torch.eye(3).unsqueeze(0)  # step t looks only at position t: each position's total is 1
+    assert doubly_stochastic_penalty(alphas, torch.tensor([4])).item() == pytest.approx(0.0)
+
+
+def test_penalty_gradient_reaches_the_attention_layers():
+    model = _models()["attention"]
+    features, captions, lengths = _inputs()
+    out = model(features, captions, lengths)
+    doubly_stochastic_penalty(out.alphas, lengths).backward()
+    assert model.full_att.weight.grad.abs().sum() > 0
+    assert model.fc.weight.grad is None  # the penalty does not involve the word predictions
+
+
+def test_build_decoder_reads_sizes_from_a_config():
+    from labutils import get_config
+
+    cfg = get_config("quick", embed_dim=8, hidden_dim=16, attention_dim=4, dropout=0.1)
+    sat = build_decoder("attention", V, C, cfg)
+    assert isinstance(sat, ShowAttendTell) and sat.encoder_att.out_features == 4 and sat.hidden_dim == 16
+    # the lab's additions are on by default: LayerNorm, a 1x1 adapter of hidden_dim units, grid_size**2 positions
+    assert sat.feature_norm is not None and sat.adapter_dim == 16 and sat.position.shape == (cfg.grid_size**2, 16)
+    plain = build_decoder("attention", V, C, cfg, feature_norm=False, adapter_dim=None, position_embedding=False)
+    assert plain.feature_norm is None and plain.adapter is None and plain.position is None
+    assert plain.lstm.input_size == 8 + C
+    nic = build_decoder("show_and_tell", V, C, {**cfg.to_dict(), "rnn": "gru", "num_layers": 2})
+    assert isinstance(nic, ShowAndTell) and nic.rnn_type == "gru" and nic.num_layers == 2
+    assert isinstance(build_decoder("SAT", V, C, cfg), ShowAttendTell)
+    with pytest.raises(ValueError, match="Unknown decoder kind"):
+        build_decoder("transformer", V, C, cfg)
+
+
+def test_bad_inputs_give_one_clear_error():
+    model = _models()["attention"]
+    features, captions, lengths = _inputs()
+    with pytest.raises(ValueError, match="grid features"):
+        model(features.mean(dim=1), captions, lengths)
+    with pytest.raises(ValueError, match="lengths"):
+        model(features, captions, torch.tensor([9, 3, 5, 2]))
+    with pytest.raises(ValueError, match="rnn must be"):
+        ShowAndTell(V, C, rnn="transformer")
+
+
+def test_check_attention_accepts_a_right_answer_and_rejects_wrong_ones(capsys):
+    def right(decoder, features, h):
+        scores = decoder.full_att(torch.tanh(decoder.encoder_att(features) + decoder.decoder_att(h)[:, None]))
+        alpha = torch.softmax(scores.squeeze(2), dim=1)
+        return alpha, (alpha[:, :, None] * features).sum(dim=1)
+
+    def wrong_dim(decoder, features, h):
+        alpha, context = right(decoder, features, h)
+        return torch.softmax(alpha, dim=0), context
+
+    def gated(decoder, features, h):
+        alpha, context = right(decoder, features, h)
+        return alpha, torch.sigmoid(decoder.f_beta(h)) * context
+
+    assert decoders.check_attention(right)
+    assert "✅" in capsys.readouterr().out
+    assert not decoders.check_attention(wrong_dim)
+    assert "sum to 1" in capsys.readouterr().out
+    assert not decoders.check_attention(gated)
+    assert "without the f_beta gate" in capsys.readouterr().out
+
+
+def test_position_embedding_makes_the_decoder_see_where_things_are():
+    features, captions, lengths = _inputs()
+    swap = torch.arange(P).flip(0)  # the same grid vectors, mirrored
+    plain, placed = _models()["attention"].eval(), _models()["attention_deep_pos"].eval()
+    with torch.no_grad():
+        placed.position.normal_()
+        same = plain(features, captions, lengths).logits, plain(features[:, swap], captions, lengths).logits
+        differ = placed(features, captions, lengths).logits, placed(features[:, swap], captions, lengths).logits
+    assert torch.allclose(*same, atol=1e-5), "without positions, attention cannot tell a mirrored grid apart"
+    assert not torch.allclose(*differ, atol=1e-3)
+    with pytest.raises(ValueError, match="grid positions"):
+        placed(features[:, :3], captions, lengths)

@@ -1,0 +1,190 @@
+"""Training: metrics and schedules, reproducibility, early stopping, budget, exact resume, the notebook helpers."""
+
+import math
+
+import pytest
+import torch
+
+from labutils import checkpoint as ckpt
+from labutils import train as T
+from labutils.decoders import ShowAttendTell, build_decoder
+
+
+def _colour_grid_source(cfg):
+    """Stand-in for the encoder feature cache: each image's mean colour on a 4x4 grid, [16, 3] (cheap, real)."""
+    from labutils import coco, data
+
+    source = data.ImageFolderSource.from_config(cfg)
+    splits = coco.load_splits(cfg)
+    ids = [i for name in ("train", "val", "test") for i in splits[name]]
+    grids = {i: torch.nn.functional.adaptive_avg_pool2d(source(i), 4).flatten(1).T.contiguous() for i in ids}
+    return grids.__getitem__
+
+
+@pytest.fixture(scope="module")
+def lab(tiny_cfg):
+    cfg = tiny_cfg.replace(embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.1, batch_size=8,
+                           decoder_lr=1e-2, time_budget_s=None, max_caption_len=16)
+    return T.prepare_data(cfg, source=_colour_grid_source(cfg), feature_dim=3, progress=False)
+
+
+def _decoder(lab, kind="attention", seed=0):
+    torch.manual_seed(seed)
+    return build_decoder(kind, len(lab.vocab), lab.feature_dim, lab.cfg)
+
+
+def _metrics(history):
+    return history.drop(columns=["seconds"]).to_dict("records")
+
+
+def test_topk_accuracy_ignores_padding():
+    logits = torch.tensor([[[0.0, 3.0, 2.0, 1.0], [0.0, 1.0, 2.0, 3.0], [9.0, 0.0, 0.0, 0.0]]])
+    targets = torch.tensor([[1, 1, 0]])  # third position is <pad>
+    assert T.topk_accuracy(logits, targets, k=1) == pytest.approx(0.5)
+    assert T.topk_accuracy(logits, targets, k=3) == pytest.approx(1.0)
+    assert T.topk_correct(logits, targets, k=1) == (1, 2)
+
+
+def test_scheduled_sampling_probability_grows_to_its_cap():
+    linear = [T.sampling_probability(e, 0.3, ramp_epochs=3) for e in range(6)]
+    assert linear == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.3, 0.3])
+    sigmoid = [T.sampling_probability(e, 0.5, ramp_epochs=8, schedule="inverse_sigmoid") for e in range(40)]
+    assert all(a <= b for a, b in zip(sigmoid, sigmoid[1:], strict=False)) and sigmoid[-1] == pytest.approx(0.5, abs=1e-3)
+    assert T.sampling_probability(5, 0.0) == 0.0
+    with pytest.raises(ValueError, match="schedule"):
+        T.sampling_probability(1, 0.2, schedule="cosine")
+
+
+def test_bleu4_is_one_for_a_reference_and_low_for_nonsense():
+    refs = {1: ["a red circle on the left", "there is a red circle on the left"], 2: ["two blue squares"]}
+    assert T.bleu4({1: "a red circle on the left", 2: "Two blue squares"}, refs) == pytest.approx(1.0, abs=1e-6)
+    assert T.bleu4({1: "green triangles", 2: "above below"}, refs) < 0.01
+
+
+def test_greedy_ids_stop_at_end():
+    decoder = ShowAttendTell(6, 3, 4, 5, 4, 0.0).eval()
+    with torch.no_grad():
+        decoder.fc.bias.fill_(-10.0)
+        decoder.fc.bias[2] = 10.0  # always predicts <end>
+    ids = T.greedy_ids(decoder, torch.randn(3, 4, 3), start_id=1, end_id=2, max_len=10)
+    assert ids.shape == (3, 1) and (ids == 2).all()
+
+
+def test_training_reduces_the_loss_and_is_reproducible(lab):
+    runs = []
+    for _ in range(2):
+        decoder = _decoder(lab, seed=1)
+        result = T.train(lab.cfg, decoder, lab.loaders, lab.vocab, epochs=3, patience=None, progress=False)
+        runs.append((decoder, result))
+    (first, r1), (second, r2) = runs
+    losses = r1.history["train_loss"].tolist()
+    assert losses[-1] < losses[0]
+    assert list(r1.history.columns[:6]) == ["epoch", "train_loss", "top5", "val_bleu4", "lr", "ss_prob"]
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values(),
+                                                  strict=True))
+    assert _metrics(r1.history) == _metrics(r2.history)
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(lab, tmp_path):
+    settings = dict(epochs=4, patience=None, restore_best=False, progress=False, scheduled_sampling=0.3,
+                    ss_ramp_epochs=2)
+    straight = _decoder(lab, seed=2)
+    full = T.train(lab.cfg, straight, lab.loaders, lab.vocab, checkpoint_path=tmp_path / "full.pt", **settings)
+
+    def stop_after_two(epoch, row):
+        if epoch == 2:
+            raise T.TrainingInterrupted("simulated Colab disconnect")
+
+    path = tmp_path / "interrupted.pt"
+    with pytest.raises(T.TrainingInterrupted):
+        T.train(lab.cfg, _decoder(lab, seed=2), lab.loaders, lab.vocab, checkpoint_path=path,
+                callbacks=[stop_after_two], **settings)
+    assert ckpt.load_checkpoint(path)["epoch"] == 2
+    torch.manual_seed(123)  # the resumed process starts from other random state and other weights
+    resumed_decoder = _decoder(lab, seed=7)
+    resumed = T.train(lab.cfg, resumed_decoder, lab.loaders, lab.vocab, checkpoint_path=path, resume_from=path,
+                      **settings)
+    assert len(resumed.history) == 4
+    for (name, a), b in zip(straight.state_dict().items(), resumed_decoder.state_dict().values(), strict=True):
+        assert torch.equal(a, b), f"{name} differs after resuming"
+    assert _metrics(full.history) == _metrics(resumed.history)
+    saved_full, saved_resumed = ckpt.load_checkpoint(tmp_path / "full.pt"), ckpt.load_checkpoint(path)
+    assert saved_full["best_epoch"] == saved_resumed["best_epoch"]
+    assert all(torch.equal(saved_full["model_state"][k], v) for k, v in saved_resumed["model_state"].items())
+
+
+def test_early_stopping_and_time_budget(lab):
+    frozen = T.train(lab.cfg, _decoder(lab), lab.loaders, lab.vocab, epochs=6, decoder_lr=0.0, patience=2,
+                     progress=False)
+    assert frozen.stopped == "early_stopping" and len(frozen.history) == 3 and frozen.best_epoch == 1
+    rushed = T.train(lab.cfg, _decoder(lab, "show_and_tell"), lab.loaders, lab.vocab, epochs=6,
+                     time_budget_s=0.0, progress=False)
+    assert rushed.stopped == "time_budget" and len(rushed.history) == 1
+
+
+def test_best_checkpoint_rebuilds_the_decoder(lab, tmp_path):
+    cfg = lab.cfg.replace(build_dir=tmp_path)
+    decoder, vocab, result, path = T.train_quick_captioner(cfg, "show_and_tell", progress=False, lab_data=lab,
+                                                           epochs=2, patience=None)
+    assert path == cfg.checkpoint_dir / "show_and_tell.pt" and path.is_file()
+    assert 0.0 <= result.test_metric <= 1.0 and len(result.test_samples) == 8
+    loaded, loaded_vocab, saved = T.load_trained(cfg, "show_and_tell", progress=False)
+    assert loaded_vocab == vocab and saved["test_metric"] == result.test_metric
+    assert all(torch.equal(a, b) for a, b in zip(decoder.state_dict().values(), loaded.state_dict().values(),
+                                                  strict=True))
+    assert not loaded.training
+
+
+def test_assert_learned_explains_what_to_do():
+    import pandas as pd
+
+    result = T.TrainResult(history=pd.DataFrame([{"epoch": 1}]), best_epoch=1, best_metric=0.42,
+                           stopped="time_budget", seconds=10.0)
+    with pytest.raises(AssertionError, match=r"validation BLEU-4 = 0.420 < 0.80.*Train longer"):
+        T.assert_learned(result, 0.8)
+    result.test_metric = 0.85
+    T.assert_learned(result, 0.8)
+    result.test_metric = math.nan
+    with pytest.raises(AssertionError, match="test BLEU-4"):
+        T.assert_learned(result, 0.8)
+
+
+def test_encoder_gets_its_own_learning_rate_only_when_fine_tuned():
+    decoder, encoder = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    encoder.requires_grad_(False)
+    assert len(T._make_optimizer(decoder, encoder, 1e-3, 1e-4).param_groups) == 1
+    encoder.weight.requires_grad_(True)
+    groups = T._make_optimizer(decoder, encoder, 1e-3, 1e-4).param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-4] and groups[1]["params"] == [encoder.weight]
+
+
+def test_plot_history_draws_loss_and_metric(lab):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    history = [{"epoch": 1, "train_loss": 2.0, "top5": 0.5, "val_bleu4": 0.1},
+               {"epoch": 2, "train_loss": 1.0, "top5": 0.8, "val_bleu4": 0.4}]
+    fig = T.plot_history(history)
+    left, right = fig.axes
+    assert list(left.lines[0].get_ydata()) == [2.0, 1.0] and list(right.lines[1].get_ydata()) == [0.1, 0.4]
+
+
+def test_check_topk_accuracy(capsys):
+    def right(logits, targets, k, pad_id):
+        valid = targets != pad_id
+        hit = (logits.topk(k, dim=-1).indices == targets[..., None]).any(-1)
+        return (hit & valid).sum().item() / valid.sum().item()
+
+    def counts_pad(logits, targets, k, pad_id):
+        return (logits.topk(k, dim=-1).indices == targets[..., None]).any(-1).float().mean().item()
+
+    assert T.check_topk_accuracy(right) and "✅" in capsys.readouterr().out
+    assert not T.check_topk_accuracy(counts_pad) and "<pad>" in capsys.readouterr().out
+
+
+def test_checkpoints_of_the_plain_paper_model_still_load():
+    plain = ShowAttendTell(11, 6, 4, 8, 5, 0.0)
+    spec = {"kind": "attention", "vocab_size": 11, "feature_dim": 6, "embed_dim": 4, "hidden_dim": 8,
+            "attention_dim": 5, "dropout": 0.0}  # written before deep_output/adapter/positions existed
+    loaded = T.decoder_from_checkpoint({"decoder": spec, "model_state": plain.state_dict()})
+    assert loaded.adapter is None and loaded.position is None and loaded.feature_norm is None
