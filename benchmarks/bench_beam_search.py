@@ -60,7 +60,13 @@ def reference_beam_search(decoder, features: torch.Tensor, vocab, beam_size: int
     top_k_scores = torch.zeros(k, 1)
     complete_seqs, complete_seqs_alpha, complete_seqs_scores = [], [], []
     step = 1
+    recompute_projection = hasattr(decoder, "encoder_att")
     while True:
+        if recompute_projection:
+            # Seed 002's Attention.forward applies encoder_att to the features at EVERY step; so does this
+            # reference (same numbers, the seed's cost). labutils computes it once, in init_state.
+            h, c, feats, _ = state
+            state = (h, c, feats, decoder.encoder_att(feats))
         logits, state, alpha = decoder.step(k_prev_words, state)
         scores = top_k_scores.expand(-1, vocab_size) + F.log_softmax(logits.float(), dim=1)
         if step == 1:  # all k rows are the same image with the same history: expand row 0 only
