@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -36,6 +35,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py, next to this script)
 
 from labutils.decoders import DecoderOutput, ShowAttendTell, _unpack, doubly_stochastic_penalty  # noqa: E402
 
@@ -102,21 +103,6 @@ def training_step(decoder, params, features, captions, lengths):
     loss = loss + doubly_stochastic_penalty(out.alphas, lengths)
     loss.backward()
     return out, loss.detach(), [p.grad.clone() for p in params]
-
-
-def machine_info() -> dict:
-    """Where and under what load the numbers were taken."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
 
 
 def rss_mib() -> float:

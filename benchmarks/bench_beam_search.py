@@ -18,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py, next to this script)
 
 from labutils import decode  # noqa: E402
 from labutils.decoders import ShowAttendTell  # noqa: E402
@@ -173,24 +174,6 @@ def load_features(n_images: int, seed: int, channels: int, trained: bool) -> tup
     # Non-negative like the encoder's post-activation grid.
     feats = torch.randn(n_images, 16, channels, generator=gen).relu()
     return feats, f"random relu(N(0,1)) features, seed {seed}"
-
-
-def machine_info() -> dict:
-    """Where and under what load the numbers were taken."""
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "load_average_1_5_15min": load}
 
 
 def run_once(decoder, vocab, feats, beam: int, max_len: int, repeats: int) -> dict:

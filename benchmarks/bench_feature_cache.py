@@ -26,7 +26,6 @@ import datetime as dt
 import itertools
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -40,6 +39,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from machine import machine_info  # noqa: E402  (benchmarks/machine.py, next to this script)
+
 from labutils import coco, data, features, models  # noqa: E402
 from labutils.config import get_config  # noqa: E402
 from labutils.decoders import build_decoder  # noqa: E402
@@ -52,22 +53,6 @@ NOTE = ("Each variant ran in its own process; peak_rss_mib is that process's max
         "The machine's cores may have been shared with other jobs: see the load averages per variant.")
 THREADS_NOTE = (" Torch threads were fixed with --threads: on a machine shared with other jobs, one thread per "
                 "process avoids OpenMP threads waiting on each other and gives far steadier timings.")
-
-
-def machine_info() -> dict:
-    """Where and under what load the numbers were taken."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_average_1_5_15min": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def current_rss_mib() -> float:

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return refs_main(rest)
     if command == "dataset":
-        from .config import get_config
         from .coco import ensure_dataset
+        from .config import get_config
 
         profile = rest[0] if rest else None
         print(ensure_dataset(get_config(profile)))

@@ -120,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
 
                 matplotlib.use("Agg")
                 import matplotlib.pyplot as plt
-
                 from PIL import ImageOps
 
                 from .viz import plot_attention

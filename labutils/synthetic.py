@@ -199,7 +199,7 @@ def _bbox(points: list[tuple[float, float]], size: int) -> list[float]:
 
 
 def _polygon_area(points: list[tuple[float, float]]) -> float:
-    return 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1])))
+    return 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1], strict=True)))
 
 
 def generate(out_dir: str | Path, n_images: int = 3000, image_size: int = 128, seed: int = 0,

@@ -73,10 +73,11 @@ def test_caption_relation_matches_object_positions(small):
             continue
         colour_a, relation, colour_b = match.groups()
         centre = 0 if relation == "to the left of" else 1
-        pos = lambda c: [a["bbox"][centre] + a["bbox"][centre + 2] / 2 for a in anns  # noqa: E731
-                         if a["attributes"]["color"] == c]
+        def centres(colour, axis=centre, objects=anns):
+            return [a["bbox"][axis] + a["bbox"][axis + 2] / 2 for a in objects if a["attributes"]["color"] == colour]
+
         if colour_a != colour_b:
-            assert max(pos(colour_a)) < min(pos(colour_b)), first
+            assert max(centres(colour_a)) < min(centres(colour_b)), first
             checked += 1
     assert checked > 5
 
