@@ -35,6 +35,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.py, also when a test imports this file
 
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py, next to this script)
 
