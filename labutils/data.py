@@ -432,6 +432,17 @@ def _read_splits(cfg) -> dict[str, list[int]]:
     return coco.load_splits(cfg)
 
 
+def _split_sources(cfg, image_source, splits: Sequence[str]) -> list[tuple[str, list[int], Callable]]:
+    """(split, image ids, image source) per requested split; `image_source` may be one callable or a dict per split."""
+    split_ids = _read_splits(cfg)
+    out = []
+    for split in splits:
+        if split not in split_ids:
+            raise KeyError(f"Split {split!r} is not in {cfg.split_file}; it has {sorted(split_ids)}.")
+        out.append((split, split_ids[split], image_source[split] if isinstance(image_source, Mapping) else image_source))
+    return out
+
+
 def build_caption_datasets(cfg, vocab: Vocabulary, image_source, mode: str = "sample",
                            splits: Sequence[str] = SPLITS, progress: bool = False) -> dict[str, CaptionDataset]:
     """A `CaptionDataset` per split of `cfg`'s dataset (captions capped at `cfg.max_caption_len`).
@@ -439,27 +450,17 @@ def build_caption_datasets(cfg, vocab: Vocabulary, image_source, mode: str = "sa
     `image_source` is one callable for all splits or a dict `split -> callable` (e.g. augmenting transforms for
     train only, or one feature cache per split).
     """
-    captions, split_ids = _read_captions(cfg), _read_splits(cfg)
-    out = {}
-    for split in splits:
-        if split not in split_ids:
-            raise KeyError(f"Split {split!r} is not in {cfg.split_file}; it has {sorted(split_ids)}.")
-        source = image_source[split] if isinstance(image_source, Mapping) else image_source
-        out[split] = CaptionDataset(split_ids[split], captions, vocab, source, mode=mode,
-                                    max_len=cfg.max_caption_len, seed=cfg.seed, progress=progress)
-    return out
+    captions = _read_captions(cfg)
+    return {split: CaptionDataset(ids, captions, vocab, source, mode=mode, max_len=cfg.max_caption_len,
+                                  seed=cfg.seed, progress=progress)
+            for split, ids, source in _split_sources(cfg, image_source, splits)}
 
 
 def build_eval_datasets(cfg, image_source, splits: Sequence[str] = ("val", "test")) -> dict[str, EvalDataset]:
     """An `EvalDataset` (images with all their reference captions) per split of `cfg`'s dataset."""
-    captions, split_ids = _read_captions(cfg), _read_splits(cfg)
-    out = {}
-    for split in splits:
-        if split not in split_ids:
-            raise KeyError(f"Split {split!r} is not in {cfg.split_file}; it has {sorted(split_ids)}.")
-        source = image_source[split] if isinstance(image_source, Mapping) else image_source
-        out[split] = EvalDataset(split_ids[split], captions, source)
-    return out
+    captions = _read_captions(cfg)
+    return {split: EvalDataset(ids, captions, source)
+            for split, ids, source in _split_sources(cfg, image_source, splits)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

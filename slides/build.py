@@ -486,6 +486,23 @@ def build(out: Path = DEFAULT_OUT, pdf: bool = True, strict: bool = False) -> Bu
     return BuildResult(out, html_files, pdf_files, figures, warnings, timings)
 
 
+def slide_problems(slide) -> list[str]:
+    """What is wrong with one rendered slide (not shown, blank, broken images, overflow, no notes); [] if fine."""
+    where = f"{slide.deck} slide {slide.index}"
+    problems = []
+    if not slide.active:
+        problems.append(f"{where}: the viewer did not show it")
+    if slide.blank:
+        problems.append(f"{where}: renders (nearly) blank (ink {slide.ink:.3%})")
+    if slide.broken_images:
+        problems.append(f"{where}: broken images {slide.broken_images}")
+    if slide.overflow_px > 4:
+        problems.append(f"{where}: content runs {slide.overflow_px}px past the bottom")
+    if not slide.has_notes:
+        problems.append(f"{where}: no speaker notes in the built deck")
+    return problems
+
+
 def render_check(html_files: list[Path], save_dir: Path | None = None) -> list[str]:
     """Open every deck in headless Chromium and check each slide; returns the problems found."""
     from browser import Chromium, check_deck
@@ -494,20 +511,10 @@ def render_check(html_files: list[Path], save_dir: Path | None = None) -> list[s
     with Chromium() as browser:
         for html in html_files:
             for slide in check_deck(browser, html):
-                where = f"{slide.deck} slide {slide.index}"
                 if save_dir is not None:
                     save_dir.mkdir(parents=True, exist_ok=True)
                     (save_dir / f"{html.stem}_{slide.index:02d}.png").write_bytes(slide.png)
-                if not slide.active:
-                    problems.append(f"{where}: the viewer did not show it")
-                if slide.blank:
-                    problems.append(f"{where}: renders (nearly) blank (ink {slide.ink:.3%})")
-                if slide.broken_images:
-                    problems.append(f"{where}: broken images {slide.broken_images}")
-                if slide.overflow_px > 4:
-                    problems.append(f"{where}: content runs {slide.overflow_px}px past the bottom")
-                if not slide.has_notes:
-                    problems.append(f"{where}: no speaker notes in the built deck")
+                problems += slide_problems(slide)
     return problems
 
 

@@ -18,3 +18,14 @@ def tiny_cfg(tmp_path_factory):
                      split_fractions=(2 / 3, 1 / 6, 1 / 6))
     synthetic.ensure_synthetic(cfg, progress=False)
     return cfg
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """Tiny tensors: a second OpenMP thread only adds synchronisation (very slow on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,12 +17,9 @@ NEG_INF = float("-inf")
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: a second OpenMP thread only adds synchronisation (very slow on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(single_torch_thread):
+    """Run this module on one torch thread (see tests/conftest.py)."""
     yield
-    torch.set_num_threads(threads)
 
 
 class TableDecoder(nn.Module):

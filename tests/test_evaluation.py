@@ -22,11 +22,9 @@ def no_java(monkeypatch):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def one_thread(single_torch_thread):
+    """Run this module on one torch thread (see tests/conftest.py)."""
     yield
-    torch.set_num_threads(threads)
 
 
 class BigramDecoder(nn.Module):

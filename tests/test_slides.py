@@ -239,17 +239,7 @@ def test_every_slide_renders_in_headless_chromium(built):
             assert slides, f"{html.name}: no slides found"
             for slide in slides:
                 seen += 1
-                where = f"{slide.deck} slide {slide.index}"
-                if not slide.active:
-                    problems.append(f"{where}: not shown")
-                if slide.blank:
-                    problems.append(f"{where}: blank (ink {slide.ink:.2%})")
-                if slide.broken_images:
-                    problems.append(f"{where}: broken images {slide.broken_images}")
-                if slide.overflow_px > 4:
-                    problems.append(f"{where}: content overflows by {slide.overflow_px}px")
-                if not slide.has_notes:
-                    problems.append(f"{where}: no speaker notes")
+                problems += build.slide_problems(slide)
                 assert slide.png[:8] == b"\x89PNG\r\n\x1a\n"
     assert seen == sum(len(build.parse_deck(p).slides) for p in build.deck_files())
     assert problems == [], "\n".join(problems)
