@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 # Submodules load on first use (`labutils.coco`, `labutils.models`, ...) so `import labutils` stays fast and a
 # notebook that needs no torch does not pay for it.
 _LAZY = {"augment", "checkpoint", "coco", "data", "decode", "decoders", "features", "metrics", "models", "train",
-         "viz", "vocab", "grounding", "download", "environment", "runner", "notebook_refs", "evaluation", "caption_cli"}
+         "viz", "vocab", "grounding", "download", "environment", "runner", "notebook_refs", "evaluation", "caption_cli",
+         "prepare"}
 
 
 def __getattr__(name):

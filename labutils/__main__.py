@@ -10,6 +10,7 @@ commands:
   run       execute the lab's notebooks in order and print a summary
   caption   caption one or more images with a trained checkpoint
   dataset   generate (quick) or prepare (full) the profile's dataset
+  prepare   before a workshop: download, resize once and build the feature cache (--help for options)
   refs      re-record the notebooks' reference outputs for nbval (maintainers)
 
 `python -m labutils COMMAND --help` shows a command's options."""
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         from .caption_cli import main as caption_main
 
         return caption_main(rest)
+    if command == "prepare":
+        from .prepare import main as prepare_main
+
+        return prepare_main(rest)
     if command == "refs":
         from .notebook_refs import main as refs_main
 

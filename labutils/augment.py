@@ -280,11 +280,12 @@ def eval_transform(size: int):
 # ------------------------------------------------------------------------------------------- resize_all
 @dataclass
 class ResizeReport:
-    """What `resize_all` did: how many images it wrote, skipped as already done, and which were unreadable."""
+    """What `resize_all` did: images written, skipped as already done, unreadable, and cut short but decodable."""
 
     resized: int = 0
     skipped_existing: int = 0
     corrupt: list[str] = field(default_factory=list)
+    truncated: list[str] = field(default_factory=list)  # resized from their readable part (counted in `resized`)
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -314,6 +315,21 @@ def _open_rgb(path: Path, size: int) -> Image.Image:
         im = ImageOps.exif_transpose(im)
         im.load()  # decode now so a truncated file fails here, not later
         return to_rgb(im)
+
+
+def _resize_truncated(src: Path, dst: Path, size: int, quality: int) -> bool:
+    """Resize a JPEG whose end is missing from the part that decodes (Pillow fills the rest grey); False if none."""
+    from PIL import ImageFile
+
+    # A process-wide Pillow switch, so resize_all calls this only after its worker threads have finished.
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        return _resize_one(src, dst, size, quality) == "resized"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def _is_done(src: Path, dst: Path, size: int) -> bool:
@@ -356,7 +372,8 @@ def resize_all(src_dir: str | Path, dst_dir: str | Path, size: int, workers: int
     Keeps the aspect ratio (no squashing, no cropping): the square crop happens later in the transforms, where it
     can be random for training and central for evaluation. Idempotent: an output that exists, is newer than its
     source and already has shorter side `size` is skipped, and outputs are written atomically. Unreadable files are listed in
-    `report.corrupt` (paths relative to `src_dir`) instead of stopping the run.
+    `report.corrupt` (paths relative to `src_dir`) instead of stopping the run; JPEGs that end early but
+    decode in part are resized from that part and listed in `report.truncated`.
     """
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     if src_dir.resolve() == dst_dir.resolve():
@@ -381,7 +398,17 @@ def resize_all(src_dir: str | Path, dst_dir: str | Path, size: int, workers: int
                 report.resized += 1
             else:
                 report.skipped_existing += 1
-    report.corrupt.sort()
+    # MS-COCO 2014 itself holds a JPEG cut short (train2014/COCO_train2014_000000167126.jpg): keep what decodes,
+    # say so, and leave only files with nothing readable as corrupt.
+    for name in sorted(report.corrupt):
+        src = src_dir / name
+        if src.suffix.lower() in (".jpg", ".jpeg") and _resize_truncated(src, dst_dir / name, size, quality):
+            report.truncated.append(name)
+            report.resized += 1
+    report.corrupt = sorted(set(report.corrupt) - set(report.truncated))
+    if report.truncated:
+        print(f"{len(report.truncated)} JPEG file(s) end early ({report.truncated[0]}...); resized from the part "
+              "that decodes, the rest filled grey.")
     return report
 
 

@@ -1,5 +1,6 @@
 """COCO-format data for the lab: load captions and instances with pycocotools, tabulate captions, load and check
-the train/val/test split, show an image with its annotations, and prepare real MS-COCO 2014 for the full profile.
+the train/val/test split, show an image with its annotations, and prepare real MS-COCO (2014, or 2017 as an
+option) for the full profile.
 
 Both profiles end in the same on-disk layout under `cfg.dataset_dir`:
 
@@ -8,7 +9,8 @@ Both profiles end in the same on-disk layout under `cfg.dataset_dir`:
     images/                      the JPEGs (MS-COCO: images/train2014/..., images/val2014/...)
     splits.json                  {"train": [ids], "val": [ids], "test": [ids]}, every image in exactly one split
 
-The quick profile writes it with `labutils.synthetic`; the full profile converts the official 2014 files.
+The quick profile writes it with `labutils.synthetic`; the full profile converts the official files and also
+keeps a copy of the images resized once to `cfg.image_size` px (`images_<size>px/`, see `image_root`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import textwrap
@@ -30,12 +33,15 @@ import numpy as np
 
 SPLITS = ("train", "val", "test")
 
-# Official MS-COCO 2014 archives (https://cocodataset.org/#download) and Karpathy & Fei-Fei's split
+# Official MS-COCO archives (https://cocodataset.org/#download) and Karpathy & Fei-Fei's split
 # (dataset_coco.json inside caption_datasets.zip), the split nearly every captioning paper reports on.
 COCO_BASE_URL = "http://images.cocodataset.org"
 TRAIN2014_URL = "http://images.cocodataset.org/zips/train2014.zip"
 VAL2014_URL = "http://images.cocodataset.org/zips/val2014.zip"
 ANNOTATIONS2014_URL = "http://images.cocodataset.org/annotations/annotations_trainval2014.zip"
+TRAIN2017_URL = "http://images.cocodataset.org/zips/train2017.zip"
+VAL2017_URL = "http://images.cocodataset.org/zips/val2017.zip"
+ANNOTATIONS2017_URL = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 KARPATHY_SPLIT_URL = "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip"
 # Where dataset_coco.json has lived, tried in order by `prepare_mscoco` (the first that delivers wins): the
 # original Stanford zip (reported 404 since 2023, kept in case it returns) and a community copy of the bare JSON on
@@ -45,14 +51,24 @@ KARPATHY_SPLIT_SOURCES = (
     "http://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip",
     "https://github.com/Delphboy/karpathy-splits/raw/main/dataset_coco.json",
 )
-# The same archives relative to a base URL, so tests (and mirrors) can point the lab at another server.
-COCO2014_ARCHIVES = {
-    "annotations": "annotations/annotations_trainval2014.zip",
-    "train2014": "zips/train2014.zip",
-    "val2014": "zips/val2014.zip",
+# The archives of each release relative to a base URL, so tests (and mirrors) can point the lab at another server.
+# 2017 holds the same 123,287 images under the same ids as 2014 train+val, re-cut (val2017 is 5,000 of val2014)
+# and renamed (train2017/000000XXXXXX.jpg); Karpathy's split is by image id, so it applies to both.
+COCO_YEARS = (2014, 2017)
+COCO_ARCHIVES = {
+    2014: {"annotations": "annotations/annotations_trainval2014.zip",
+           "train2014": "zips/train2014.zip",
+           "val2014": "zips/val2014.zip"},
+    2017: {"annotations": "annotations/annotations_trainval2017.zip",
+           "train2017": "zips/train2017.zip",
+           "val2017": "zips/val2017.zip"},
 }
-COCO2014_IMAGES = {"train2014": 82_783, "val2014": 40_504}
+COCO2014_ARCHIVES = COCO_ARCHIVES[2014]
+COCO2017_ARCHIVES = COCO_ARCHIVES[2017]
+COCO_IMAGES = {2014: {"train2014": 82_783, "val2014": 40_504}, 2017: {"train2017": 118_287, "val2017": 5_000}}
+COCO2014_IMAGES = COCO_IMAGES[2014]
 KARPATHY_SIZES = {"train": 113_287, "val": 5_000, "test": 5_000}
+_OFFICIAL_URL = "http://images.cocodataset.org"  # KNOWN_FILES is keyed by the official URLs, whatever the mirror
 
 
 class DatasetUnavailableError(FileNotFoundError):
@@ -72,10 +88,12 @@ class SplitError(ValueError):
 
 
 def ensure_dataset(cfg, progress: bool = True) -> Path:
-    """Make sure the profile's dataset is on disk (synthetic shapes, or MS-COCO 2014) and return its folder."""
+    """Make sure the profile's dataset is on disk (synthetic shapes, or MS-COCO) and return its folder."""
     # The dataset name, not the profile, decides: the full profile can run on synthetic data at full sizes.
     if cfg.dataset_name.startswith("coco"):
-        return prepare_mscoco(cfg, progress=progress)
+        # Keep the subset an instructor prepared (`python -m labutils prepare --subset N`) instead of
+        # converting, and downloading, the whole dataset in every notebook.
+        return prepare_mscoco(cfg, subset=prepared_subset(cfg), progress=progress)
     from . import synthetic
 
     return synthetic.ensure_synthetic(cfg, progress=progress)
@@ -261,6 +279,34 @@ def build_karpathy_like_split(train_ids: Iterable[int], val_ids: Iterable[int], 
             "test": sorted(shuffled[n_val:n_val + n_test])}
 
 
+def build_coco2017_split(train_ids: Iterable[int], val_ids: Iterable[int], n_val: int = 5000,
+                         n_test: int | None = None, seed: int = 0) -> dict[str, list[int]]:
+    """The standard-sized split of MS-COCO 2017 without Karpathy's file: test = val2017, val drawn from train2017.
+
+    `n_test` val2017 images (None: all of them; the real val2017 has exactly 5,000) form the test split, `n_val`
+    train2017 images drawn with `seed` form val, and everything else is train: 113,287 / 5,000 / 5,000 on the
+    real 118,287 + 5,000 images. Same ids and seed, same split; not Karpathy's choice of images.
+    """
+    val_ids = sorted({int(i) for i in val_ids})
+    train_ids = sorted({int(i) for i in train_ids})
+    overlap = set(train_ids) & set(val_ids)
+    if overlap:
+        raise SplitLeakageError(f"Image {min(overlap)} is in both the train2017 and the val2017 image lists; "
+                                "the official ids never overlap, so check the inputs.")
+    n_test = len(val_ids) if n_test is None else n_test
+    if not 0 < n_test <= len(val_ids):
+        raise SplitError(f"Only {len(val_ids)} val2017 images for a {n_test}-image test split; lower n_test.")
+    if not 0 < n_val < len(train_ids):
+        raise SplitError(f"Only {len(train_ids)} train2017 images for a {n_val}-image val split and a train "
+                         "split; lower n_val.")
+    rng = np.random.default_rng(seed)
+    train_order = [train_ids[i] for i in rng.permutation(len(train_ids))]
+    val_order = [val_ids[i] for i in rng.permutation(len(val_ids))]
+    return {"train": sorted(train_order[n_val:] + val_order[n_test:]),
+            "val": sorted(train_order[:n_val]),
+            "test": sorted(val_order[:n_test])}
+
+
 def karpathy_split(path: str | Path) -> dict[str, list[int]]:
     """Read Karpathy's dataset_coco.json: {train: train + restval, val, test} as sorted COCO image ids."""
     path = Path(path)
@@ -366,11 +412,30 @@ def check_image_ids_with_category(coco_instances, cat_names: str | Iterable[str]
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Real MS-COCO 2014 (full profile)
+# Real MS-COCO 2014 or 2017 (full profile)
 #
 # Layout under cfg.dataset_dir: the official files as they unzip (annotations/captions_train2014.json, ...,
 # images/train2014/*.jpg, images/val2014/*.jpg, dataset_coco.json from Karpathy's zip), converted once into the
-# lab's uniform layout above. Downloads go through labutils.download (resume, retry, checksums, atomic, idempotent).
+# lab's uniform layout above, plus images_<size>px/ (the same tree resized once, see `resize_images`). 2017 is
+# the same with train2017/val2017. Downloads go through labutils.download (resume, retry, checksums, atomic,
+# idempotent).
+
+
+def image_folders(year: int = 2014) -> tuple[str, str]:
+    """The official image folders of a release: ("train2014", "val2014") or ("train2017", "val2017")."""
+    return f"train{year}", f"val{year}"
+
+
+def coco_year(cfg) -> int:
+    """`cfg.coco_year`, checked: a known release whose files go to the matching `coco<year>` dataset folder."""
+    year = int(getattr(cfg, "coco_year", 2014))
+    if year not in COCO_ARCHIVES:
+        raise ValueError(f"coco_year={year} is not an MS-COCO release the lab knows; use 2014 or 2017.")
+    name = str(cfg.dataset_name)
+    if re.fullmatch(r"coco\d{4}", name) and name != f"coco{year}":
+        raise ValueError(f"cfg.dataset_name is {name!r} but cfg.coco_year is {year}; build the config with "
+                         f"get_config('full', coco_year={year}), which names the dataset 'coco{year}'.")
+    return year
 
 
 def network_available(url: str = COCO_BASE_URL, timeout: float = 3.0) -> bool:
@@ -384,10 +449,10 @@ def network_available(url: str = COCO_BASE_URL, timeout: float = 3.0) -> bool:
         return False
 
 
-def _raw_files(root: Path) -> dict[str, Path]:
+def _raw_files(root: Path, year: int = 2014) -> dict[str, Path]:
     ann = root / "annotations"
-    return {"captions_train2014": ann / "captions_train2014.json", "captions_val2014": ann / "captions_val2014.json",
-            "instances_train2014": ann / "instances_train2014.json", "instances_val2014": ann / "instances_val2014.json"}
+    return {f"{kind}_{folder}": ann / f"{kind}_{folder}.json"
+            for kind in ("captions", "instances") for folder in image_folders(year)}
 
 
 def find_karpathy_json(root: str | Path) -> Path | None:
@@ -413,22 +478,50 @@ def missing_images(coco, image_dir: str | Path, image_ids: Iterable[int] | None 
     return absent
 
 
-def mscoco_status(cfg) -> dict[str, bool]:
-    """Which pieces of MS-COCO 2014 are already under `cfg.dataset_dir` (raw and converted)."""
+def _prepared(cfg) -> dict | None:
+    """prepared.json of the converted dataset (None until converted)."""
     root = Path(cfg.dataset_dir)
-    raw = _raw_files(root)
+    if not ((root / "prepared.json").is_file() and Path(cfg.captions_file).is_file()
+            and Path(cfg.split_file).is_file()):
+        return None
+    try:
+        return json.loads((root / "prepared.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_current(prepared: dict | None, subset: int | None, seed: int, year: int) -> bool:
+    # prepared.json files from before the 2017 option carry no year: they are 2014 conversions.
+    return (prepared is not None and prepared.get("subset") == subset and prepared.get("seed") == seed
+            and prepared.get("year", 2014) == year)
+
+
+def prepared_subset(cfg) -> int | None:
+    """The `subset` the dataset under `cfg.dataset_dir` was prepared with (None: all images, or not prepared)."""
+    prepared = _prepared(cfg)
+    if prepared is None or prepared.get("seed") != cfg.seed or prepared.get("year", 2014) != coco_year(cfg):
+        return None
+    return prepared.get("subset")
+
+
+def mscoco_status(cfg) -> dict[str, bool]:
+    """Which pieces of MS-COCO (`cfg.coco_year`) are already under `cfg.dataset_dir` (raw, converted, resized)."""
+    root = Path(cfg.dataset_dir)
+    year = coco_year(cfg)
+    train, val = image_folders(year)
+    raw = _raw_files(root, year)
     return {
-        "caption annotations": raw["captions_train2014"].is_file() and raw["captions_val2014"].is_file(),
-        "instance annotations": raw["instances_train2014"].is_file() and raw["instances_val2014"].is_file(),
-        "train2014 images": (Path(cfg.image_dir) / "train2014").is_dir(),
-        "val2014 images": (Path(cfg.image_dir) / "val2014").is_dir(),
+        "caption annotations": raw[f"captions_{train}"].is_file() and raw[f"captions_{val}"].is_file(),
+        "instance annotations": raw[f"instances_{train}"].is_file() and raw[f"instances_{val}"].is_file(),
+        f"{train} images": (Path(cfg.image_dir) / train).is_dir(),
+        f"{val} images": (Path(cfg.image_dir) / val).is_dir(),
         "Karpathy split": find_karpathy_json(root) is not None,
-        "converted": (root / "prepared.json").is_file() and Path(cfg.captions_file).is_file()
-        and Path(cfg.split_file).is_file(),
+        "converted": _prepared(cfg) is not None,
+        "resized images": image_root(cfg) != Path(cfg.image_dir),
     }
 
 
-AVERAGE_IMAGE_BYTES = 161_000  # mean MS-COCO 2014 JPEG: (13.5 GB + 6.6 GB) / 123,287 images
+AVERAGE_IMAGE_BYTES = 161_000  # mean MS-COCO 2014 JPEG: (13.5 GB + 6.6 GB) / 123,287 images (2017: 163 kB)
 
 
 def mscoco_plan(cfg, subset: int | None = None, base_url: str | None = None) -> list[tuple[str, str, int]]:
@@ -440,27 +533,28 @@ def mscoco_plan(cfg, subset: int | None = None, base_url: str | None = None) -> 
     from .download import KNOWN_FILES, human_bytes
 
     root, image_dir = Path(cfg.dataset_dir), Path(cfg.image_dir)
+    year = coco_year(cfg)
+    archives = COCO_ARCHIVES[year]
+    train, val = image_folders(year)
     base_url = (base_url or COCO_BASE_URL).rstrip("/")
-    official = {"annotations": ANNOTATIONS2014_URL, "train2014": TRAIN2014_URL, "val2014": VAL2014_URL}
-    size_of = {key: KNOWN_FILES.get(url, {}).get("size", 0) for key, url in official.items()}
+    size_of = {key: KNOWN_FILES.get(f"{_OFFICIAL_URL}/{path}", {}).get("size", 0) for key, path in archives.items()}
     status = mscoco_status(cfg)
-    prepared = json.loads((root / "prepared.json").read_text()) if status["converted"] else None
-    current = prepared is not None and prepared.get("subset") == subset and prepared.get("seed") == cfg.seed
+    current = _is_current(_prepared(cfg), subset, cfg.seed, year)
     pieces: list[tuple[str, str, int]] = []
     zips: list[int] = []
 
     def archive(short: str, what: str, key: str, where: Path) -> None:
         zips.append(size_of[key])
-        pieces.append((short, f"{what} are not under {where}; they come in {base_url}/{COCO2014_ARCHIVES[key]} "
+        pieces.append((short, f"{what} are not under {where}; they come in {base_url}/{archives[key]} "
                               f"({human_bytes(size_of[key])}).", size_of[key]))
 
     def one_by_one(short: str, what: str, n: int) -> None:
-        pieces.append((short, f"{what}; they are fetched one by one from {base_url}/train2014/ and "
-                              f"{base_url}/val2014/ (about {human_bytes(n * AVERAGE_IMAGE_BYTES)}).",
+        pieces.append((short, f"{what}; they are fetched one by one from {base_url}/{train}/ and "
+                              f"{base_url}/{val}/ (about {human_bytes(n * AVERAGE_IMAGE_BYTES)}).",
                        n * AVERAGE_IMAGE_BYTES))
 
     if not current and not status["caption annotations"]:
-        archive("2014 caption annotations", "The 2014 caption annotations", "annotations", root / "annotations")
+        archive(f"{year} caption annotations", f"The {year} caption annotations", "annotations", root / "annotations")
     if not current and not status["Karpathy split"]:
         pieces.append(("Karpathy split (optional)", f"Karpathy's split file dataset_coco.json is not under {root} "
                        f"(optional: without it a Karpathy-like split is rebuilt from the official ids).", 0))
@@ -472,13 +566,13 @@ def mscoco_plan(cfg, subset: int | None = None, base_url: str | None = None) -> 
             zips += [size_of[f] for f in folders]
             pieces.append((f"{len(absent)} images in {', '.join(folders)}",
                            f"{len(absent)} of the {len(captions.imgs)} images are not under {image_dir}; they come "
-                           f"in {' and '.join(f'{base_url}/{COCO2014_ARCHIVES[f]}' for f in folders)} "
+                           f"in {' and '.join(f'{base_url}/{archives[f]}' for f in folders)} "
                            f"({human_bytes(sum(size_of[f] for f in folders))}).", sum(size_of[f] for f in folders)))
         elif absent:
             one_by_one(f"{len(absent)} of the {subset} subset images",
                        f"{len(absent)} of the {subset} subset images are not under {image_dir}", len(absent))
     elif subset is None:
-        for folder in ("train2014", "val2014"):
+        for folder in (train, val):
             if not status[f"{folder} images"]:
                 archive(f"{folder} images", f"The {folder} images", folder, image_dir / folder)
     else:
@@ -495,12 +589,12 @@ def mscoco_plan(cfg, subset: int | None = None, base_url: str | None = None) -> 
     return pieces
 
 
-def _unavailable(missing: list, root: Path, url: str) -> DatasetUnavailableError:
+def _unavailable(missing: list, root: Path, url: str, year: int = 2014) -> DatasetUnavailableError:
     # `missing`: short names, or mscoco_plan() pieces, whose sentences are listed one per line below the summary.
     shorts = [m[0] if isinstance(m, tuple) else m for m in missing]
     details = "".join(f"\n  - {m[1]}" for m in missing if isinstance(m, tuple))
     return DatasetUnavailableError(
-        f"MS-COCO 2014 is incomplete under {root} (missing: {', '.join(shorts)}) and {url} cannot be reached; "
+        f"MS-COCO {year} is incomplete under {root} (missing: {', '.join(shorts)}) and {url} cannot be reached; "
         "run the full profile where there is internet (such as Colab), copy the files there, or use the offline "
         f"quick profile (LAB_PROFILE=quick).{details}")
 
@@ -558,20 +652,25 @@ def _fetch_karpathy(sources: list[str], root: Path, progress: bool) -> Path | No
     return find_karpathy_json(root)
 
 
-def convert_coco2014(dataset_dir: str | Path, splits: Mapping[str, list[int]] | None = None,
-                     subset: int | None = None, seed: int = 0, n_val: int = 5000, n_test: int = 5000) -> dict:
-    """Turn the official 2014 annotation files into the lab's layout (captions.json, instances.json, splits.json).
+def convert_coco(dataset_dir: str | Path, splits: Mapping[str, list[int]] | None = None,
+                 subset: int | None = None, seed: int = 0, n_val: int = 5000, n_test: int | None = 5000,
+                 year: int = 2014) -> dict:
+    """Turn the official `year` annotation files into the lab's layout (captions.json, instances.json, splits.json).
 
-    Image `file_name`s become `train2014/...` / `val2014/...` (relative to `images/`). `splits` is Karpathy's
-    split when known; without it a Karpathy-like split is rebuilt from the ids. `subset` keeps that many images.
-    Returns the record also written to prepared.json.
+    Image `file_name`s become `train2014/...` / `val2014/...` (2017: `train2017/...`, relative to `images/`).
+    `splits` is Karpathy's split when known (by image id, so it fits 2014 and 2017 alike); without it a split of
+    the standard sizes is rebuilt from the ids (2014: `build_karpathy_like_split`, 2017: `build_coco2017_split`).
+    `subset` keeps that many images. Returns the record also written to prepared.json.
     """
+    if year not in COCO_ARCHIVES:
+        raise ValueError(f"year={year} is not an MS-COCO release the lab knows; use 2014 or 2017.")
     root = Path(dataset_dir)
-    raw = _raw_files(root)
+    raw = _raw_files(root, year)
+    train_folder, val_folder = image_folders(year)
 
     def merged(kind: str) -> dict:
         out = {"images": [], "annotations": []}
-        for folder in ("train2014", "val2014"):
+        for folder in (train_folder, val_folder):
             data = json.loads(raw[f"{kind}_{folder}"].read_text())
             for image in data["images"]:
                 image["file_name"] = f"{folder}/{Path(image['file_name']).name}"
@@ -588,17 +687,27 @@ def convert_coco2014(dataset_dir: str | Path, splits: Mapping[str, list[int]] | 
 
     captions = merged("captions")
     folder_of = {img["id"]: img["file_name"].split("/")[0] for img in captions["images"]}
-    source = "karpathy"
-    if splits is None:
+    train_ids = [i for i, f in folder_of.items() if f == train_folder]
+    val_ids = [i for i, f in folder_of.items() if f == val_folder]
+    source, rule = "karpathy", None
+    if splits is None and year == 2017:
+        source = "rebuilt-2017"
+        splits = build_coco2017_split(train_ids, val_ids, n_val=n_val, n_test=n_test, seed=seed)
+        n = {k: len(v) for k, v in splits.items()}
+        test = f"all {n['test']:,}" if n["test"] == len(val_ids) else f"{n['test']:,} of the {len(val_ids):,}"
+        rule = (f"test = {test} val2017 images, val = {n['val']:,} train2017 images drawn with seed {seed}, "
+                f"train = the other {n['train']:,} images")
+    elif splits is None:
         source = "rebuilt"
-        splits = build_karpathy_like_split([i for i, f in folder_of.items() if f == "train2014"],
-                                           [i for i, f in folder_of.items() if f == "val2014"],
-                                           n_val=n_val, n_test=n_test, seed=seed)
+        n_test = KARPATHY_SIZES["test"] if n_test is None else n_test
+        splits = build_karpathy_like_split(train_ids, val_ids, n_val=n_val, n_test=n_test, seed=seed)
+        rule = (f"val = {n_val:,} and test = {n_test:,} val2014 images drawn with seed {seed}, train = the other "
+                f"{len(splits['train']):,} images")
     splits = validate_splits({k: list(v) for k, v in splits.items()})
     absent = sorted(set().union(*splits.values()) - set(folder_of))
     if absent:
-        raise SplitError(f"{len(absent)} split image id(s) (e.g. {absent[0]}) are not in the 2014 caption "
-                         "annotations; is the split file for MS-COCO 2014?")
+        raise SplitError(f"{len(absent)} split image id(s) (e.g. {absent[0]}) are not in the {year} caption "
+                         "annotations; is the split file for MS-COCO?")
     if subset is not None:
         splits = subset_split(splits, subset, seed=seed)
     keep = set().union(*splits.values())
@@ -610,23 +719,41 @@ def convert_coco2014(dataset_dir: str | Path, splits: Mapping[str, list[int]] | 
 
     _write_json_atomic(root / "annotations" / "captions.json", restricted(captions))
     del captions
-    has_instances = raw["instances_train2014"].is_file() and raw["instances_val2014"].is_file()
+    has_instances = raw[f"instances_{train_folder}"].is_file() and raw[f"instances_{val_folder}"].is_file()
     if has_instances:
         _write_json_atomic(root / "annotations" / "instances.json", restricted(merged("instances")))
     _write_json_atomic(root / "splits.json", splits)
-    record = {"source": "MS-COCO 2014", "split_source": source, "subset": subset, "seed": seed,
+    record = {"source": f"MS-COCO {year}", "year": year, "split_source": source, "subset": subset, "seed": seed,
               "instances": has_instances, "sizes": {k: len(v) for k, v in splits.items()}}
+    if rule is not None:
+        record["split_rule"] = rule
     _write_json_atomic(root / "prepared.json", record)
     return record
 
 
+def convert_coco2014(dataset_dir: str | Path, splits: Mapping[str, list[int]] | None = None,
+                     subset: int | None = None, seed: int = 0, n_val: int = 5000, n_test: int = 5000) -> dict:
+    """`convert_coco(..., year=2014)`: the official 2014 files into the lab's layout (see `convert_coco`)."""
+    return convert_coco(dataset_dir, splits, subset=subset, seed=seed, n_val=n_val, n_test=n_test, year=2014)
+
+
+# Missing images of a folder whose zip was already unpacked (deleted by hand, e.g. a corrupt one) are fetched
+# one by one up to this many; more than that, and the zip is fetched again.
+REFETCH_ONE_BY_ONE = 2000
+
+
 def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str | None = None,
                    karpathy_url: str | list[str] | None = None, timeout: float = 5.0, progress: bool = True,
-                   n_val: int = 5000, n_test: int = 5000, dry_run: bool = False) -> Path:
-    """Bring MS-COCO 2014 into the lab's layout under `cfg.dataset_dir`, using what is on disk and fetching the rest.
+                   n_val: int = 5000, n_test: int | None = 5000, dry_run: bool = False,
+                   resize: bool = True) -> Path:
+    """Bring MS-COCO (`cfg.coco_year`: 2014, or 2017) into the lab's layout under `cfg.dataset_dir`.
 
-    Fetches the 2014 annotation zip and either both image zips (`subset=None`) or only the `subset` images, one by
-    one. Uses Karpathy's split when it is on disk or downloadable, else rebuilds a 113,287/5,000/5,000 split.
+    Uses what is on disk and fetches the rest: the annotation zip and either both image zips (`subset=None`) or
+    only the `subset` images, one by one. Uses Karpathy's split when it is on disk or downloadable, else rebuilds
+    a 113,287/5,000/5,000 split (2014: `n_val` + `n_test` val2014 images; 2017: test = `n_test` val2017 images,
+    None meaning all of them, and `n_val` train2017 images for val).
+    Then (`resize=True`) resizes every image once to `cfg.image_size` px (`resize_images`), which the readers use
+    from then on (`image_root`).
     Offline with pieces missing, raises `DatasetUnavailableError` naming them, one sentence per piece.
     `dry_run=True` downloads and writes nothing: it prints what is still to fetch (or raises that error offline).
     `base_url`/`karpathy_url` default to the module's COCO_BASE_URL/KARPATHY_SPLIT_SOURCES (read at call time, so a
@@ -635,12 +762,15 @@ def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str | None = Non
     """
     root = Path(cfg.dataset_dir)
     image_dir = Path(cfg.image_dir)
+    year = coco_year(cfg)
+    archives = COCO_ARCHIVES[year]
+    train_folder, val_folder = image_folders(year)
     base_url = (base_url or COCO_BASE_URL).rstrip("/")
     karpathy_urls = list(KARPATHY_SPLIT_SOURCES if karpathy_url is None else
                          [karpathy_url] if isinstance(karpathy_url, str) else karpathy_url)
     karpathy_urls = [url for url in karpathy_urls if url]
     status = mscoco_status(cfg)
-    want_zips = subset is None and not (status["train2014 images"] and status["val2014 images"])
+    want_zips = subset is None and not (status[f"{train_folder} images"] and status[f"{val_folder} images"])
     online = None
 
     def need_network(missing: list[str]) -> None:
@@ -648,49 +778,61 @@ def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str | None = Non
         if online is None:
             online = network_available(base_url, timeout=timeout)
         if not online:
-            raise _unavailable(mscoco_plan(cfg, subset, base_url) or missing, root, base_url)
+            raise _unavailable(mscoco_plan(cfg, subset, base_url) or missing, root, base_url, year)
 
     if dry_run:
         from .download import human_bytes
 
         pieces = mscoco_plan(cfg, subset, base_url)
         if not pieces:
-            print(f"MS-COCO 2014 is ready under {root}; nothing to download.")
+            print(f"MS-COCO {year} is ready under {root}; nothing to download.")
             return root
         if not network_available(base_url, timeout=timeout):
-            raise _unavailable(pieces, root, base_url)
-        print(f"Dry run: preparing MS-COCO 2014 under {root} would fetch about "
+            raise _unavailable(pieces, root, base_url, year)
+        print(f"Dry run: preparing MS-COCO {year} under {root} would fetch about "
               f"{human_bytes(sum(p[2] for p in pieces))}:")
         for _, sentence, _ in pieces:
             print(f"  - {sentence}")
         return root
 
-    prepared = json.loads((root / "prepared.json").read_text()) if status["converted"] else None
-    if prepared is None or prepared.get("subset") != subset or prepared.get("seed") != cfg.seed:
+    if not _is_current(_prepared(cfg), subset, cfg.seed, year):
         if not status["caption annotations"]:
-            missing = ["2014 caption annotations"]
+            missing = [f"{year} caption annotations"]
             if want_zips:
-                missing += [name for name in ("train2014 images", "val2014 images") if not status[name]]
+                missing += [f"{name} images" for name in (train_folder, val_folder)
+                            if not status[f"{name} images"]]
             need_network(missing)
-            _fetch_archive(f"{base_url}/{COCO2014_ARCHIVES['annotations']}", root, root, progress)
+            _fetch_archive(f"{base_url}/{archives['annotations']}", root, root, progress)
         karpathy = find_karpathy_json(root)
         if karpathy is None and karpathy_urls:
             karpathy = _fetch_karpathy(karpathy_urls, root, progress)
         if karpathy is not None:
             print(f"Using Karpathy's split ({karpathy}).")
-        else:
+        elif year == 2014:
             print(f"Karpathy's split file is not available, so a Karpathy-like {n_val}/{n_test} val/test split is "
                   "rebuilt from the official val2014 ids (same sizes, different images than the papers' split).")
-        convert_coco2014(root, karpathy_split(karpathy) if karpathy else None, subset=subset, seed=cfg.seed,
-                         n_val=n_val, n_test=n_test)
+        record = convert_coco(root, karpathy_split(karpathy) if karpathy else None, subset=subset, seed=cfg.seed,
+                              n_val=n_val, n_test=n_test, year=year)
+        if karpathy is None and year == 2017:
+            print(f"Karpathy's split file is not available, so the standard 2017 split is used instead "
+                  f"({record['split_rule']}): the sizes of Karpathy's split, but not the papers' images, so "
+                  "scores are not directly comparable.")
 
     captions = load_captions(root)
     absent = missing_images(captions, image_dir)
     if absent and subset is None:
+        from .download import _marker_path
+
         folders = sorted({captions.imgs[i]["file_name"].split("/")[0] for i in absent})
         need_network([f"{len(absent)} images in {', '.join(folders)}"])
         for folder in folders:
-            _fetch_archive(f"{base_url}/{COCO2014_ARCHIVES[folder]}", root, image_dir, progress)
+            ids = [i for i in absent if captions.imgs[i]["file_name"].split("/")[0] == folder]
+            marker = _marker_path(Path(archives[folder]), image_dir)  # "this zip was unpacked here"
+            if marker.is_file() and len(ids) <= REFETCH_ONE_BY_ONE:
+                _fetch_images(captions, ids, image_dir, base_url, timeout=max(timeout, 30.0), progress=progress)
+            else:
+                marker.unlink(missing_ok=True)  # it vouches for files that are gone: unpack the zip again
+                _fetch_archive(f"{base_url}/{archives[folder]}", root, image_dir, progress)
         absent = missing_images(captions, image_dir)
     elif absent:
         need_network([f"{len(absent)} of the {subset} subset images"])
@@ -699,6 +841,8 @@ def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str | None = Non
     if absent:
         raise DatasetUnavailableError(f"{len(absent)} images (e.g. {captions.imgs[absent[0]]['file_name']}) are "
                                       f"still missing under {image_dir}; run the same call again to fetch them.")
+    if resize:
+        resize_images(cfg, captions=captions, progress=progress)
     return root
 
 
@@ -714,3 +858,102 @@ def _fetch_images(coco, image_ids: list[int], image_dir: Path, base_url: str, ti
         why = next(iter(report.failed.values())).rstrip(".")
         raise DatasetUnavailableError(f"{len(report.failed)} of {len(image_ids)} images failed ({why}); "
                                       "run the same call again to retry them.")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Resized once: every reader takes the images from `image_root(cfg)`
+#
+# The encoder sees 224-px crops, but MS-COCO's JPEGs are about 640x480: decoding them costs most of the time of a
+# feature-cache build. So preparation writes a copy resized once to `cfg.image_size` px (shorter side) into
+# <dataset>/images_<size>px/, and a record, resized.json, once every image of the dataset is there. Until then
+# (and on the quick profile, whose images are rendered at that size) the readers use `cfg.image_dir`.
+
+RESIZE_RECORD = "resized.json"
+
+
+def resized_image_dir(cfg) -> Path:
+    """Where the images resized once to `cfg.image_size` px go: `<dataset_dir>/images_<size>px`."""
+    return Path(cfg.dataset_dir) / f"images_{int(cfg.image_size)}px"
+
+
+def _captions_stamp(cfg) -> dict | None:
+    # A re-conversion (another subset, seed or year) rewrites captions.json, which makes an older record stale.
+    try:
+        st = Path(cfg.captions_file).stat()
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def resize_record(cfg) -> dict | None:
+    """The record of the last resize pass, if it was made for the current annotations and `cfg.image_size`."""
+    try:
+        record = json.loads((resized_image_dir(cfg) / RESIZE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(record, dict) or record.get("size") != int(cfg.image_size)
+            or record.get("captions") != _captions_stamp(cfg)):
+        return None
+    return record
+
+
+def image_root(cfg) -> Path:
+    """The folder to read the dataset's images from: the resized copy once complete, else `cfg.image_dir`.
+
+    COCO `file_name`s are relative to either. Drawing boxes or polygons needs `cfg.image_dir`: the instance
+    annotations are in the original images' pixels.
+    """
+    record = resize_record(cfg)
+    return resized_image_dir(cfg) if record is not None and record.get("complete") else Path(cfg.image_dir)
+
+
+def resize_images(cfg, captions=None, workers: int | None = None, progress: bool = True) -> dict:
+    """Resize the dataset's images once to `cfg.image_size` px (shorter side) into `resized_image_dir(cfg)`.
+
+    Uses `labutils.augment.resize_all` per image folder (parallel, atomic writes, finished images skipped), then
+    writes resized.json: complete only when every image of `captions` (default: the dataset's) is there.
+    Unreadable images are listed in the record and reported in one sentence, never raised; the readers keep
+    using the originals until the record is complete. A complete, current record makes this a no-op. Returns the
+    record, with `resized` = images written by this call.
+    """
+    from .augment import resize_all
+
+    src, dst, size = Path(cfg.image_dir), resized_image_dir(cfg), int(cfg.image_size)
+    captions = captions if captions is not None else load_captions(cfg)
+    record = resize_record(cfg)
+    if record is not None and record.get("complete") and not missing_images(captions, dst):
+        return {**record, "resized": 0}
+    # No record while the pass runs: an interrupted pass leaves a partial folder that nobody reads.
+    (dst / RESIZE_RECORD).unlink(missing_ok=True)
+    folders = sorted({Path(img["file_name"]).parent.as_posix() for img in captions.imgs.values()})
+    print(f"Resizing the {len(captions.imgs)} images once to {size} px (shorter side) into {dst}; "
+          "finished images are skipped if this is interrupted and run again.")
+    resized = skipped = 0
+    corrupt: list[str] = []
+    for folder in folders:
+        if not (src / folder).is_dir():
+            continue  # its images count as missing below
+        report = resize_all(src / folder, dst / folder, size, workers=workers, progress=progress)
+        resized += report.resized
+        skipped += report.skipped_existing
+        corrupt += [(Path(folder) / name).as_posix() for name in report.corrupt]
+    absent = missing_images(captions, dst)
+    record = {"size": size, "source": str(src), "folders": folders, "images": len(captions.imgs) - len(absent),
+              "missing": len(absent), "corrupt": corrupt, "complete": not absent, "captions": _captions_stamp(cfg),
+              "resized": resized, "skipped": skipped}
+    _write_json_atomic(dst / RESIZE_RECORD, record)
+    if absent:
+        print(resize_problem(record))
+    return record
+
+
+def resize_problem(record: dict) -> str:
+    """One sentence on why a resize pass is incomplete (unreadable or missing originals) and what to do."""
+    corrupt = record.get("corrupt") or []
+    if corrupt:
+        more = f" and {len(corrupt) - 1} more" if len(corrupt) > 1 else ""
+        return (f"{len(corrupt)} image file(s) could not be read, so they were not resized ({corrupt[0]}{more} "
+                f"under {record['source']}); delete them and run the same preparation again to fetch them afresh, "
+                "and until then the lab reads the original images.")
+    return (f"{record['missing']} images are not under {record['source']} yet, so the resized copy is incomplete; "
+            "run `labutils.coco.prepare_mscoco(cfg)` to fetch them, and until then the lab reads the originals.")

@@ -173,8 +173,11 @@ class ImageFolderSource:
 
     @classmethod
     def from_config(cls, cfg, transform: Callable | None = None) -> ImageFolderSource:
-        """The source for `cfg`'s dataset: file names from its captions file, images from `cfg.image_dir`."""
-        return cls(cfg.image_dir, _read_file_names(cfg), transform)
+        """The source for `cfg`'s dataset: file names from its captions file, images from `coco.image_root(cfg)`."""
+        from .coco import image_root
+
+        # The copy resized once by the preparation when it is complete, else cfg.image_dir (quick profile).
+        return cls(image_root(cfg), _read_file_names(cfg), transform)
 
     @classmethod
     def from_coco(cls, coco, image_dir: str | Path, transform: Callable | None = None) -> ImageFolderSource:

@@ -112,10 +112,20 @@ def _resolve_images(cfg, images, image_ids: list[int]) -> tuple[Callable[[], Cal
     """A factory for the loader `image_id -> PIL image or tensor`, and a fingerprint of where images come from.
 
     The loader is made only when something must be encoded: a cache hit reads no captions file and needs no
-    image folder (on Colab you may even delete the images once their features are cached).
+    image folder (on Colab you may even delete the images once their features are cached). `images=None` reads
+    the dataset's images where `labutils.coco.image_root` says: the copy resized once by the preparation when it
+    is complete (part of the cache key), else `cfg.image_dir`.
     """
     if images is None or isinstance(images, (str, Path)):
-        image_dir = Path(images) if images is not None else Path(cfg.image_dir)
+        fingerprint = {"kind": "folder"}
+        if images is None:
+            from .coco import image_root
+
+            image_dir = image_root(cfg)
+            if image_dir != Path(cfg.image_dir):
+                fingerprint["resized"] = int(cfg.image_size)  # features of resized images differ slightly
+        else:
+            image_dir = Path(images)
 
         def folder_loader():
             if not image_dir.is_dir():
@@ -123,7 +133,7 @@ def _resolve_images(cfg, images, image_ids: list[int]) -> tuple[Callable[[], Cal
                                         "first.")
             return _FolderLoader(image_dir, file_names_from_captions(cfg.captions_file))
 
-        return folder_loader, {"kind": "folder"}
+        return folder_loader, fingerprint
     if isinstance(images, Mapping):
         names = {int(k): str(v) for k, v in images.items()}
         digest = hashlib.sha256(json.dumps(sorted((k, Path(names[k]).name) for k in image_ids if k in names))
@@ -279,10 +289,11 @@ def build_feature_cache(cfg, encoder, image_ids: Iterable[int], images=None, bat
                         on_chunk: Callable[[int, int], None] | None = None) -> FeatureCache:
     """Encode `image_ids` once with the frozen `encoder` into a memory-mapped fp16 cache; reuse or resume it.
 
-    `encoder`: an `Encoder` (None: the profile's pretrained `cfg.encoder` at `cfg.grid_size`). `images`: None (the dataset's image folder and captions file), a folder, a mapping {image_id: path}, or a
-    callable image_id -> PIL image (transformed here with the encoder's normalisation at
-    `cfg.encoder_input_size`) or -> ready tensor [3, H, W]. Progress is committed every `chunk_size` images;
-    `on_chunk(done, total)` is called after each commit.
+    `encoder`: an `Encoder` (None: the profile's pretrained `cfg.encoder` at `cfg.grid_size`). `images`: None (the
+    dataset's images from `coco.image_root(cfg)`, i.e. resized once when prepared so, and its captions file), a
+    folder, a mapping {image_id: path}, or a callable image_id -> PIL image (transformed here with the encoder's
+    normalisation at `cfg.encoder_input_size`) or -> ready tensor [3, H, W]. Progress is committed every
+    `chunk_size` images; `on_chunk(done, total)` is called after each commit.
     """
     from tqdm.auto import tqdm
 

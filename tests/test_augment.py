@@ -225,8 +225,13 @@ def make_folder(root):
 def test_resize_all_resizes_skips_and_reports(tmp_path):
     src, dst = make_folder(tmp_path), tmp_path / "dst"
     first = A.resize_all(src, dst, 20, workers=2, progress=False)
-    assert first.resized == 3 and first.skipped_existing == 0
-    assert first.corrupt == ["notes.jpg", "truncated.jpg"]
+    assert first.resized == 4 and first.skipped_existing == 0
+    assert first.corrupt == ["notes.jpg"] and first.truncated == ["truncated.jpg"]
+    with Image.open(dst / "truncated.jpg") as cut, Image.open(dst / "wide.jpg") as whole:
+        # the decodable first half matches the intact image's, the missing rest is filled grey
+        top_cut, top_whole = np.asarray(cut)[:8].astype(int), np.asarray(whole)[:8].astype(int)
+        assert cut.size == (40, 20) and np.abs(top_cut - top_whole).mean() < 8
+        assert np.abs(np.asarray(cut)[-3:].astype(int) - 128).mean() < 8
     with Image.open(dst / "wide.jpg") as im:
         assert im.size == (40, 20) and im.format == "JPEG" and im.mode == "RGB"
     with Image.open(dst / "sub" / "tall.png") as im:
@@ -239,17 +244,17 @@ def test_resize_all_resizes_skips_and_reports(tmp_path):
 
     stamps = {p: p.stat().st_mtime_ns for p in dst.rglob("*") if p.is_file()}
     second = A.resize_all(src, dst, 20, workers=2, progress=False)
-    assert (second.resized, second.skipped_existing) == (0, 3)
-    assert second.corrupt == first.corrupt
+    assert (second.resized, second.skipped_existing) == (0, 4)
+    assert second.corrupt == first.corrupt and second.truncated == []
     assert stamps == {p: p.stat().st_mtime_ns for p in dst.rglob("*") if p.is_file()}
 
     later = time.time() + 10  # a source edited after its output was written is redone
     os.utime(src / "wide.jpg", (later, later))
     third = A.resize_all(src, dst, 20, workers=1, progress=False)
-    assert (third.resized, third.skipped_existing) == (1, 2)
+    assert (third.resized, third.skipped_existing) == (1, 3)
 
     other_size = A.resize_all(src, dst, 16, workers=2, progress=False)  # same folder, new size: all redone
-    assert (other_size.resized, other_size.skipped_existing) == (3, 0)
+    assert (other_size.resized, other_size.skipped_existing) == (4, 0)
     with Image.open(dst / "wide.jpg") as im:
         assert im.size == (32, 16)
 
@@ -268,7 +273,7 @@ def test_resize_all_interrupted_write_leaves_nothing_half_done(tmp_path, monkeyp
     assert not [p for p in dst.rglob("*") if p.is_file()]
     monkeypatch.setattr(Image.Image, "save", real_save)
     report = A.resize_all(src, dst, 20, workers=2, progress=False)
-    assert report.resized == 3
+    assert report.resized == 4  # 3 intact + 1 truncated
 
 
 def test_resize_all_clear_errors(tmp_path):

@@ -510,3 +510,219 @@ def test_download_failures_leave_nothing_that_looks_complete(tmp_path, server):
     with pytest.raises(coco.DatasetUnavailableError, match="damaged and has been deleted"):
         coco._extract(archive, tmp_path / "unpacked")
     assert not archive.exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MS-COCO 2017: the same images and ids as 2014 train+val, re-cut and renamed
+
+
+def fake_coco2017(n_train: int, n_val: int, n_val2017: int) -> dict[str, dict]:
+    """The 2014 fakes re-cut like the real 2017 release: val2017 = some val2014 images, train2017 = all others."""
+    old = fake_coco2014(n_train, n_val, overlapping_ann_ids=False)
+    val2017 = {img["id"] for img in old["captions_val2014"]["images"][:n_val2017]}
+    out = {}
+    for kind in ("captions", "instances"):
+        images = old[f"{kind}_train2014"]["images"] + old[f"{kind}_val2014"]["images"]
+        anns = old[f"{kind}_train2014"]["annotations"] + old[f"{kind}_val2014"]["annotations"]
+        for folder in ("train2017", "val2017"):
+            keep = [{**img, "file_name": f"{img['id']:012d}.jpg",
+                     "coco_url": f"http://images.cocodataset.org/{folder}/{img['id']:012d}.jpg"}
+                    for img in images if (img["id"] in val2017) == (folder == "val2017")]
+            ids = {img["id"] for img in keep}
+            out[f"{kind}_{folder}"] = {**old[f"{kind}_train2014"], "info": {"year": 2017}, "images": keep,
+                                       "annotations": [a for a in anns if a["image_id"] in ids]}
+    return out
+
+
+def write_fake_coco2017(root: Path, n_train: int, n_val: int, n_val2017: int, images: bool = True) -> dict:
+    """Write fake official 2017 files in the layout they unzip to (annotations/, images/train2017, ...)."""
+    data = fake_coco2017(n_train, n_val, n_val2017)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    for name, obj in data.items():
+        (root / "annotations" / f"{name}.json").write_text(json.dumps(obj))
+    if images:
+        for folder in ("train2017", "val2017"):
+            for img in data[f"captions_{folder}"]["images"]:
+                _write_jpeg(root / "images" / folder / img["file_name"])
+    return data
+
+
+def test_coco_year_in_the_config_names_the_dataset_folder():
+    assert get_config("full").coco_year == 2014 and get_config("full").dataset_name == "coco2014"
+    cfg = get_config("full", coco_year=2017)
+    assert cfg.dataset_name == "coco2017" and cfg.dataset_dir.name == "coco2017" and coco.coco_year(cfg) == 2017
+    assert get_config("full", coco_year=2017, dataset_name="mine").dataset_name == "mine"
+    assert get_config("quick", coco_year=2017).dataset_name == "synthetic"  # the quick profile has no MS-COCO
+    with pytest.raises(ValueError, match=r"get_config\('full', coco_year=2017\)"):
+        coco.coco_year(get_config("full").replace(coco_year=2017))  # 2017 files would land in coco2014/
+    with pytest.raises(ValueError, match="use 2014 or 2017"):
+        coco.coco_year(get_config("full", coco_year=2015))
+    assert coco.COCO2014_ARCHIVES is coco.COCO_ARCHIVES[2014] and coco.image_folders(2017) == ("train2017", "val2017")
+
+
+def test_build_coco2017_split_standard_sizes_determinism_and_no_leakage():
+    train_ids, val_ids = list(range(1, 118_288)), list(range(200_001, 205_001))
+    split = coco.build_coco2017_split(train_ids, val_ids, seed=0)
+    assert {k: len(v) for k, v in split.items()} == coco.KARPATHY_SIZES  # 113,287 / 5,000 / 5,000
+    assert split["test"] == val_ids and set(split["val"]) <= set(train_ids)  # test = all of val2017
+    assert sorted(split["train"] + split["val"] + split["test"]) == train_ids + val_ids  # each image exactly once
+    coco.validate_splits(split)
+    small = coco.build_coco2017_split(range(30), range(100, 106), n_val=4, seed=3)
+    assert small == coco.build_coco2017_split(list(reversed(range(30))), range(100, 106), n_val=4, seed=3)
+    assert small["val"] != coco.build_coco2017_split(range(30), range(100, 106), n_val=4, seed=4)["val"]
+    assert {k: len(v) for k, v in small.items()} == {"train": 26, "val": 4, "test": 6}
+    fewer = coco.build_coco2017_split(range(30), range(100, 106), n_val=4, n_test=2, seed=3)
+    assert set(fewer["test"]) < set(range(100, 106)) and len(fewer["train"]) == 30  # 26 + the 4 other val2017
+    with pytest.raises(coco.SplitError, match="Only 6 val2017 images"):
+        coco.build_coco2017_split(range(30), range(100, 106), n_val=4, n_test=7)
+    with pytest.raises(coco.SplitError, match="lower n_val"):
+        coco.build_coco2017_split(range(30), range(100, 106), n_val=30)
+    with pytest.raises(coco.SplitLeakageError, match="Image 100"):
+        coco.build_coco2017_split([*range(30), 100], range(100, 106), n_val=4)
+
+
+def test_convert_coco_2017_rebuilt_split_with_2017_file_names(tmp_path):
+    root = tmp_path / "coco2017"
+    data = write_fake_coco2017(root, n_train=20, n_val=14, n_val2017=6)
+    record = coco.convert_coco(root, n_val=4, n_test=None, seed=0, year=2017)
+    assert record["year"] == 2017 and record["split_source"] == "rebuilt-2017"
+    assert record["split_rule"] == ("test = all 6 val2017 images, val = 4 train2017 images drawn with seed 0, "
+                                    "train = the other 24 images")
+    assert record["sizes"] == {"train": 24, "val": 4, "test": 6}
+    splits = coco.load_splits(root)
+    assert splits["test"] == sorted(img["id"] for img in data["captions_val2017"]["images"])
+    caps = coco.load_captions(root)
+    assert caps.imgs[9]["file_name"] == "train2017/000000000009.jpg"
+    assert caps.imgs[42]["file_name"] == "val2017/000000000042.jpg"
+    assert coco.missing_images(caps, root / "images") == [] and len(coco.load_instances(root).anns) == 34
+    assert json.loads((root / "prepared.json").read_text()) == record
+
+
+def test_karpathy_split_applies_to_2017_file_names(tmp_path):
+    root = tmp_path / "coco2017"
+    write_fake_coco2017(root, n_train=12, n_val=10, n_val2017=5)
+    karpathy = tmp_path / "dataset_coco.json"  # Karpathy's file names are 2014's; only the image ids count
+    karpathy.write_text(json.dumps(karpathy_json(fake_coco2014(12, 10), n_val=3, n_test=4)))
+    splits = coco.karpathy_split(karpathy)
+    record = coco.convert_coco(root, splits, year=2017)
+    assert record["split_source"] == "karpathy" and "split_rule" not in record
+    assert coco.load_splits(root) == splits
+    caps = coco.load_captions(root)
+    test_folders = {caps.imgs[i]["file_name"].split("/")[0] for i in splits["test"]}
+    assert test_folders == {"train2017", "val2017"}  # a Karpathy test image may sit in either 2017 folder
+    assert coco.missing_images(caps, root / "images") == []
+
+
+def test_prepare_mscoco_2017_offline_rebuilds_the_standard_split_and_says_so(tmp_path, capsys):
+    cfg = get_config("full", coco_year=2017, data_root=tmp_path / "data", build_dir=tmp_path / "build",
+                     image_size=8)
+    write_fake_coco2017(cfg.dataset_dir, n_train=12, n_val=10, n_val2017=4)
+    closed = _closed_port_url()
+    coco.prepare_mscoco(cfg, base_url=closed, karpathy_url="", progress=False, n_val=3, n_test=None)
+    out = capsys.readouterr().out
+    assert ("the standard 2017 split is used instead (test = all 4 val2017 images, val = 3 train2017 images drawn "
+            "with seed 0, train = the other 15 images)") in out
+    assert "not directly comparable" in out
+    prepared = json.loads((cfg.dataset_dir / "prepared.json").read_text())
+    assert (prepared["year"], prepared["split_source"], prepared["sizes"]) == (
+        2017, "rebuilt-2017", {"train": 15, "val": 3, "test": 4})
+    assert coco.mscoco_status(cfg)["converted"] and coco.mscoco_status(cfg)["val2017 images"]
+    assert coco.image_root(cfg) == cfg.dataset_dir / "images_8px"
+    with pytest.raises(coco.DatasetUnavailableError, match=r"MS-COCO 2017 is incomplete .*missing: 2017 caption"):
+        coco.prepare_mscoco(get_config("full", coco_year=2017, data_root=tmp_path / "empty"), base_url=closed,
+                            karpathy_url="", progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resize once: preparation writes images_<size>px/, and the readers switch to it when it is complete
+
+
+def _prepared_2014(tmp_path, **kw):
+    """A full-profile config (8-px images: fast) on fake 2014 files, prepared offline with the resize step."""
+    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8, **kw)
+    write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
+    coco.prepare_mscoco(cfg, base_url=_closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
+    return cfg
+
+
+def test_resize_runs_once_and_every_reader_uses_the_resized_folder(tmp_path, capsys):
+    from labutils import data, features
+
+    cfg = _prepared_2014(tmp_path)
+    assert "Resizing the 22 images once to 8 px" in capsys.readouterr().out
+    resized = cfg.dataset_dir / "images_8px"
+    record = coco.resize_record(cfg)
+    assert record["complete"] and (record["images"], record["resized"], record["corrupt"]) == (22, 22, [])
+    assert coco.image_root(cfg) == resized and coco.mscoco_status(cfg)["resized images"]
+    caps = coco.load_captions(cfg)
+    for img in caps.imgs.values():
+        with Image.open(resized / img["file_name"]) as im:
+            assert im.size == (11, 8)  # 16x12 with its shorter side at 8 px, aspect ratio kept
+    # Running again resizes nothing: a current, complete record makes it a no-op ...
+    before = (resized / coco.RESIZE_RECORD).stat().st_mtime_ns
+    assert coco.resize_images(cfg, progress=False)["resized"] == 0
+    coco.prepare_mscoco(cfg, base_url=_closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
+    assert (resized / coco.RESIZE_RECORD).stat().st_mtime_ns == before and "Resizing" not in capsys.readouterr().out
+    # ... and without the record, resize_all skips every finished image.
+    (resized / coco.RESIZE_RECORD).unlink()
+    assert coco.image_root(cfg) == cfg.image_dir  # no record: the originals
+    again = coco.resize_images(cfg, progress=False)
+    assert (again["resized"], again["skipped"], again["complete"]) == (0, 22, True)
+    # The readers: the image source, the feature cache's loader (and its key), all through image_root.
+    assert data.ImageFolderSource.from_config(cfg).image_dir == resized
+    make_loader, fingerprint = features._resolve_images(cfg, None, sorted(caps.imgs))
+    assert fingerprint == {"kind": "folder", "resized": 8}
+    assert make_loader()(9).size == (11, 8)
+
+
+def test_reconverted_annotations_make_the_resize_record_stale(tmp_path):
+    cfg = _prepared_2014(tmp_path)
+    assert coco.image_root(cfg) == cfg.dataset_dir / "images_8px"
+    coco.convert_coco2014(cfg.dataset_dir, subset=10, seed=0, n_val=2, n_test=2)  # another image set
+    assert coco.resize_record(cfg) is None and coco.image_root(cfg) == cfg.image_dir
+    assert coco.resize_images(cfg, progress=False)["resized"] == 0  # its images were resized already
+    assert coco.image_root(cfg) == cfg.dataset_dir / "images_8px"
+    assert coco.image_root(cfg.replace(image_size=16)) == cfg.image_dir  # another size: not resized yet
+
+
+def test_corrupt_image_is_reported_in_one_sentence_and_not_counted_complete(tmp_path, capsys):
+    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
+    write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
+    bad = cfg.image_dir / "val2014" / _coco_name("val2014", 44)
+    bad.write_bytes(bad.read_bytes()[:300])  # a transfer cut off mid-way
+    coco.prepare_mscoco(cfg, base_url=_closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
+    message = capsys.readouterr().out.strip().splitlines()[-1]
+    assert message.startswith("1 image file(s) could not be read, so they were not resized ("
+                              f"val2014/{bad.name} under {cfg.image_dir})")
+    assert message.count(". ") == 0 and message.endswith("until then the lab reads the original images.")
+    record = coco.resize_record(cfg)
+    assert not record["complete"] and record["corrupt"] == [f"val2014/{bad.name}"]
+    assert (record["images"], record["missing"]) == (21, 1)
+    assert coco.image_root(cfg) == cfg.image_dir  # incomplete: the readers keep the originals
+    resized = cfg.dataset_dir / "images_8px"
+    assert not (resized / "val2014" / bad.name).exists()
+    assert not [p for p in resized.rglob(".*") if p.is_file()]  # no temporary files left behind
+    _write_jpeg(bad)  # a good copy (what a re-fetch brings)
+    assert coco.resize_images(cfg, progress=False)["resized"] == 1
+    assert coco.image_root(cfg) == resized
+
+
+def test_image_root_is_the_image_folder_on_the_quick_profile(tiny_cfg):
+    from labutils import data, features
+
+    assert coco.image_root(tiny_cfg) == tiny_cfg.image_dir
+    assert data.ImageFolderSource.from_config(tiny_cfg).image_dir == tiny_cfg.image_dir
+    assert features._resolve_images(tiny_cfg, None, [1])[1] == {"kind": "folder"}  # cache keys unchanged
+
+
+def test_ensure_dataset_keeps_the_prepared_subset(tmp_path, monkeypatch):
+    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
+    write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
+    closed = _closed_port_url()
+    coco.prepare_mscoco(cfg, subset=10, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)
+    assert coco.prepared_subset(cfg) == 10
+    calls = []
+    real = coco.prepare_mscoco
+    monkeypatch.setattr(coco, "prepare_mscoco", lambda cfg, **kw: calls.append(kw) or real(cfg, **kw))
+    coco.ensure_dataset(cfg, progress=False)  # a notebook's call must not convert (and download) everything
+    assert calls[0]["subset"] == 10 and len(coco.load_captions(cfg).imgs) == 10

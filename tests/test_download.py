@@ -599,3 +599,115 @@ def test_dry_run_online_prints_the_plan_and_downloads_nothing(coco_web, tmp_path
     capsys.readouterr()
     coco.prepare_mscoco(cfg, subset=10, dry_run=True, progress=False)
     assert "ready" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MS-COCO 2017 against the loopback server, and the resize step after a download
+
+
+def coco_like2017(n_train: int = 30, n_val: int = 20, n_val2017: int = 8) -> dict[str, dict]:
+    """The 2014 fakes re-cut like the real 2017 release (same ids; val2017 = some val2014 images; 2017 names)."""
+    old = coco_like(n_train, n_val)
+    val2017 = {img["id"] for img in old["val2014"]["images"][:n_val2017]}
+    images = old["train2014"]["images"] + old["val2014"]["images"]
+    anns = old["train2014"]["annotations"] + old["val2014"]["annotations"]
+    out = {}
+    for folder in ("train2017", "val2017"):
+        keep = [{**img, "file_name": f"{img['id']:012d}.jpg",
+                 "coco_url": f"http://images.cocodataset.org/{folder}/{img['id']:012d}.jpg"}
+                for img in images if (img["id"] in val2017) == (folder == "val2017")]
+        ids = {img["id"] for img in keep}
+        out[folder] = {"info": {"year": 2017}, "licenses": [], "images": keep,
+                       "annotations": [a for a in anns if a["image_id"] in ids]}
+    return out
+
+
+def publish_coco2017(web: LabServer, data: dict[str, dict], image_zips: bool = False) -> None:
+    """Serve the 2017 annotation zip, every image by its coco_url path and (optionally) the two image zips."""
+    web.files["/annotations/annotations_trainval2017.zip"] = zip_bytes(
+        {f"annotations/captions_{f}.json": json.dumps(data[f]).encode() for f in ("train2017", "val2017")})
+    for folder in ("train2017", "val2017"):
+        members = {}
+        for k, img in enumerate(data[folder]["images"]):
+            web.files[f"/{folder}/{img['file_name']}"] = members[f"{folder}/{img['file_name']}"] = \
+                jpeg_bytes((k * 8 % 256, 40, 200))
+        if image_zips:
+            web.files[f"/zips/{folder}.zip"] = zip_bytes(members, compression=zipfile.ZIP_STORED)
+
+
+def full_cfg_2017(tmp_path):
+    return get_config("full", coco_year=2017, data_root=tmp_path / "data", build_dir=tmp_path / "build",
+                      image_size=8)
+
+
+def test_prepare_mscoco_2017_subset_end_to_end(coco_web, tmp_path, capsys):
+    data = coco_like2017()
+    publish_coco2017(coco_web, data)
+    coco_web.files["/mirror/dataset_coco.json"] = karpathy_dataset(coco_like())  # Karpathy's file, 2014 names
+    cfg = full_cfg_2017(tmp_path)
+    assert cfg.dataset_dir == tmp_path / "data" / "coco2017"
+    assert coco.prepare_mscoco(cfg, subset=10, progress=False) == cfg.dataset_dir
+    assert "Using Karpathy's split" in capsys.readouterr().out
+    prepared = json.loads((cfg.dataset_dir / "prepared.json").read_text())
+    assert (prepared["year"], prepared["split_source"], prepared["subset"]) == (2017, "karpathy", 10)
+    splits = coco.load_splits(cfg)
+    karpathy = coco.karpathy_split(cfg.dataset_dir / "dataset_coco.json")
+    assert all(set(splits[k]) <= set(karpathy[k]) for k in splits)
+    caps = coco.load_captions(cfg)
+    for image_id, img in caps.imgs.items():
+        folder = img["file_name"].split("/")[0]
+        assert folder in ("train2017", "val2017") and img["file_name"] == f"{folder}/{image_id:012d}.jpg"
+        assert (cfg.image_dir / img["file_name"]).read_bytes() == coco_web.files[f"/{img['file_name']}"]
+    fetched = [r[1] for r in coco_web.gets() if r[1].endswith(".jpg")]
+    assert len(fetched) == 10 and coco_web.gets("/annotations/annotations_trainval2014.zip") == []
+    assert coco.image_root(cfg) == cfg.dataset_dir / "images_8px"  # resized once, after the download
+    before = len(coco_web.requests)
+    coco.prepare_mscoco(cfg, subset=10, progress=False)
+    assert len(coco_web.requests) == before and coco.resize_images(cfg, progress=False)["resized"] == 0
+
+
+def test_prepare_mscoco_2017_zips_with_the_standard_fallback_split(coco_web, tmp_path, capsys):
+    data = coco_like2017(n_train=12, n_val=14, n_val2017=5)
+    publish_coco2017(coco_web, data, image_zips=True)
+    coco_web.faults["/karpathy/caption_datasets.zip"] = ["500"] * 10  # every split source fails
+    coco_web.faults["/zips/train2017.zip"] = ["cut:1500"]
+    cfg = full_cfg_2017(tmp_path)
+    coco.prepare_mscoco(cfg, progress=False, n_val=3, n_test=None)
+    out = capsys.readouterr().out
+    assert "Karpathy's split could not be fetched" in out
+    assert ("the standard 2017 split is used instead (test = all 5 val2017 images, val = 3 train2017 images drawn "
+            "with seed 0, train = the other 18 images)") in out
+    prepared = json.loads((cfg.dataset_dir / "prepared.json").read_text())
+    assert prepared["split_source"] == "rebuilt-2017" and "val2017" in prepared["split_rule"]
+    splits = coco.load_splits(cfg)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 18, "val": 3, "test": 5}
+    assert splits["test"] == sorted(img["id"] for img in data["val2017"]["images"])
+    assert set(splits["val"]) <= {img["id"] for img in data["train2017"]["images"]}
+    assert [g[2] for g in coco_web.gets("/zips/train2017.zip")] == [None, "bytes=1500-"]
+    assert len(coco_web.gets("/zips/val2017.zip")) == 1 and leftovers(cfg.dataset_dir / "downloads") == []
+    assert coco.resize_record(cfg)["complete"] and coco.resize_record(cfg)["images"] == 26
+
+
+def test_corrupt_image_in_a_zip_is_reported_then_refetched_alone_once_deleted(coco_web, tmp_path, capsys):
+    data = coco_like(n_train=8, n_val=10)
+    publish_coco(coco_web, data, image_zips=True)
+    name = data["train2014"]["images"][3]["file_name"]
+    members = {f"train2014/{img['file_name']}": coco_web.files[f"/train2014/{img['file_name']}"]
+               for img in data["train2014"]["images"]}
+    members[f"train2014/{name}"] = members[f"train2014/{name}"][:200]  # a damaged image inside a sound zip
+    coco_web.files["/zips/train2014.zip"] = zip_bytes(members, compression=zipfile.ZIP_STORED)
+    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
+    coco.prepare_mscoco(cfg, karpathy_url="", progress=False, n_val=2, n_test=2)  # no crash mid-way
+    message = capsys.readouterr().out.strip().splitlines()[-1]
+    assert message.startswith(f"1 image file(s) could not be read, so they were not resized (train2014/{name}")
+    assert one_sentence(message)
+    record = coco.resize_record(cfg)
+    assert not record["complete"] and record["corrupt"] == [f"train2014/{name}"] and record["images"] == 17
+    assert coco.image_root(cfg) == cfg.image_dir  # not complete: the readers keep the originals
+    bad = cfg.image_dir / "train2014" / name
+    bad.unlink()  # what the message says to do
+    coco.prepare_mscoco(cfg, karpathy_url="", progress=False, n_val=2, n_test=2)
+    assert len(coco_web.gets(f"/train2014/{name}")) == 1  # fetched by its coco_url, alone ...
+    assert len(coco_web.gets("/zips/train2014.zip")) == 1  # ... not the 13.5 GB zip again
+    assert bad.read_bytes() == coco_web.files[f"/train2014/{name}"]
+    assert coco.resize_record(cfg)["complete"] and coco.image_root(cfg) == cfg.dataset_dir / "images_8px"

@@ -193,7 +193,7 @@ def test_ensure_features_builds_the_profile_cache_once_with_the_real_encoder(tin
     cache = features.ensure_features(cfg, encoder, progress=False)
     splits = json.loads(cfg.split_file.read_text())
     assert len(cache) == sum(len(v) for v in splits.values())
-    assert cache.shape[1:] == (cfg.grid_size ** 2, 320)
+    assert cache.shape[1:] == (cfg.grid_size ** 2, encoder.out_channels)
     assert np.isfinite(np.asarray(cache.features, dtype=np.float32)).all()
     again = features.ensure_features(cfg, encoder, progress=False)
     assert again.folder == cache.folder and again.meta["build"] == cache.meta["build"]

@@ -23,7 +23,8 @@ def _photo(name):
 
 
 @pytest.mark.parametrize("name, size, channels, grid", [("resnet18", 64, 512, 2), ("efficientnet_lite0", 64, 320, 1),
-                                                         ("efficientnet_lite0_head", 96, 1280, 3)])
+                                                         ("efficientnet_lite0_head", 96, 1280, 3),
+                                                         ("efficientnet_lite0_multiscale", 128, 432, 8)])
 def test_forward_shapes(name, size, channels, grid):
     encoder = models.build_encoder(name, pretrained=False, grid_size=grid)
     grid_feats, pooled = encoder(torch.randn(3, 3, size, size))
@@ -49,6 +50,21 @@ def test_grid_larger_than_the_feature_map_warns_once():
     with pytest.warns(UserWarning, match="2x2 map, smaller than grid_size=4"):
         grid, _ = encoder(torch.randn(1, 3, 64, 64))
     assert grid.shape == (1, 16, 320)
+
+
+def test_multiscale_cells_hold_their_own_stride16_features_and_their_stride32_parent():
+    torch.manual_seed(0)
+    encoder = models.build_encoder("efficientnet_lite0_multiscale", pretrained=False, grid_size=8)
+    torch.manual_seed(0)  # the same random weights, read at the last block only
+    deep = models.build_encoder("efficientnet_lite0", pretrained=False, grid_size=4)
+    x = torch.randn(2, 3, 128, 128)
+    fmap = encoder.feature_map(x)
+    assert fmap.shape == (2, 112 + 320, 8, 8)
+    parent = deep.feature_map(x)  # [2, 320, 4, 4]
+    # cell (row 5, col 2) of the 8x8 map lies in cell (2, 1) of the 4x4 map
+    torch.testing.assert_close(fmap[:, 112:, 5, 2], parent[:, :, 2, 1])
+    # the classifier reads the stride-32 part only, so it gives the last-block encoder's logits
+    torch.testing.assert_close(encoder.classify(x), deep.classify(x))
 
 
 def test_grid_features_pools_regions_keeping_channels_together():

@@ -23,8 +23,9 @@ def _colour_grid_source(cfg):
 
 @pytest.fixture(scope="module")
 def lab(tiny_cfg):
+    # grid_size matches the 4x4 stand-in grid; alpha_c=1 keeps the attention penalty's path under test.
     cfg = tiny_cfg.replace(embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.1, batch_size=8,
-                           decoder_lr=1e-2, time_budget_s=None, max_caption_len=16)
+                           decoder_lr=1e-2, time_budget_s=None, max_caption_len=16, grid_size=4, alpha_c=1.0)
     return T.prepare_data(cfg, source=_colour_grid_source(cfg), feature_dim=3, progress=False)
 
 

