@@ -3,7 +3,6 @@
 import functools
 import http.server
 import json
-import socket
 import threading
 import zipfile
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
+from loopback import closed_port_url
 from PIL import Image
 
 from labutils import coco, get_config
@@ -21,13 +21,6 @@ matplotlib.use("Agg")
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers: fake COCO 2014 files, a loopback HTTP server and a closed port
 
-
-def _closed_port_url() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now, so a connection is refused at once
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -73,17 +66,22 @@ def fake_coco2014(n_train: int, n_val: int, overlapping_ann_ids: bool = True) ->
     return out
 
 
-def write_fake_coco2014(root: Path, n_train: int, n_val: int, images: bool = True, **kw) -> dict[str, dict]:
-    """Write fake official 2014 files in the layout they unzip to (annotations/, images/train2014, ...)."""
-    data = fake_coco2014(n_train, n_val, **kw)
+def write_fake_official_files(root: Path, data: dict[str, dict], images: bool = True) -> dict[str, dict]:
+    """Write fake official files in the layout they unzip to (annotations/*.json, images/<folder>/*.jpg)."""
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     for name, obj in data.items():
         (root / "annotations" / f"{name}.json").write_text(json.dumps(obj))
     if images:
-        for folder in ("train2014", "val2014"):
-            for img in data[f"captions_{folder}"]["images"]:
-                _write_jpeg(root / "images" / folder / img["file_name"])
+        for name, obj in data.items():
+            if name.startswith("captions_"):
+                for img in obj["images"]:
+                    _write_jpeg(root / "images" / name.removeprefix("captions_") / img["file_name"])
     return data
+
+
+def write_fake_coco2014(root: Path, n_train: int, n_val: int, images: bool = True, **kw) -> dict[str, dict]:
+    """Write fake official 2014 files (annotations/, images/train2014, images/val2014)."""
+    return write_fake_official_files(root, fake_coco2014(n_train, n_val, **kw), images)
 
 
 def _write_jpeg(path: Path) -> None:
@@ -120,8 +118,8 @@ def test_ensure_dataset_quick_returns_synthetic_folder_without_regenerating(tiny
 
 
 def test_ensure_dataset_full_offline_fails_with_one_sentence(tmp_path, monkeypatch):
-    monkeypatch.setattr(coco, "COCO_BASE_URL", _closed_port_url())
-    monkeypatch.setattr(coco, "KARPATHY_SPLIT_URL", _closed_port_url())
+    monkeypatch.setattr(coco, "COCO_BASE_URL", closed_port_url())
+    monkeypatch.setattr(coco, "KARPATHY_SPLIT_URL", closed_port_url())
     with pytest.raises(coco.DatasetUnavailableError) as err:
         coco.ensure_dataset(full_cfg(tmp_path), progress=False)
     message = str(err.value)
@@ -411,7 +409,7 @@ def test_prepare_mscoco_offline_with_files_present_converts_them(tmp_path):
     cfg = full_cfg(tmp_path)
     data = write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     (cfg.dataset_dir / "dataset_coco.json").write_text(json.dumps(karpathy_json(data, n_val=3, n_test=3)))
-    closed = _closed_port_url()
+    closed = closed_port_url()
     assert coco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False) == cfg.dataset_dir
     assert json.loads((cfg.dataset_dir / "prepared.json").read_text())["split_source"] == "karpathy"
     assert {k: len(v) for k, v in coco.load_splits(cfg).items()} == {"train": 16, "val": 3, "test": 3}
@@ -423,7 +421,7 @@ def test_prepare_mscoco_offline_with_files_present_converts_them(tmp_path):
 def test_prepare_mscoco_offline_without_karpathy_rebuilds_and_says_so(tmp_path, capsys):
     cfg = full_cfg(tmp_path)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
-    closed = _closed_port_url()
+    closed = closed_port_url()
     coco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False, n_val=2, n_test=2)
     assert "Karpathy-like" in capsys.readouterr().out
     assert {k: len(v) for k, v in coco.load_splits(cfg).items()} == {"train": 18, "val": 2, "test": 2}
@@ -436,7 +434,7 @@ def test_prepare_mscoco_offline_with_images_missing_names_them(tmp_path, monkeyp
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**14, 0, 10**14))
     cfg = full_cfg(tmp_path)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10, images=False)
-    closed = _closed_port_url()
+    closed = closed_port_url()
     with pytest.raises(coco.DatasetUnavailableError, match=r"missing: 22 images in train2014, val2014\)"):
         coco.prepare_mscoco(cfg, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)
     with pytest.raises(coco.DatasetUnavailableError, match="22 images"):  # same answer when converted already
@@ -447,7 +445,7 @@ def test_network_available(server):
     _, url = server
     assert coco.network_available(url, timeout=2) is True
     assert coco.network_available(url + "/no/such/file.zip", timeout=2) is True  # a 404 still means online
-    assert coco.network_available(_closed_port_url(), timeout=2) is False
+    assert coco.network_available(closed_port_url(), timeout=2) is False
 
 
 def _zip(path: Path, files: dict[str, Path | bytes]) -> None:
@@ -535,16 +533,8 @@ def fake_coco2017(n_train: int, n_val: int, n_val2017: int) -> dict[str, dict]:
 
 
 def write_fake_coco2017(root: Path, n_train: int, n_val: int, n_val2017: int, images: bool = True) -> dict:
-    """Write fake official 2017 files in the layout they unzip to (annotations/, images/train2017, ...)."""
-    data = fake_coco2017(n_train, n_val, n_val2017)
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
-    for name, obj in data.items():
-        (root / "annotations" / f"{name}.json").write_text(json.dumps(obj))
-    if images:
-        for folder in ("train2017", "val2017"):
-            for img in data[f"captions_{folder}"]["images"]:
-                _write_jpeg(root / "images" / folder / img["file_name"])
-    return data
+    """Write fake official 2017 files (annotations/, images/train2017, images/val2017)."""
+    return write_fake_official_files(root, fake_coco2017(n_train, n_val, n_val2017), images)
 
 
 def test_coco_year_in_the_config_names_the_dataset_folder():
@@ -617,7 +607,7 @@ def test_prepare_mscoco_2017_offline_rebuilds_the_standard_split_and_says_so(tmp
     cfg = get_config("full", coco_year=2017, data_root=tmp_path / "data", build_dir=tmp_path / "build",
                      image_size=8)
     write_fake_coco2017(cfg.dataset_dir, n_train=12, n_val=10, n_val2017=4)
-    closed = _closed_port_url()
+    closed = closed_port_url()
     coco.prepare_mscoco(cfg, base_url=closed, karpathy_url="", progress=False, n_val=3, n_test=None)
     out = capsys.readouterr().out
     assert ("the standard 2017 split is used instead (test = all 4 val2017 images, val = 3 train2017 images drawn "
@@ -641,7 +631,7 @@ def _prepared_2014(tmp_path, **kw):
     """A full-profile config (8-px images: fast) on fake 2014 files, prepared offline with the resize step."""
     cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8, **kw)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
-    coco.prepare_mscoco(cfg, base_url=_closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
+    coco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
     return cfg
 
 
@@ -661,7 +651,7 @@ def test_resize_runs_once_and_every_reader_uses_the_resized_folder(tmp_path, cap
     # Running again resizes nothing: a current, complete record makes it a no-op ...
     before = (resized / coco.RESIZE_RECORD).stat().st_mtime_ns
     assert coco.resize_images(cfg, progress=False)["resized"] == 0
-    coco.prepare_mscoco(cfg, base_url=_closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
+    coco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
     assert (resized / coco.RESIZE_RECORD).stat().st_mtime_ns == before and "Resizing" not in capsys.readouterr().out
     # ... and without the record, resize_all skips every finished image.
     (resized / coco.RESIZE_RECORD).unlink()
@@ -690,7 +680,7 @@ def test_corrupt_image_is_reported_in_one_sentence_and_not_counted_complete(tmp_
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     bad = cfg.image_dir / "val2014" / _coco_name("val2014", 44)
     bad.write_bytes(bad.read_bytes()[:300])  # a transfer cut off mid-way
-    coco.prepare_mscoco(cfg, base_url=_closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
+    coco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
     message = capsys.readouterr().out.strip().splitlines()[-1]
     assert message.startswith("1 image file(s) could not be read, so they were not resized ("
                               f"val2014/{bad.name} under {cfg.image_dir})")
@@ -718,7 +708,7 @@ def test_image_root_is_the_image_folder_on_the_quick_profile(tiny_cfg):
 def test_ensure_dataset_keeps_the_prepared_subset(tmp_path, monkeypatch):
     cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
-    closed = _closed_port_url()
+    closed = closed_port_url()
     coco.prepare_mscoco(cfg, subset=10, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)
     assert coco.prepared_subset(cfg) == 10
     calls = []

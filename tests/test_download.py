@@ -9,7 +9,6 @@ import http.server
 import io
 import json
 import shutil
-import socket
 import threading
 import time
 import types
@@ -19,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from loopback import closed_port_url
 from PIL import Image
 
 from labutils import coco, get_config
@@ -131,13 +131,6 @@ def web():
     server.httpd.shutdown()
     server.httpd.server_close()
 
-
-def closed_port_url() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now, so a connection is refused at once
-    return f"http://127.0.0.1:{port}"
 
 
 def payload(n: int, seed: int = 0) -> bytes:

@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -11,18 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from loopback import closed_port_url
 from PIL import Image
 
 from labutils import coco, features, get_config
 from labutils import prepare as prep
-
-
-def closed_port_url() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now, so a connection is refused at once
-    return f"http://127.0.0.1:{port}"
 
 
 def one_sentence(message: str) -> bool:
