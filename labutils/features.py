@@ -148,8 +148,14 @@ def _resolve_images(cfg, images, image_ids: list[int]) -> tuple[Callable[[], Cal
 
 
 def cache_parts(cfg, encoder, image_ids: Iterable[int], source_fingerprint: dict | None = None) -> dict:
-    """Everything the cached features depend on (hashed into the cache key); the order of the ids does not matter."""
+    """Everything the cached features depend on (hashed into the cache key); the order of the ids does not matter.
+
+    `source_fingerprint` None: that of the dataset's own images (`images=None` in `build_feature_cache`), so
+    `cache_parts(cfg, encoder, ids)` names the cache the default build made, resized images included.
+    """
     image_ids = _normalise_ids(image_ids)
+    if source_fingerprint is None:
+        source_fingerprint = _resolve_images(cfg, None, image_ids)[1]
     ids_digest = hashlib.sha256(np.asarray(image_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
     return {
         "version": CACHE_VERSION,
@@ -162,7 +168,7 @@ def cache_parts(cfg, encoder, image_ids: Iterable[int], source_fingerprint: dict
         "n_images": len(image_ids),
         "image_ids_sha256": ids_digest,
         "dataset": dataset_fingerprint(cfg),
-        "source": source_fingerprint or {"kind": "folder"},
+        "source": source_fingerprint,
     }
 
 
@@ -353,7 +359,14 @@ def build_feature_cache(cfg, encoder, image_ids: Iterable[int], images=None, bat
         for x in batches:
             with autocast:
                 grid, _ = fast(x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
-            rows[done:done + len(x)] = grid.to(torch.float16).cpu().numpy()
+            half = grid.to(torch.float16)
+            if not bool(torch.isfinite(half).all()):  # training on inf/NaN features fails silently (BLEU-4 0)
+                raise FeatureCacheError(
+                    f"The {encoder.name} encoder ({encoder.weights_id}) gave features that are NaN or beyond float16's "
+                    "±65,504 for one of images "
+                    f"{ids[done]}..{ids[done + len(x) - 1]}; check that its weights file is the real pretrained one, "
+                    "or delete it to download it again.")
+            rows[done:done + len(x)] = half.cpu().numpy()
             done += len(x)
             bar.update(len(x))
             if done - committed >= chunk_size:
