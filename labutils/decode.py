@@ -253,7 +253,8 @@ def beam_search(decoder, features: Tensor, vocab, beam_size: int = 5, max_len: i
       k live beams x V words of each image, and the best k candidates of each image survive;
     * a candidate ending in `<end>` is set aside as a finished hypothesis and its slot is retired, so an image
       keeps k - (finished so far) live beams and is done when it has k finished hypotheses;
-    * all live beams of all images go through ONE `decoder.step` call per time step (rows = live beams);
+    * all live beams of all images go through ONE `decoder.step` call per time step (rows = live beams); a
+      decoder with `step_grouped` (Show-Attend-Tell) keeps each image's grid once, not once per beam;
     * an image stops early once it has `return_k` finished hypotheses that no live beam can beat any more;
     * after `max_len` steps the search stops anyway; an image with fewer than `return_k` finished hypotheses
       is topped up with its best unfinished ones (`Caption.finished` False).
@@ -296,9 +297,17 @@ def beam_search(decoder, features: Tensor, vocab, beam_size: int = 5, max_len: i
         kth_best = torch.full((n_images,), float("-inf"), device=device)  # return_k-th best finished score
         rank = torch.arange(k, device=device)
 
+        # A decoder that offers `step_grouped` keeps its per-image state once per image, never copied per beam.
+        grouped = getattr(decoder, "per_image_state", None) if hasattr(decoder, "step_grouped") else None
+        if grouped is not None:
+            image_constant = list(grouped)
         for step in range(1, max_len + 1):
-            logits, new_state, alpha = decoder.step(tokens, state)
-            image_constant = [c and (new is old) for c, new, old in zip(image_constant, new_state, state, strict=True)]
+            if grouped is not None:
+                logits, new_state, alpha = decoder.step_grouped(tokens, state, row_img, row_pos, k)
+            else:
+                logits, new_state, alpha = decoder.step(tokens, state)
+                image_constant = [c and (new is old)
+                                  for c, new, old in zip(image_constant, new_state, state, strict=True)]
             state = tuple(new_state)
             vocab_size = logits.size(1)
             candidates = row_score.unsqueeze(1) + F.log_softmax(logits.float(), dim=1)  # [rows, V]
@@ -366,7 +375,7 @@ def beam_search(decoder, features: Tensor, vocab, beam_size: int = 5, max_len: i
 
             new_tokens = words[keep_img, keep_rank]
             same_layout = torch.equal(keep_img, row_img)
-            state = tuple(t if (const and same_layout) else t.index_select(0, new_parent)
+            state = tuple(t if (const and (same_layout or grouped is not None)) else t.index_select(0, new_parent)
                           for t, const in zip(state, image_constant, strict=True))
             hist_tokens = torch.cat([hist_tokens.index_select(0, new_parent), new_tokens.unsqueeze(1)], dim=1)
             if step_alpha is not None:

@@ -208,6 +208,30 @@ class ShowAttendTell(nn.Module):
         logits, h, c, alpha = self._cell(self.embedding(tokens), features, enc_proj, h, c)
         return logits, (h, c, features, enc_proj), alpha
 
+    # State entries that are the same for every beam of an image (beam search keeps one copy per image).
+    per_image_state = (False, False, True, True)
+
+    def step_grouped(self, tokens: Tensor, state: State, row_image: Tensor, row_slot: Tensor,
+                     slots: int) -> tuple[Tensor, State, Tensor]:
+        """`step` for beam search with h, c per row [R, H] but features/enc_proj per image [N, P, .].
+
+        Row r belongs to image row_image[r] (ascending) at slot row_slot[r] < slots. Same results as `step` on
+        row-aligned copies, without copying every image's grid once per beam at every step.
+        """
+        h, c, features, enc_proj = state
+        embedded = self.embedding(tokens)
+        scores = self.full_att(torch.tanh(enc_proj.index_select(0, row_image)
+                                          + self.decoder_att(h).unsqueeze(1))).squeeze(2)
+        alpha = torch.softmax(scores, dim=1)
+        present, group = torch.unique_consecutive(row_image, return_inverse=True)
+        grid = features if present.numel() == features.size(0) else features.index_select(0, present)
+        weights = alpha.new_zeros(present.numel(), slots, alpha.size(1))
+        weights[group, row_slot] = alpha
+        context = torch.bmm(weights, grid)[group, row_slot]  # [R, C]: each row's weighted sum of its image's grid
+        context = torch.sigmoid(self.f_beta(h)) * context
+        h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
+        return self.output_logits(embedded, h, context), (h, c, features, enc_proj), alpha
+
 
 def _unpack(data: Tensor, batch_sizes: Tensor, steps: int) -> Tensor:
     """Time-major rows of a length-sorted batch ([sum of b_t, ...]) -> padded batch-first [B, steps, ...]."""

@@ -226,3 +226,23 @@ def test_position_embedding_makes_the_decoder_see_where_things_are():
     assert not torch.allclose(*differ, atol=1e-3)
     with pytest.raises(ValueError, match="grid positions"):
         placed(features[:, :3], captions, lengths)
+
+
+def test_grouped_step_equals_step_on_per_beam_copies():
+    torch.manual_seed(0)
+    decoder = build_decoder("attention", 30, 12, {"embed_dim": 8, "hidden_dim": 16, "attention_dim": 6,
+                                                  "dropout": 0.0, "grid_size": 3}).eval()
+    h, c, features, enc_proj = decoder.init_state(torch.randn(4, 9, 12))  # 4 images, one copy each
+    # 6 live beams: image 0 has 3 (slots 0-2), image 1 none, image 2 has 1 (slot 0), image 3 has 2 (slots 0 and 1)
+    row_image, row_slot = torch.tensor([0, 0, 0, 2, 3, 3]), torch.tensor([0, 1, 2, 0, 0, 1])
+    h, c = torch.randn(6, 16), torch.randn(6, 16)  # beams have diverged
+    tokens = torch.tensor([4, 5, 6, 7, 8, 9])
+    with torch.no_grad():
+        want_logits, want_state, want_alpha = decoder.step(
+            tokens, (h, c, features[row_image], enc_proj[row_image]))
+        logits, state, alpha = decoder.step_grouped(tokens, (h, c, features, enc_proj), row_image, row_slot, 3)
+    torch.testing.assert_close(logits, want_logits)
+    torch.testing.assert_close(alpha, want_alpha)
+    torch.testing.assert_close(state[0], want_state[0])
+    torch.testing.assert_close(state[1], want_state[1])
+    assert state[2] is features and state[3] is enc_proj  # the per-image grid is passed on, never copied
