@@ -150,10 +150,14 @@ class ShowAttendTell(nn.Module):
         mean = features.mean(dim=1)
         return self.init_h(mean), self.init_c(mean)
 
+    def attention_weights(self, enc_proj: Tensor, h: Tensor) -> Tensor:
+        """Attention weights alpha [B, P]: a softmax over positions of the additive scores for hidden state h."""
+        scores = self.full_att(torch.tanh(enc_proj + self.decoder_att(h).unsqueeze(1))).squeeze(2)
+        return torch.softmax(scores, dim=1)
+
     def attend(self, features: Tensor, enc_proj: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         """Gated context [B, C] and attention weights alpha [B, P] (softmax over positions) for hidden state h."""
-        scores = self.full_att(torch.tanh(enc_proj + self.decoder_att(h).unsqueeze(1))).squeeze(2)
-        alpha = torch.softmax(scores, dim=1)
+        alpha = self.attention_weights(enc_proj, h)
         context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)
         return torch.sigmoid(self.f_beta(h)) * context, alpha
 
@@ -163,10 +167,13 @@ class ShowAttendTell(nn.Module):
             return self.fc(self.dropout(torch.tanh(embedded + self.out_h(h) + self.out_z(context))))
         return self.fc(self.dropout(h))
 
+    def _advance(self, embedded: Tensor, context: Tensor, h: Tensor, c: Tensor):
+        h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
+        return self.output_logits(embedded, h, context), h, c
+
     def _cell(self, embedded: Tensor, features: Tensor, enc_proj: Tensor, h: Tensor, c: Tensor):
         context, alpha = self.attend(features, enc_proj, h)
-        h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
-        return self.output_logits(embedded, h, context), h, c, alpha
+        return (*self._advance(embedded, context, h, c), alpha)
 
     def forward(self, features: Tensor, captions: Tensor, lengths: Tensor) -> DecoderOutput:
         """Teacher-forced logits [B, T-1, V] and attention weights [B, T-1, P] (zero at padded steps)."""
@@ -220,17 +227,14 @@ class ShowAttendTell(nn.Module):
         """
         h, c, features, enc_proj = state
         embedded = self.embedding(tokens)
-        scores = self.full_att(torch.tanh(enc_proj.index_select(0, row_image)
-                                          + self.decoder_att(h).unsqueeze(1))).squeeze(2)
-        alpha = torch.softmax(scores, dim=1)
+        alpha = self.attention_weights(enc_proj.index_select(0, row_image), h)
         present, group = torch.unique_consecutive(row_image, return_inverse=True)
         grid = features if present.numel() == features.size(0) else features.index_select(0, present)
         weights = alpha.new_zeros(present.numel(), slots, alpha.size(1))
         weights[group, row_slot] = alpha
         context = torch.bmm(weights, grid)[group, row_slot]  # [R, C]: each row's weighted sum of its image's grid
-        context = torch.sigmoid(self.f_beta(h)) * context
-        h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
-        return self.output_logits(embedded, h, context), (h, c, features, enc_proj), alpha
+        logits, h, c = self._advance(embedded, torch.sigmoid(self.f_beta(h)) * context, h, c)
+        return logits, (h, c, features, enc_proj), alpha
 
 
 def _unpack(data: Tensor, batch_sizes: Tensor, steps: int) -> Tensor:

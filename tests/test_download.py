@@ -466,15 +466,17 @@ def karpathy_dataset(data: dict[str, dict], n_val: int = 5, n_test: int = 5) -> 
     return json.dumps({"images": images, "dataset": "coco"}).encode()
 
 
-def publish_coco(web: LabServer, data: dict[str, dict], image_zips: bool = False) -> None:
-    """Serve the annotation zip, every image by its coco_url path and (optionally) the two image zips."""
-    web.files["/annotations/annotations_trainval2014.zip"] = zip_bytes(
-        {f"annotations/captions_{f}.json": json.dumps(data[f]).encode() for f in ("train2014", "val2014")})
-    for folder in ("train2014", "val2014"):
+def publish_coco(web: LabServer, data: dict[str, dict], image_zips: bool = False, year: int = 2014) -> None:
+    """Serve the year's annotation zip, every image by its coco_url path and (optionally) the two image zips."""
+    folders = (f"train{year}", f"val{year}")
+    web.files[f"/annotations/annotations_trainval{year}.zip"] = zip_bytes(
+        {f"annotations/captions_{f}.json": json.dumps(data[f]).encode() for f in folders})
+    tint = {2014: (90, 160), 2017: (40, 200)}[year]  # the two releases' test images differ in colour
+    for folder in folders:
         members = {}
         for k, img in enumerate(data[folder]["images"]):
             web.files[f"/{folder}/{img['file_name']}"] = members[f"{folder}/{img['file_name']}"] = \
-                jpeg_bytes((k * 8 % 256, 90, 160))
+                jpeg_bytes((k * 8 % 256, *tint))
         if image_zips:
             web.files[f"/zips/{folder}.zip"] = zip_bytes(members, compression=zipfile.ZIP_STORED)
 
@@ -615,19 +617,6 @@ def coco_like2017(n_train: int = 30, n_val: int = 20, n_val2017: int = 8) -> dic
     return out
 
 
-def publish_coco2017(web: LabServer, data: dict[str, dict], image_zips: bool = False) -> None:
-    """Serve the 2017 annotation zip, every image by its coco_url path and (optionally) the two image zips."""
-    web.files["/annotations/annotations_trainval2017.zip"] = zip_bytes(
-        {f"annotations/captions_{f}.json": json.dumps(data[f]).encode() for f in ("train2017", "val2017")})
-    for folder in ("train2017", "val2017"):
-        members = {}
-        for k, img in enumerate(data[folder]["images"]):
-            web.files[f"/{folder}/{img['file_name']}"] = members[f"{folder}/{img['file_name']}"] = \
-                jpeg_bytes((k * 8 % 256, 40, 200))
-        if image_zips:
-            web.files[f"/zips/{folder}.zip"] = zip_bytes(members, compression=zipfile.ZIP_STORED)
-
-
 def full_cfg_2017(tmp_path):
     return get_config("full", coco_year=2017, data_root=tmp_path / "data", build_dir=tmp_path / "build",
                       image_size=8)
@@ -635,7 +624,7 @@ def full_cfg_2017(tmp_path):
 
 def test_prepare_mscoco_2017_subset_end_to_end(coco_web, tmp_path, capsys):
     data = coco_like2017()
-    publish_coco2017(coco_web, data)
+    publish_coco(coco_web, data, year=2017)
     coco_web.files["/mirror/dataset_coco.json"] = karpathy_dataset(coco_like())  # Karpathy's file, 2014 names
     cfg = full_cfg_2017(tmp_path)
     assert cfg.dataset_dir == tmp_path / "data" / "coco2017"
@@ -661,7 +650,7 @@ def test_prepare_mscoco_2017_subset_end_to_end(coco_web, tmp_path, capsys):
 
 def test_prepare_mscoco_2017_zips_with_the_standard_fallback_split(coco_web, tmp_path, capsys):
     data = coco_like2017(n_train=12, n_val=14, n_val2017=5)
-    publish_coco2017(coco_web, data, image_zips=True)
+    publish_coco(coco_web, data, image_zips=True, year=2017)
     coco_web.faults["/karpathy/caption_datasets.zip"] = ["500"] * 10  # every split source fails
     coco_web.faults["/zips/train2017.zip"] = ["cut:1500"]
     cfg = full_cfg_2017(tmp_path)
