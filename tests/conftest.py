@@ -29,3 +29,30 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Factory: `small_disk(bytes)` mounts a real tmpfs of that size and returns its path (unmounted afterwards).
+
+    A full disk must be a real ENOSPC from the kernel (and SIGBUS for an unreserved memory map), which no mock
+    reproduces. Mounting needs root, as CI and the lab's build machine have; elsewhere the test is skipped and says
+    why.
+    """
+    import subprocess
+
+    mounts = []
+
+    def make(size: int):
+        point = tmp_path / f"disk{len(mounts)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size)}", "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"a full-disk test needs a small tmpfs and `mount` refused: {done.stderr.strip()}")
+        mounts.append(point)
+        return point
+
+    yield make
+    for point in reversed(mounts):
+        subprocess.run(["umount", "-l", str(point)], check=False)
