@@ -9,7 +9,7 @@ export TQDM_MININTERVAL ?= 5
 # other processes (measured here: feature extraction 3x and decoder steps >10x slower without it).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup run test test-fast lint clean-data clean slides slides-check
+.PHONY: setup slide-tools run test test-fast lint clean-data clean slides slides-check
 
 setup: $(STAMP)  ## create .venv with everything the lab needs (Python packages, Java for the COCO metrics)
 
@@ -24,10 +24,15 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (lab)" >/dev/null
 	@touch $@
 
+# The slide build and its render check need Chromium, fonts and Marp: installed here, before any test starts,
+# so that no test discovers a missing tool half-way (silent and ~0.1 s when everything is present).
+slide-tools: setup  ## install what the slide build needs (Chromium and fonts with apt, Marp with npm ci)
+	@$(BIN)/python slides/setup_tools.py
+
 run: setup  ## generate the offline dataset and execute every notebook in order, then print a summary
 	$(BIN)/python -m labutils run
 
-test: setup  ## unit tests + every notebook executed with nbval
+test: setup slide-tools  ## unit tests + every notebook executed with nbval
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider
 
 test-fast: setup  ## unit tests only, without the slow ones
@@ -36,10 +41,10 @@ test-fast: setup  ## unit tests only, without the slow ones
 lint: setup
 	$(BIN)/python -m ruff check labutils tests benchmarks slides
 
-slides: setup  ## build the instructor decks into slides/dist/ (HTML + PDF; Marp from npm, Chromium via apt if missing)
+slides: slide-tools  ## build the instructor decks into slides/dist/ (HTML + PDF)
 	$(BIN)/python slides/build.py
 
-slides-check: setup  ## build the decks, then open every slide in headless Chromium and check it renders
+slides-check: slide-tools  ## build the decks, then open every slide in headless Chromium and check it renders
 	$(BIN)/python slides/build.py --check
 
 clean-data:  ## remove generated data, caches, checkpoints and executed notebooks

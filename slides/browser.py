@@ -63,18 +63,29 @@ class Chromium:
             raise BrowserError("No Chromium found: install Debian's `chromium` package (apt-get install chromium) "
                                "or set CHROME_PATH to a Chrome/Chromium executable.")
         self.timeout = timeout
-        self.profile = tempfile.mkdtemp(prefix="slides-chromium-")
+        self.profile = tempfile.mkdtemp(prefix="slides-chromium-")  # fresh every run: no state carried over
+        self._log = tempfile.TemporaryFile()
+        self._out = self._in = -1
+        self.proc = None
+        try:
+            self._start(width, height)
+        except BaseException:
+            self.close()  # a browser that failed to come up must not leave a process or a profile behind
+            raise
+
+    def _start(self, width: int, height: int) -> None:
         to_chrome_r, to_chrome_w = os.pipe()
         from_chrome_r, from_chrome_w = os.pipe()
-        self._log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(
-            [self.executable, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-pipe",
-             f"--window-size={width},{height}", "about:blank"],
-            pass_fds=(3, 4), preexec_fn=lambda: _wire_pipes(to_chrome_r, from_chrome_w),
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
-        os.close(to_chrome_r)
-        os.close(from_chrome_w)
         self._out, self._in = to_chrome_w, from_chrome_r
+        try:
+            self.proc = subprocess.Popen(
+                [self.executable, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-pipe",
+                 f"--window-size={width},{height}", "about:blank"],
+                pass_fds=(3, 4), preexec_fn=lambda: _wire_pipes(to_chrome_r, from_chrome_w),
+                stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log)
+        finally:
+            os.close(to_chrome_r)
+            os.close(from_chrome_w)
         self._buffer = b""
         self._next_id = 0
         target = self.send("Target.createTarget", url="about:blank")["targetId"]
@@ -130,13 +141,23 @@ class Chromium:
             raise BrowserError(f"JavaScript error in {expression[:60]!r}: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")
 
-    def open(self, url: str, ready: str = "document.readyState === 'complete'", wait: float = 30.0) -> None:
-        """Navigate to `url` and wait until the JavaScript condition `ready` holds."""
-        self.page("Page.navigate", url=url)
+    def open(self, url: str, ready: str = "document.readyState === 'complete'", wait: float = 60.0) -> None:
+        """Navigate to `url` and wait until the JavaScript condition `ready` holds in the NEW document."""
+        # The previous document may satisfy `ready` too (another deck, fully loaded): mark it, so that only a
+        # document without the mark counts, whenever the navigation actually replaces it.
+        try:
+            self.evaluate("window.__slidesPreviousDocument = true")
+        except BrowserError:
+            pass
+        navigation = self.page("Page.navigate", url=url)
+        if navigation.get("errorText"):
+            raise BrowserError(f"{url} could not be opened: {navigation['errorText']}")
+        if not navigation.get("loaderId"):  # a same-document (hash) navigation keeps the document, mark and all
+            self.evaluate("delete window.__slidesPreviousDocument")
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             try:
-                if self.evaluate(f"Boolean({ready})"):
+                if self.evaluate(f"!window.__slidesPreviousDocument && Boolean({ready})"):
                     return
             except BrowserError:
                 pass  # the old document went away mid-evaluation; try again
@@ -150,7 +171,7 @@ class Chromium:
     def close(self) -> None:
         """Close the browser and remove its profile folder."""
         try:
-            if self.proc.poll() is None:
+            if self.proc is not None and self.proc.poll() is None:
                 try:
                     self.send("Browser.close")
                 except (BrowserError, OSError):
@@ -243,7 +264,18 @@ def slide_count(browser: Chromium) -> int:
     return int(browser.evaluate("document.querySelectorAll('svg[data-marpit-svg]').length"))
 
 
-def check_deck(browser: Chromium, html: Path, settle: float = 0.15) -> list[SlideCheck]:
+# Resolves once the active slide's images are decoded and two frames have been painted since, so the screenshot
+# shows that slide and not the previous one (a fixed sleep is too short on a busy machine).
+_PAINTED = """(async () => {
+  const active = document.querySelector('svg.bespoke-marp-active');
+  await Promise.all([...(active ? active.querySelectorAll('img') : [])].map(i => i.decode().catch(() => null)));
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  return true;
+})()"""
+
+
+def check_deck(browser: Chromium, html: Path, settle: float = 0.05, activate_wait: float = 30.0
+               ) -> list[SlideCheck]:
     """Open a built Marp HTML deck and check every slide (see SlideCheck)."""
     html = Path(html).resolve()
     browser.open(html.as_uri() + "#1", ready="document.readyState === 'complete' && "
@@ -253,12 +285,13 @@ def check_deck(browser: Chromium, html: Path, settle: float = 0.15) -> list[Slid
     results = []
     for index in range(1, slide_count(browser) + 1):
         browser.evaluate(f"location.hash = '#{index}'")
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + activate_wait
         state = browser.evaluate(_SLIDE_STATE % (index - 1, index - 1))
         while not state["active"] and time.monotonic() < deadline:
             time.sleep(0.05)
             state = browser.evaluate(_SLIDE_STATE % (index - 1, index - 1))
-        time.sleep(settle)  # let the page paint the newly active slide
+        browser.evaluate(_PAINTED)
+        time.sleep(settle)
         png = browser.screenshot()
         results.append(SlideCheck(html.name, index, ink_fraction(png), bool(state["active"]), state["broken"],
                                   int(state["overflow"]), state["notes"] > 0, png))

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Build the instructor decks: figures from code, Markdown decks -> self-contained HTML and PDF with Marp CLI.
 
-    python slides/build.py            # everything into slides/dist/ (installs Marp and Chromium when missing)
+    python slides/build.py            # everything into slides/dist/ (first installs Marp/Chromium if missing)
     python slides/build.py --check    # ... then open every slide in headless Chromium and check it renders
     python slides/build.py --no-pdf   # HTML only (quicker while writing slides)
 
-Steps: (1) make sure Node/npm, Marp CLI (npm ci from package-lock.json) and Chromium are present, installing
-them when possible; (2) draw the diagrams and regenerate the lab figures (required ones must succeed; optional
+Steps: (1) make sure Node/npm, Marp CLI (npm ci from package-lock.json), Chromium and the fonts are present
+(`make setup` installs them through slides/setup_tools.py; this command runs the same installer first, while
+`build()`, which the tests call, only checks and stops with one sentence); (2) draw the diagrams and regenerate the lab figures (required ones must succeed; optional
 ones fall back to a labelled placeholder); (3) check the decks against the notebooks and their figure links;
 (4) render every deck to HTML (images inlined as data URIs, so one file works offline) and to PDF (speaker
 notes as PDF annotations); (5) write dist/index.html.
@@ -37,9 +38,16 @@ THEME = SLIDES / "theme" / "lab.css"
 NOTEBOOKS = ROOT / "notebooks"
 DEFAULT_OUT = SLIDES / "dist"
 MARP = SLIDES / "node_modules" / ".bin" / "marp"
+# Seconds Marp may wait on one browser step. Its default (30 s) is too short for printing a long deck on a busy
+# 2-core machine, where it fails at random; a real hang still ends.
+MARP_BROWSER_TIMEOUT = 300
 
 sys.path.insert(0, str(SLIDES))
 sys.path.insert(0, str(ROOT))
+
+import setup_tools  # noqa: E402  (beside this file, found through the path set just above)
+
+from labutils.infra.files import atomic_write_text  # noqa: E402
 
 NOTEBOOK_RE = re.compile(r"notebooks/(\d\d_[A-Za-z0-9_\-]+)\.ipynb")
 FIGURE_RE = re.compile(r"!\[[^\]]*\]\((figures/[A-Za-z0-9_\-]+\.png)\)")
@@ -194,65 +202,15 @@ def check_notes(deck: Deck, min_words: int = 8) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------- tools
-def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
-    log("$ " + " ".join(str(c) for c in cmd))
-    return subprocess.run(cmd, check=True, **kwargs)
+def require_tools(pdf: bool = True) -> str | None:
+    """Check that Marp CLI (and Chromium and the fonts, for PDF) are installed; returns the Chromium to use.
 
-
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def apt_install(packages: list[str], why: str) -> None:
-    """Install Debian packages with apt-get (needs root); otherwise fail with the command to run."""
-    if not (_is_root() and shutil.which("apt-get")):
-        raise BuildError(f"{why} is missing and this build cannot install it (needs root and apt-get): run "
-                         f"`sudo apt-get install -y {' '.join(packages)}` (or set CHROME_PATH for a browser) "
-                         "and build again.")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    log(f"installing {why} with apt-get: {' '.join(packages)} (a minute or two, once)")
-    _run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL)
-    _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], env=env,
-         stdout=subprocess.DEVNULL)
-
-
-def ensure_node() -> None:
-    """Node.js and npm on PATH (Debian's packages when missing and root)."""
-    if shutil.which("node") and shutil.which("npm"):
-        return
-    # Debian's nodejs (18 on bookworm) is new enough for Marp CLI 4 (needs >= 18).
-    apt_install(["npm"] if shutil.which("node") else ["nodejs", "npm"], "Node.js/npm (to run Marp CLI)")
-
-
-def ensure_marp() -> Path:
-    """Marp CLI installed from the npm registry at the version pinned in package-lock.json."""
-    stamp = SLIDES / "node_modules" / ".package-lock.json"
-    lock = SLIDES / "package-lock.json"
-    if MARP.exists() and stamp.exists() and stamp.stat().st_mtime >= lock.stat().st_mtime:
-        return MARP
-    ensure_node()
-    log("installing Marp CLI from the npm registry (npm ci, pinned by package-lock.json)")
-    # PUPPETEER_SKIP_DOWNLOAD: Marp uses puppeteer-core, which never downloads a browser; the variable
-    # makes sure nothing in the tree tries to (such downloads fail offline).
-    env = dict(os.environ, PUPPETEER_SKIP_DOWNLOAD="1", PUPPETEER_SKIP_CHROMIUM_DOWNLOAD="1")
-    _run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=SLIDES, env=env)
-    if not MARP.exists():
-        raise BuildError(f"npm ci finished but {MARP} is missing; delete slides/node_modules and build again.")
-    return MARP
-
-
-def ensure_chromium() -> str:
-    """A Chromium for PDF export and the render check: $CHROME_PATH, one on PATH, or Debian's package."""
-    from browser import find_chromium
-
-    found = find_chromium()
-    if found:
-        return found
-    apt_install(["chromium", "fonts-liberation", "fonts-dejavu-core"], "Chromium (for PDF export)")
-    found = find_chromium()
-    if not found:
-        raise BuildError("apt-get installed chromium but no chromium executable is on PATH; set CHROME_PATH.")
-    return found
+    Never installs anything: `make setup` (slides/setup_tools.py) does, so a test never stalls on a download.
+    """
+    try:
+        return setup_tools.require(chromium=pdf)
+    except setup_tools.ToolsMissing as exc:
+        raise BuildError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -323,9 +281,13 @@ def marp(args: list[str], chrome: str | None = None) -> None:
     env = dict(os.environ)
     if chrome:
         env["CHROME_PATH"] = chrome
-    # Marp launches Chromium through puppeteer-core; as root it must skip the sandbox.
+    # Marp launches Chromium through puppeteer-core (whose defaults already turn off background networking, sync,
+    # component updates and first-run tasks, with a fresh profile); as root it must skip the sandbox, and there
+    # is no GPU to probe on a build machine.
     env.setdefault("CHROME_NO_SANDBOX", "1")
-    cmd = [str(MARP), "--theme-set", str(THEME), "--html", "--allow-local-files", "--no-stdin", *args]
+    env.setdefault("CHROME_DISABLE_GPU", "1")
+    cmd = [str(MARP), "--theme-set", str(THEME), "--html", "--allow-local-files", "--no-stdin",
+           "--browser-timeout", str(MARP_BROWSER_TIMEOUT), *args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BuildError(f"marp failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
@@ -351,7 +313,7 @@ def inline_images(html_path: Path, base: Path) -> int:
     leftover = re.findall(r'(?:src|href)="(?!data:|#|https?:|mailto:)([^"]+)"', text)
     if leftover:
         raise BuildError(f"{html_path.name} still refers to local files after inlining: {leftover[:5]}")
-    html_path.write_text(text, encoding="utf-8")
+    atomic_write_text(html_path, text)
     return count
 
 
@@ -364,22 +326,22 @@ def external_references(html: str) -> list[str]:
 
 
 def pdf_stats(path: Path) -> tuple[int, int]:
-    """(pages, text annotations) of a PDF, read with the standard library (object streams inflated with zlib).
+    """(pages, text annotations) of a PDF, read with pypdf.
 
-    Marp writes one page per slide and, with --pdf-notes, one note annotation per slide that has notes.
+    Marp writes one page per slide and, with --pdf-notes, one note (a /Text annotation) per slide that has notes.
+    Its PDFs keep the page objects inside compressed object streams, so only a real PDF parser counts them right.
     """
-    import zlib
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
 
-    data = Path(path).read_bytes()
-    text = data
-    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", data, flags=re.S):
-        try:
-            text += zlib.decompress(match.group(1))
-        except zlib.error:
-            pass  # an image or font stream that is not plain deflate: no page objects inside
-    pages = len(re.findall(rb"/Type\s*/Page(?![A-Za-z])", text))
-    notes = len(re.findall(rb"/Subtype\s*/Text(?![A-Za-z])", text))
-    return pages, notes
+    try:
+        reader = PdfReader(path)
+        notes = sum(1 for page in reader.pages for annotation in page.get("/Annots") or []
+                    if annotation.get_object().get("/Subtype") == "/Text")
+        return len(reader.pages), notes
+    except (PyPdfError, ValueError, KeyError) as exc:
+        raise BuildError(f"{Path(path).name} is not a readable PDF ({type(exc).__name__}: {exc}); "
+                         "build the slides again.") from exc
 
 
 def write_index(out: Path, decks: list[Deck], pdf: bool) -> Path:
@@ -403,7 +365,7 @@ screen). The PDFs carry the speaker notes as annotations.</p>
 </table></body></html>
 """
     path = out / "index.html"
-    path.write_text(html, encoding="utf-8")
+    atomic_write_text(path, html)
     return path
 
 
@@ -424,8 +386,7 @@ def build(out: Path = DEFAULT_OUT, pdf: bool = True, strict: bool = False) -> Bu
     """Build every deck into `out` (html/, pdf/, index.html, figures.json)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    ensure_marp()
-    chrome = ensure_chromium() if pdf else None
+    chrome = require_tools(pdf)
     timings["tools"] = time.perf_counter() - t0
 
     out = Path(out).resolve()
@@ -479,7 +440,7 @@ def build(out: Path = DEFAULT_OUT, pdf: bool = True, strict: bool = False) -> Bu
         timings["pdf"] = time.perf_counter() - t
 
     write_index(out, decks, pdf)
-    (out / "figures.json").write_text(json.dumps(
+    atomic_write_text(out / "figures.json", json.dumps(
         {"made": figures.made, "placeholders": figures.placeholders, "notes": figures.notes}, indent=2))
     shutil.rmtree(work / "data", ignore_errors=True)
     timings["total"] = time.perf_counter() - t0
@@ -528,11 +489,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="fail when decks and notebooks are out of step")
     args = parser.parse_args(argv)
     try:
+        setup_tools.install()  # run on its own, the build installs what `make setup` would have
+    except setup_tools.ToolsMissing as exc:
+        print(f"slides build failed: {exc}", file=sys.stderr)
+        return 1
+    try:
         result = build(args.out, pdf=not args.no_pdf, strict=args.strict)
         problems = []
         if args.check:
             t = time.perf_counter()
-            ensure_chromium()
+            require_tools(pdf=True)
             problems = render_check(result.html, args.screenshots)
             result.timings["check"] = time.perf_counter() - t
     except BuildError as exc:

@@ -3,7 +3,8 @@ slide renders non-blank at 1280x720 in headless Chromium.
 
 The deck/notebook and speaker-note checks are fast. The build and browser tests are marked slow: the build draws
 every figure (torch, the pretrained encoder), runs Marp for HTML and PDF, and the render test screenshots ~100
-slides, about 2-3 minutes in all on 2 cores.
+slides, about a minute in all on 2 cores. Marp, Chromium and the fonts are installed by `make setup`
+(slides/setup_tools.py); these tests only check for them and fail with one sentence when they are missing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import importlib.util
 import io
 import json
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +39,7 @@ def _load(name: str):
 
 build = _load("build")
 browser = _load("browser")
+setup_tools = _load("setup_tools")
 
 
 # ------------------------------------------------------------------------------------ decks vs notebooks
@@ -164,10 +168,90 @@ def test_a_missing_optional_figure_becomes_a_labelled_placeholder(tmp_path, monk
     assert browser.ink_fraction((tmp_path / "figures" / "attention_maps.png").read_bytes()) > browser.MIN_INK
 
 
-def test_missing_chromium_without_root_gives_the_command_to_run(monkeypatch):
-    monkeypatch.setattr(build, "_is_root", lambda: False)
-    with pytest.raises(build.BuildError, match=r"sudo apt-get install -y chromium"):
-        build.apt_install(["chromium", "fonts-liberation"], "Chromium (for PDF export)")
+# ------------------------------------------------------------------------------------ tools: installed by setup
+def test_a_missing_tool_stops_the_build_with_one_sentence_and_installs_nothing(tmp_path, monkeypatch):
+    def no_installing(*args, **kwargs):
+        raise AssertionError("the build tried to install a tool; only `make setup` may")
+
+    monkeypatch.setattr(setup_tools, "apt_install", no_installing)
+    monkeypatch.setattr(setup_tools, "npm_ci", no_installing)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no node, npm, chromium (nor dpkg-query) to be found
+    monkeypatch.delenv("CHROME_PATH", raising=False)
+    with pytest.raises(build.BuildError) as caught:
+        build.build(tmp_path / "dist", pdf=True)
+    message = str(caught.value)
+    assert "\n" not in message and message.endswith("run `make setup` (it installs them), then try again.")
+    assert "Chromium" in message and "node" in message
+
+
+def test_html_only_build_does_not_ask_for_chromium(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CHROME_PATH", raising=False)
+    assert any("Chromium" in m.what for m in setup_tools.problems(chromium=True))
+    assert not any("Chromium" in m.what for m in setup_tools.problems(chromium=False))
+
+
+@pytest.fixture
+def fake_slides(tmp_path, monkeypatch):
+    """setup_tools pointed at a scratch slides folder with its own package-lock.json."""
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    (folder / "package-lock.json").write_text('{"lockfileVersion": 3}')
+    modules = folder / "node_modules"
+    for name, value in (("SLIDES", folder), ("NODE_MODULES", modules), ("MARP", modules / ".bin" / "marp"),
+                        ("PACKAGE_LOCK", folder / "package-lock.json"),
+                        ("STAMP", modules / ".lab-package-lock.sha256")):
+        monkeypatch.setattr(setup_tools, name, value)
+    return folder
+
+
+def _fake_npm(bin_dir: Path, script: str) -> None:
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "npm").write_text("#!/bin/sh\n" + script)
+    (bin_dir / "npm").chmod(0o755)
+
+
+def test_npm_ci_stamps_only_a_finished_install_of_the_current_lock(fake_slides, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    _fake_npm(tmp_path / "bin", "mkdir -p node_modules/.bin && touch node_modules/.bin/marp && exit 1\n")
+    with pytest.raises(setup_tools.ToolsMissing, match="npm could not install Marp CLI"):
+        setup_tools.npm_ci()
+    assert not setup_tools.marp_installed()  # the binary is there, but npm failed: not done
+
+    _fake_npm(tmp_path / "bin", "mkdir -p node_modules/.bin && touch node_modules/.bin/marp\n")
+    setup_tools.npm_ci()
+    assert setup_tools.marp_installed()
+
+    (fake_slides / "package-lock.json").write_text('{"lockfileVersion": 3, "packages": {}}')
+    assert not setup_tools.marp_installed()  # a new lock file makes the old install stale
+
+
+def test_install_installs_only_what_is_missing(monkeypatch):
+    chromium = setup_tools.Missing("Chromium", ("chromium",))
+    reports = iter([[chromium], [chromium], []])
+    calls = []
+    monkeypatch.setattr(setup_tools, "problems", lambda chromium=True: next(reports))
+    monkeypatch.setattr(setup_tools, "marp_installed", lambda: True)
+    monkeypatch.setattr(setup_tools, "apt_install", lambda packages: calls.append(("apt", packages)))
+    monkeypatch.setattr(setup_tools, "npm_ci", lambda: calls.append(("npm",)))
+    setup_tools.install()
+    assert calls == [("apt", ["chromium"])]
+
+
+def test_installing_without_root_gives_the_command_to_run(monkeypatch):
+    monkeypatch.setattr(setup_tools.os, "geteuid", lambda: 1000)
+    with pytest.raises(setup_tools.ToolsMissing, match=r"run `sudo apt-get install -y chromium fonts-liberation`"):
+        setup_tools.apt_install(["chromium", "fonts-liberation"])
+
+
+def test_setup_has_installed_every_tool_and_rerunning_it_is_quiet_and_fast():
+    script = str(SLIDES / "setup_tools.py")
+    check = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr  # `make setup` must have installed everything the slides need
+    started = time.perf_counter()
+    again = subprocess.run([sys.executable, script], capture_output=True, text=True)
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    assert time.perf_counter() - started < 10
 
 
 # ------------------------------------------------------------------------------------ blank-slide detection
@@ -199,6 +283,73 @@ def test_pdf_stats_counts_pages(tmp_path):
     pages = [Image.new("RGB", (64, 36), c) for c in ("red", "green", "blue")]
     pages[0].save(path, save_all=True, append_images=pages[1:])
     assert build.pdf_stats(path) == (3, 0)
+
+
+def _object_stream_pdf(pages: int, notes_per_page: int, links_per_page: int) -> bytes:
+    """A PDF 1.5 laid out as Marp's (pdf-lib's) are: every object in one deflated object stream, an xref stream.
+
+    The object stream's deflated bytes are made to end in a carriage return, as in a real Marp build of deck 09:
+    a regular expression that takes `\\r\\n` before `endstream` as the line end cuts that byte off, the stream
+    no longer inflates, and its pages go uncounted (0 pages for 8 slides).
+    """
+    import zlib
+
+    for pad in range(5000):
+        objects, kids = ["<< /Type /Catalog /Pages 2 0 R /Pad (" + "x" * pad + ") >>", None], []
+        for _ in range(pages):
+            page_number = len(objects) + 1
+            kids.append(page_number)
+            objects.append(None)
+            annots = []
+            for i in range(notes_per_page + links_per_page):
+                annots.append(len(objects) + 1)
+                kind = "/Text /Contents (what to say)" if i < notes_per_page else "/Link /Border [0 0 0]"
+                objects.append(f"<< /Type /Annot /Subtype {kind} /Rect [0 0 10 10] /P {page_number} 0 R >>")
+            refs = " ".join(f"{n} 0 R" for n in annots)
+            objects[page_number - 1] = (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 1280 720] "
+                                        f"/Resources << >> /Annots [{refs}] >>")
+        objects[1] = f"<< /Type /Pages /Kids [{' '.join(f'{k} 0 R' for k in kids)}] /Count {pages} >>"
+        bodies, offsets, at = [], [], 0
+        for body in objects:
+            offsets.append(at)
+            bodies.append(body.encode() + b"\n")
+            at += len(bodies[-1])
+        header = " ".join(f"{n} {o}" for n, o in enumerate(offsets, start=1)).encode() + b"\n"
+        packed = zlib.compress(header + b"".join(bodies), 9)
+        if packed.endswith(b"\r"):
+            break
+    else:
+        raise AssertionError("no padding made the deflated stream end in \\r")
+    stream_number, xref_number = len(objects) + 1, len(objects) + 2
+    out = bytearray(b"%PDF-1.5\n%\xe2\xe3\xcf\xd3\n")
+    stream_at = len(out)
+    out += (f"{stream_number} 0 obj\n<< /Type /ObjStm /N {len(objects)} /First {len(header)} /Filter /FlateDecode "
+            f"/Length {len(packed)} >>\nstream\n").encode() + packed + b"\nendstream\nendobj\n"
+    xref_at = len(out)
+    rows = [bytes([0, 0, 0, 0, 0, 0xFF, 0xFF])]
+    rows += [bytes([2]) + stream_number.to_bytes(4, "big") + i.to_bytes(2, "big") for i in range(len(objects))]
+    rows += [bytes([1]) + stream_at.to_bytes(4, "big") + bytes(2), bytes([1]) + xref_at.to_bytes(4, "big") + bytes(2)]
+    table = b"".join(rows)
+    out += (f"{xref_number} 0 obj\n<< /Type /XRef /Size {xref_number + 1} /W [1 4 2] /Root 1 0 R "
+            f"/Length {len(table)} >>\nstream\n").encode() + table + b"\nendstream\nendobj\n"
+    out += f"startxref\n{xref_at}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+def test_pdf_stats_reads_pages_and_notes_inside_compressed_object_streams(tmp_path):
+    path = tmp_path / "deck.pdf"
+    path.write_bytes(_object_stream_pdf(pages=8, notes_per_page=1, links_per_page=2))
+    assert b"/Type /Page " not in path.read_bytes()  # the pages exist only inside the deflated stream
+    assert build.pdf_stats(path) == (8, 8)  # links are annotations too, but not speaker notes
+    path.write_bytes(_object_stream_pdf(pages=3, notes_per_page=0, links_per_page=1))
+    assert build.pdf_stats(path) == (3, 0)
+
+
+def test_pdf_stats_refuses_a_file_that_is_not_a_pdf(tmp_path):
+    path = tmp_path / "broken.pdf"
+    path.write_bytes(b"<!doctype html><title>not a pdf</title>")
+    with pytest.raises(build.BuildError, match="broken.pdf is not a readable PDF"):
+        build.pdf_stats(path)
 
 
 # ------------------------------------------------------------------------------------------ build + browser
@@ -253,8 +404,7 @@ def test_render_check_catches_blank_slides_and_broken_images(tmp_path):
         "---\nmarp: true\ntheme: lab\n---\n\n# A real slide\n\n- with a bullet\n- and another one\n\n"
         "<!-- notes -->\n\n---\n\n<!-- an empty slide -->\n\n---\n\n# Missing figure\n\n"
         "![w:600](figures/does_not_exist.png)\n\n<!-- notes -->\n", encoding="utf-8")
-    build.ensure_marp()
-    build.ensure_chromium()
+    build.require_tools(pdf=True)
     build.marp(["--input-dir", str(decks), "--output", str(tmp_path / "html")])
     with browser.Chromium() as chrome:
         slides = browser.check_deck(chrome, tmp_path / "html" / "00_bad.html")
