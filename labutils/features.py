@@ -10,7 +10,10 @@ them and you get a new folder, so a stale cache is never reused.
 
 Extraction commits its progress in chunks (`progress.json`, replaced atomically after the features it counts
 are flushed), so an interrupted run (Ctrl-C, a Colab disconnect, a kill) resumes where it stopped; the cache is
-marked complete only at the very end. `FeatureCache.source(image_id)` returns the features of one image as a
+marked complete only at the very end, once `done` (rows actually written) equals the number of images and no
+row reads back as never written. One process writes a cache at a time (`infra.files.folder_lock`): a second one
+waits, saying so, and then finds the cache complete. The file's disk blocks are reserved before anything is
+written through the memory map (`infra.files.preallocate`), so a full disk is one sentence, never SIGBUS. `FeatureCache.source(image_id)` returns the features of one image as a
 float32 tensor [P, C]: pass it as the `image_source` of `labutils.data.CaptionDataset`.
 """
 
@@ -19,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
@@ -29,11 +31,24 @@ import numpy as np
 import torch
 
 from .data import load_image
+from .infra.files import (
+    DiskFullError,
+    atomic_write_json,
+    disk_full_as_error,
+    folder_lock,
+    made_by_lab,
+    mark_made_by_lab,
+    preallocate,
+    remove_lab_folder,
+)
 
 CACHE_VERSION = 1
 META_FILE = "meta.json"
 PROGRESS_FILE = "progress.json"
 FEATURES_FILE = "features.npy"
+CACHE_KIND = "feature-cache"  # the ownership marker's kind
+WHAT = "the feature cache"
+SAMPLE_ROWS = 64  # rows read back when a cache is opened (plus the last one), see `_unwritten_rows`
 
 
 class FeatureCacheError(ValueError):
@@ -44,15 +59,13 @@ class CacheNotFoundError(FileNotFoundError):
     """No complete feature cache in the folder."""
 
 
+class CacheDamagedError(CacheNotFoundError):
+    """A cache marked complete holds rows that were never written (made by an older labutils, or tampered with)."""
+
+
 # ------------------------------------------------------------------------------------------ small helpers
 def _write_json_atomic(path: Path, obj) -> None:
-    """Write JSON so that readers only ever see the old or the new file, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        json.dump(obj, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, what=WHAT)
 
 
 def _read_json(path: Path):
@@ -200,16 +213,23 @@ class FeatureCache:
 
     @classmethod
     def load(cls, folder: str | Path) -> FeatureCache:
-        """Open the complete cache in `folder` (raises CacheNotFoundError when missing or unfinished)."""
+        """Open the complete cache in `folder` (raises CacheNotFoundError when missing, unfinished or damaged)."""
         folder = Path(folder)
         meta_path, progress_path = folder / META_FILE, folder / PROGRESS_FILE
         if not meta_path.is_file() or not progress_path.is_file():
             raise CacheNotFoundError(f"No feature cache in {folder}; build it with "
                                      "labutils.features.build_feature_cache(cfg, encoder, image_ids).")
-        if not _read_json(progress_path).get("complete"):
+        state, meta = _read_json(progress_path), _read_json(meta_path)
+        if not state.get("complete") or state.get("done") != len(meta["image_ids"]):
             raise CacheNotFoundError(f"The feature cache in {folder} is unfinished; run build_feature_cache again "
                                      "to resume it.")
-        return cls(folder, _read_json(meta_path))
+        cache = cls(folder, meta)
+        bad = _unwritten_rows(cache.features, _sample_rows(len(cache)), state.get("zero_rows", ()))
+        if bad:
+            raise CacheDamagedError(f"The feature cache in {folder} is damaged (the features of image "
+                                    f"{cache.image_ids[bad[0]]} were never written); run build_feature_cache "
+                                    "again to rebuild it.")
+        return cache
 
     # -- shapes
     @property
@@ -281,12 +301,88 @@ def find_cache(cfg, encoder, image_ids: Iterable[int], images=None) -> FeatureCa
         return None
 
 
-def _check_disk(folder: Path, need: int) -> None:
-    free = shutil.disk_usage(folder).free
-    if need > free:
-        raise FeatureCacheError(f"The feature cache needs {need / 2**30:.1f} GiB but {folder} has only "
-                                f"{free / 2**30:.1f} GiB free; free some space, use a smaller grid_size, or fewer "
-                                "images.")
+def _sample_rows(n: int) -> list[int]:
+    """Up to SAMPLE_ROWS evenly spaced rows, always the first and the last."""
+    return sorted({int(r) for r in np.linspace(0, n - 1, min(n, SAMPLE_ROWS)).round()}) if n else []
+
+
+def _unwritten_rows(features: np.ndarray, rows: Iterable[int], zero_rows: Iterable[int] = ()) -> list[int]:
+    """The rows among `rows` that read back as all zeros although the encoder did not give zeros for them.
+
+    The file starts zero-filled and rows are written in order, so a row no writer reached (a crash, a second
+    process that replaced the file) reads back as exact zeros, and such rows come in long runs: the sample
+    `load` checks (64 rows, the last included) catches them for the price of reading 64 rows, where a checksum
+    would have to read the whole cache (23 GiB for MS-COCO with ResNet-101) at every open. A real encoder's grid of a real image is
+    never all zero; if one is, the build records its row in progress.json ("zero_rows") so it is not mistaken.
+    """
+    rows, known = [int(r) for r in rows], {int(r) for r in zero_rows}
+    rows = [r for r in rows if r not in known]
+    if not rows:
+        return []
+    empty = ~np.asarray(features[rows]).reshape(len(rows), -1).any(axis=1)
+    return [r for r, e in zip(rows, empty, strict=True) if e]
+
+
+def _all_unwritten_rows(path: Path, zero_rows: Iterable[int], block: int = 1024) -> list[int]:
+    """Every unwritten row of the features file at `path`, read back from disk in blocks."""
+    features = np.load(path, mmap_mode="r")
+    bad: list[int] = []
+    for start in range(0, len(features), block):
+        bad += _unwritten_rows(features, range(start, min(start + block, len(features))), zero_rows)
+    return bad
+
+
+def _reusable(folder: Path, parts: dict, ids: list[int]) -> FeatureCache | None:
+    """The complete, undamaged cache in `folder` made for exactly these parts and ids, else None."""
+    try:
+        cache = FeatureCache.load(folder)
+    except (CacheNotFoundError, OSError, ValueError, KeyError):
+        return None
+    return cache if cache.parts == parts and cache.image_ids == ids else None
+
+
+def _resumable(folder: Path, parts: dict, ids: list[int], shape: tuple) -> tuple[dict, int, list[int]] | None:
+    """(meta, rows done, known zero rows) of an unfinished cache that can be continued, else None."""
+    try:
+        meta, state = _read_json(folder / META_FILE), _read_json(folder / PROGRESS_FILE)
+        rows = np.load(folder / FEATURES_FILE, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    done = int(state.get("done", 0))
+    if (meta.get("parts") != parts or meta.get("image_ids") != ids or state.get("complete")
+            or not 0 < done < len(ids) or rows.shape != shape or rows.dtype != np.float16):
+        return None  # a complete cache that `_reusable` refused is damaged: it is rebuilt
+    return meta, done, list(state.get("zero_rows", []))
+
+
+def _claim(folder: Path) -> None:
+    """Remove `folder` for a fresh build, but only if the lab made it; else NotLabFolderError naming it."""
+    try:  # caches from before the ownership marker: their meta.json, named by the folder's key, is the proof
+        legacy = _read_json(folder / META_FILE).get("key") == folder.name
+    except (OSError, ValueError, AttributeError):
+        legacy = False
+    if legacy and not made_by_lab(folder, CACHE_KIND):
+        mark_made_by_lab(folder, CACHE_KIND, key=folder.name)
+    remove_lab_folder(folder, CACHE_KIND, WHAT)
+
+
+def _start_fresh(folder: Path, key: str, parts: dict, ids: list[int], shape: tuple) -> dict:
+    """An empty cache folder whose features file has every disk block reserved; returns its meta."""
+    _claim(folder)
+    folder.mkdir(parents=True)
+    mark_made_by_lab(folder, CACHE_KIND, key=key)
+    feat_path = folder / FEATURES_FILE
+    try:
+        with disk_full_as_error(folder, WHAT):
+            np.lib.format.open_memmap(feat_path, mode="w+", dtype=np.float16, shape=shape).flush()
+        preallocate(feat_path, feat_path.stat().st_size, WHAT)
+        meta = {"key": key, "parts": parts, "image_ids": ids, "shape": list(shape), "dtype": "float16"}
+        _write_json_atomic(folder / META_FILE, meta)
+        _write_json_atomic(folder / PROGRESS_FILE, {"done": 0, "complete": False})
+    except DiskFullError:
+        remove_lab_folder(folder, CACHE_KIND, WHAT)  # it held nothing yet: leave no half-made cache behind
+        raise
+    return meta
 
 
 @torch.inference_mode()
@@ -299,10 +395,10 @@ def build_feature_cache(cfg, encoder, image_ids: Iterable[int], images=None, bat
     dataset's images from `coco.image_root(cfg)`, i.e. resized once when prepared so, and its captions file), a
     folder, a mapping {image_id: path}, or a callable image_id -> PIL image (transformed here with the encoder's
     normalisation at `cfg.encoder_input_size`) or -> ready tensor [3, H, W]. Progress is committed every
-    `chunk_size` images; `on_chunk(done, total)` is called after each commit.
+    `chunk_size` images; `on_chunk(done, total)` is called after each commit. One process builds a cache at a
+    time: another one waits (saying so once) and then returns the finished cache. A full disk raises
+    `infra.files.DiskFullError` (one sentence) and keeps every committed row.
     """
-    from tqdm.auto import tqdm
-
     if encoder is None:
         from .models import build_encoder
 
@@ -315,43 +411,55 @@ def build_feature_cache(cfg, encoder, image_ids: Iterable[int], images=None, bat
     parts = cache_parts(cfg, encoder, ids, source_fp)
     key = cache_key(parts)
     folder = Path(cfg.feature_dir) / key
-    meta_path, progress_path, feat_path = folder / META_FILE, folder / PROGRESS_FILE, folder / FEATURES_FILE
-    shape = (len(ids), encoder.num_positions, encoder.out_channels)
-
-    done = 0
-    if meta_path.is_file() and progress_path.is_file() and feat_path.is_file():
-        meta, state = _read_json(meta_path), _read_json(progress_path)
-        if meta.get("parts") == parts and meta.get("image_ids") == ids:
-            if state.get("complete"):
-                return FeatureCache(folder, meta)
-            done = int(state.get("done", 0))
+    cache = _reusable(folder, parts, ids)
+    if cache is not None:
+        return cache
     loader_fn = make_loader()  # fails here, before any file is written, if the images are missing
-    if done == 0:  # fresh start (or a leftover we cannot trust): begin from an empty folder
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        _check_disk(folder, int(np.prod(shape)) * 2)
-        np.lib.format.open_memmap(feat_path, mode="w+", dtype=np.float16, shape=shape).flush()
-        meta = {"key": key, "parts": parts, "image_ids": ids, "shape": list(shape), "dtype": "float16"}
-        _write_json_atomic(meta_path, meta)
-        _write_json_atomic(progress_path, {"done": 0, "complete": False})
-    rows = np.load(feat_path, mmap_mode="r+")  # the memory-mapped [N, P, C] array we fill
+    with folder_lock(folder, WHAT):
+        cache = _reusable(folder, parts, ids)  # another process may have finished it while this one waited
+        if cache is not None:
+            return cache
+        shape = (len(ids), encoder.num_positions, encoder.out_channels)
+        resume = _resumable(folder, parts, ids, shape)
+        if resume is None:
+            meta, done, zero_rows = _start_fresh(folder, key, parts, ids, shape), 0, []
+        else:
+            meta, done, zero_rows = resume
+            # A file from an older labutils (or a filesystem without fallocate) may be sparse: reserve its blocks
+            # before writing through the map, or a full disk kills the process with SIGBUS.
+            preallocate(folder / FEATURES_FILE, (folder / FEATURES_FILE).stat().st_size, WHAT)
+        return _encode(cfg, encoder, ids, folder, meta, done, zero_rows, loader_fn, batch_size, progress,
+                       chunk_size, on_chunk)
+
+
+def _encode(cfg, encoder, ids: list[int], folder: Path, meta: dict, done: int, zero_rows: list[int],
+            loader_fn: Callable, batch_size: int | None, progress: bool, chunk_size: int,
+            on_chunk: Callable[[int, int], None] | None) -> FeatureCache:
+    """Fill rows `done:` of the cache in `folder` (its lock held) and mark it complete once all are on disk."""
+    from tqdm.auto import tqdm
 
     from .models import inference_copy
 
+    progress_path, feat_path = folder / PROGRESS_FILE, folder / FEATURES_FILE
+    rows = np.load(feat_path, mmap_mode="r+")  # the memory-mapped [N, P, C] array we fill
+    inode = os.stat(feat_path).st_ino
     device = torch.device(cfg.device)
     fast = inference_copy(encoder).to(device)  # BatchNorm folded, channels_last: 2-3x faster on CPU
     use_amp = device.type == "cuda" and bool(cfg.mixed_precision)
     autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
     dataset = _ImageFiles(ids[done:], loader_fn, encoder.eval_transform(cfg.encoder_input_size))
-    batch_size = batch_size or cfg.batch_size
-    batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+    batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False,
                                           num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     committed, started = done, time.perf_counter()
 
     def commit(complete: bool = False) -> None:
         nonlocal committed
         rows.flush()  # the rows must be on disk before the counter that vouches for them
-        _write_json_atomic(progress_path, {"done": done, "complete": complete})
+        if os.stat(feat_path).st_ino != inode:  # what we wrote is not the file readers would open
+            raise FeatureCacheError(f"The feature cache file {feat_path} was replaced while this process was "
+                                    "writing it; run build_feature_cache again.")
+        state = {"done": done, "complete": complete} | ({"zero_rows": zero_rows} if zero_rows else {})
+        _write_json_atomic(progress_path, state)
         committed = done
 
     bar = tqdm(total=len(ids), initial=done, unit="img", desc=f"encoding ({encoder.name})", disable=not progress)
@@ -366,7 +474,9 @@ def build_feature_cache(cfg, encoder, image_ids: Iterable[int], images=None, bat
                     "±65,504 for one of images "
                     f"{ids[done]}..{ids[done + len(x) - 1]}; check that its weights file is the real pretrained one, "
                     "or delete it to download it again.")
-            rows[done:done + len(x)] = half.cpu().numpy()
+            block = half.cpu().numpy()
+            zero_rows += [done + i for i in np.flatnonzero(~block.reshape(len(x), -1).any(axis=1)).tolist()]
+            rows[done:done + len(x)] = block
             done += len(x)
             bar.update(len(x))
             if done - committed >= chunk_size:
@@ -382,11 +492,23 @@ def build_feature_cache(cfg, encoder, image_ids: Iterable[int], images=None, bat
     seconds = time.perf_counter() - started
     meta["build"] = {"seconds": round(seconds, 3), "images_encoded": len(dataset),
                      "images_per_s": round(len(dataset) / max(seconds, 1e-9), 1), "device": str(device)}
-    rows.flush()
-    _write_json_atomic(meta_path, meta)
-    # Only now, with every row on disk, does the cache count as complete.
-    _write_json_atomic(progress_path, {"done": done, "complete": True})
+    commit()
+    _check_every_row_written(folder, ids, done, zero_rows)
+    _write_json_atomic(folder / META_FILE, meta)
+    commit(complete=True)  # only now, with every row on disk and read back, does the cache count as complete
     return FeatureCache(folder, meta)
+
+
+def _check_every_row_written(folder: Path, ids: list[int], done: int, zero_rows: list[int]) -> None:
+    """Refuse to mark complete a cache with fewer rows written than images, or with a row that reads back empty."""
+    if done != len(ids):
+        raise FeatureCacheError(f"Only {done} of {len(ids)} images were encoded into {folder}; run "
+                                "build_feature_cache again to finish it.")
+    bad = _all_unwritten_rows(folder / FEATURES_FILE, zero_rows)
+    if bad:
+        _write_json_atomic(folder / PROGRESS_FILE, {"done": bad[0], "complete": False})
+        raise FeatureCacheError(f"The features of {len(bad)} image(s) in {folder} read back as never written "
+                                f"(first: image {ids[bad[0]]}); run build_feature_cache again to encode them.")
 
 
 def ensure_features(cfg, encoder=None, splits: Iterable[str] = ("train", "val", "test"),

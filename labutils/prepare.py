@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import coco
 from .config import get_config
+from .infra.files import DiskFullError, FolderBusyError, NotLabFolderError
 
 RESIZE_IMAGES_PER_S = 95  # measured: augment.resize_all on 2 shared cores, 640x480 JPEGs to 256 px (INSTRUCTORS.md)
 
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = prepare(cfg, subset, dry_run=args.dry_run, features=not args.no_features,
                           base_url=args.base_url)
-    except (PrepareError, FileNotFoundError, ValueError, ConnectionError) as err:
+    except (PrepareError, FileNotFoundError, ValueError, ConnectionError, DiskFullError, FolderBusyError,
+            NotLabFolderError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -5,6 +5,11 @@ name every group with its count, colour and shape and, for two groups, where one
 (left/right or above/below); a lone object is placed on the left or right and the caption says which. So a
 captioner must learn colour, shape, count and position, and the instance boxes tell later notebooks where
 attention should look when the model says "red" or "circles".
+
+Generation is one writer at a time (`infra.files.folder_lock` on the dataset folder) and replaces a folder only
+when the lab made it (its ownership marker, or the `generator.json` an older labutils wrote): a folder holding
+another dataset stops it with one sentence. The new dataset is written beside the old one and swapped in at the
+end, so an interruption or a full disk (`infra.files.DiskFullError`) leaves the previous data as it was.
 """
 
 from __future__ import annotations
@@ -22,7 +27,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .infra.files import (
+    check_replaceable,
+    disk_full_as_error,
+    folder_lock,
+    made_by_lab,
+    mark_made_by_lab,
+    remove_lab_folder,
+)
+
 GENERATOR_VERSION = 1
+DATASET_KIND = "synthetic-dataset"  # the ownership marker's kind
+PARTIAL_KIND = "synthetic-dataset-partial"  # a generation in progress (removed if its writer was killed)
+WHAT = "the synthetic dataset"
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -202,68 +219,123 @@ def _polygon_area(points: list[tuple[float, float]]) -> float:
     return 0.5 * abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1], strict=True)))
 
 
+def _params(n_images: int, image_size: int, seed: int, split_fractions) -> dict:
+    return {"version": GENERATOR_VERSION, "n_images": n_images, "image_size": image_size, "seed": seed,
+            "split_fractions": list(split_fractions)}
+
+
 def generate(out_dir: str | Path, n_images: int = 3000, image_size: int = 128, seed: int = 0,
              split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), progress: bool = True) -> Path:
     """Write the synthetic COCO-format dataset to `out_dir` (atomically) and return the folder.
 
     Layout: `images/*.jpg`, `annotations/captions.json`, `annotations/instances.json`, `splits.json`,
-    `generator.json` (the parameters, used to skip regeneration).
+    `generator.json` (the parameters, used to skip regeneration). An existing `out_dir` is replaced only if the
+    lab made it (else `infra.files.NotLabFolderError`); a full disk raises `infra.files.DiskFullError` and keeps
+    the previous dataset.
     """
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
-    params = {"version": GENERATOR_VERSION, "n_images": n_images, "image_size": image_size, "seed": seed,
-              "split_fractions": list(split_fractions)}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out_dir, WHAT):
+        return _generate(out_dir, _params(n_images, image_size, seed, split_fractions), progress)
+
+
+def _generate(out_dir: Path, params: dict, progress: bool) -> Path:
+    """`generate` with the folder's lock held."""
+    _check_ours(out_dir)  # before minutes of rendering, not after
+    _remove_abandoned(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     try:
-        (tmp / "images").mkdir()
-        (tmp / "annotations").mkdir()
-        rng = np.random.default_rng(seed)
-        categories = [{"id": i + 1, "name": shape, "supercategory": sup} for i, (shape, sup) in enumerate(SHAPES.items())]
-        cat_id = {c["name"]: c["id"] for c in categories}
-        images, captions, instances = [], [], []
-        for image_id in tqdm(range(1, n_images + 1), desc="rendering scenes", disable=not progress):
-            objects, texts = sample_scene(rng, image_size)
-            file_name = f"synthetic_{image_id:06d}.jpg"
-            buffer = io.BytesIO()
-            render(objects, image_size, rng).save(buffer, format="JPEG", quality=92)
-            (tmp / "images" / file_name).write_bytes(buffer.getvalue())
-            images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size,
-                           "license": 1, "coco_url": "", "date_captured": "2026-01-01 00:00:00"})
-            for text in texts:
-                captions.append({"id": len(captions) + 1, "image_id": image_id, "caption": text})
-            for obj in objects:
-                points = polygon(obj)
-                instances.append({
-                    "id": len(instances) + 1, "image_id": image_id, "category_id": cat_id[obj.shape],
-                    "bbox": _bbox(points, image_size),
-                    "segmentation": [[round(v, 2) for xy in points for v in xy]],
-                    "area": round(_polygon_area(points), 2), "iscrowd": 0,
-                    "attributes": {"color": obj.colour},
-                })
-        info = {"description": "labutils synthetic shapes (COCO format)", "version": str(GENERATOR_VERSION),
-                "year": 2026, "contributor": "labutils.synthetic", "date_created": "2026-01-01"}
-        licenses = [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
-        _write_json(tmp / "annotations" / "captions.json",
-                    {"info": info, "licenses": licenses, "images": images, "annotations": captions})
-        _write_json(tmp / "annotations" / "instances.json",
-                    {"info": info, "licenses": licenses, "images": images, "annotations": instances,
-                     "categories": categories})
-        order = np.random.default_rng(seed + 1).permutation(n_images) + 1
-        n_train = int(round(split_fractions[0] * n_images))
-        n_val = int(round(split_fractions[1] * n_images))
-        splits = {"train": sorted(order[:n_train].tolist()), "val": sorted(order[n_train:n_train + n_val].tolist()),
-                  "test": sorted(order[n_train + n_val:].tolist())}
-        _write_json(tmp / "splits.json", splits)
-        _write_json(tmp / "generator.json", params)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        with disk_full_as_error(out_dir.parent, WHAT):
+            mark_made_by_lab(tmp, PARTIAL_KIND)
+            _write_dataset(tmp, params, progress)
+            mark_made_by_lab(tmp, DATASET_KIND, **params)
+            _swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _is_legacy(folder: Path) -> bool:
+    """A dataset an older labutils generated: no marker, but the lab's own generator.json."""
+    try:
+        params = json.loads((folder / "generator.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(params, dict) and set(params) == {"version", "n_images", "image_size", "seed", "split_fractions"}
+
+
+def _check_ours(out_dir: Path) -> None:
+    """Stop with one sentence unless `out_dir` is missing, empty or a dataset the lab generated."""
+    if _is_legacy(out_dir) and not made_by_lab(out_dir, DATASET_KIND):
+        mark_made_by_lab(out_dir, DATASET_KIND, **json.loads((out_dir / "generator.json").read_text()))
+    check_replaceable(out_dir, DATASET_KIND, WHAT)
+
+
+def _remove_abandoned(out_dir: Path) -> None:
+    """Delete half-written generations of `out_dir` whose writer was killed (we hold the lock: none is live)."""
+    for leftover in out_dir.parent.glob(f".{out_dir.name}-*"):
+        if leftover.is_dir() and made_by_lab(leftover, PARTIAL_KIND):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Put the finished `tmp` in place of `out_dir`; the old dataset is deleted only once the new one is there."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    mark_made_by_lab(old, PARTIAL_KIND)  # if we are killed in between, the next run removes it
+    os.replace(out_dir, old / "previous")
+    os.replace(tmp, out_dir)
+    remove_lab_folder(old, PARTIAL_KIND, WHAT)
+
+
+def _write_dataset(tmp: Path, params: dict, progress: bool) -> None:
+    """Render the images and write the annotations, split and generator.json into the empty folder `tmp`."""
+    from tqdm.auto import tqdm
+
+    n_images, image_size, seed = params["n_images"], params["image_size"], params["seed"]
+    split_fractions = params["split_fractions"]
+    (tmp / "images").mkdir()
+    (tmp / "annotations").mkdir()
+    rng = np.random.default_rng(seed)
+    categories = [{"id": i + 1, "name": shape, "supercategory": sup} for i, (shape, sup) in enumerate(SHAPES.items())]
+    cat_id = {c["name"]: c["id"] for c in categories}
+    images, captions, instances = [], [], []
+    for image_id in tqdm(range(1, n_images + 1), desc="rendering scenes", disable=not progress):
+        objects, texts = sample_scene(rng, image_size)
+        file_name = f"synthetic_{image_id:06d}.jpg"
+        buffer = io.BytesIO()
+        render(objects, image_size, rng).save(buffer, format="JPEG", quality=92)
+        (tmp / "images" / file_name).write_bytes(buffer.getvalue())
+        images.append({"id": image_id, "file_name": file_name, "width": image_size, "height": image_size,
+                       "license": 1, "coco_url": "", "date_captured": "2026-01-01 00:00:00"})
+        for text in texts:
+            captions.append({"id": len(captions) + 1, "image_id": image_id, "caption": text})
+        for obj in objects:
+            points = polygon(obj)
+            instances.append({
+                "id": len(instances) + 1, "image_id": image_id, "category_id": cat_id[obj.shape],
+                "bbox": _bbox(points, image_size),
+                "segmentation": [[round(v, 2) for xy in points for v in xy]],
+                "area": round(_polygon_area(points), 2), "iscrowd": 0,
+                "attributes": {"color": obj.colour},
+            })
+    info = {"description": "labutils synthetic shapes (COCO format)", "version": str(GENERATOR_VERSION),
+            "year": 2026, "contributor": "labutils.synthetic", "date_created": "2026-01-01"}
+    licenses = [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
+    _write_json(tmp / "annotations" / "captions.json",
+                {"info": info, "licenses": licenses, "images": images, "annotations": captions})
+    _write_json(tmp / "annotations" / "instances.json",
+                {"info": info, "licenses": licenses, "images": images, "annotations": instances,
+                 "categories": categories})
+    order = np.random.default_rng(seed + 1).permutation(n_images) + 1
+    n_train = int(round(split_fractions[0] * n_images))
+    n_val = int(round(split_fractions[1] * n_images))
+    splits = {"train": sorted(order[:n_train].tolist()), "val": sorted(order[n_train:n_train + n_val].tolist()),
+              "test": sorted(order[n_train + n_val:].tolist())}
+    _write_json(tmp / "splits.json", splits)
+    _write_json(tmp / "generator.json", params)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -276,17 +348,26 @@ def is_generated(out_dir: str | Path, n_images: int, image_size: int, seed: int,
     marker = Path(out_dir) / "generator.json"
     if not marker.is_file():
         return False
-    want = {"version": GENERATOR_VERSION, "n_images": n_images, "image_size": image_size, "seed": seed,
-            "split_fractions": list(split_fractions)}
-    return json.loads(marker.read_text()) == want
+    try:
+        return json.loads(marker.read_text()) == _params(n_images, image_size, seed, split_fractions)
+    except ValueError:
+        return False
 
 
 def ensure_synthetic(cfg, progress: bool = True) -> Path:
-    """Generate the profile's synthetic dataset unless an identical one is already on disk; return its folder."""
+    """Generate the profile's synthetic dataset unless an identical one is already on disk; return its folder.
+
+    A folder at `cfg.dataset_dir` that holds data the lab did not generate is never replaced: it stops with
+    `infra.files.NotLabFolderError`, one sentence naming the folder.
+    """
     args = dict(n_images=cfg.n_images, image_size=cfg.image_size, seed=cfg.seed,
                 split_fractions=tuple(cfg.split_fractions))
-    if not is_generated(cfg.dataset_dir, **args):
-        generate(cfg.dataset_dir, progress=progress, **args)
+    folder = Path(cfg.dataset_dir)
+    if is_generated(folder, **args):
+        return cfg.dataset_dir
+    with folder_lock(folder, WHAT):
+        if not is_generated(folder, **args):  # another process may have generated it while this one waited
+            _generate(folder, _params(**args), progress)
     return cfg.dataset_dir
 
 

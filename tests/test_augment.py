@@ -12,6 +12,7 @@ from PIL import Image
 
 from labutils import augment as A
 from labutils.data import load_image
+from labutils.infra.files import MARKER_FILE
 
 
 @pytest.fixture
@@ -270,7 +271,7 @@ def test_resize_all_interrupted_write_leaves_nothing_half_done(tmp_path, monkeyp
     monkeypatch.setattr(Image.Image, "save", crash)
     with pytest.raises(RuntimeError, match="power cut"):
         A.resize_all(src, dst, 20, workers=1, progress=False)
-    assert not [p for p in dst.rglob("*") if p.is_file()]
+    assert [p.name for p in dst.rglob("*") if p.is_file()] == [MARKER_FILE]  # only the lab's ownership marker
     monkeypatch.setattr(Image.Image, "save", real_save)
     report = A.resize_all(src, dst, 20, workers=2, progress=False)
     assert report.resized == 4  # 3 intact + 1 truncated
@@ -290,6 +291,80 @@ def test_list_images_and_resize_shorter_side(tmp_path):
     assert names == ["notes.jpg", "rgba.PNG", "sub/tall.png", "truncated.jpg", "wide.jpg"]
     assert A.resize_shorter_side(Image.new("RGB", (300, 200)), 100).size == (150, 100)
     assert A.resize_shorter_side(Image.new("RGB", (10, 40)), 20).size == (20, 80)
+
+
+def test_resize_all_reads_every_format_the_dataset_accepts(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    pixels = np.random.default_rng(1).integers(0, 256, (30, 45, 3), dtype=np.uint8)
+    formats = {"a.webp": "WEBP", "b.gif": "PNG", "c.bmp": "BMP", "d.tif": "TIFF", "e.TIFF": "TIFF",
+               "f.JPEG": "JPEG", "g.jfif": "JPEG", "h.ppm": "PNG"}
+    for name in formats:
+        Image.fromarray(pixels).save(src / name)
+    frames = [Image.new("RGB", (45, 30), c) for c in ("red", "blue")]  # an animated GIF: its first frame
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
+    formats["anim.gif"] = "PNG"
+    report = A.resize_all(src, dst, 20, workers=2, progress=False)
+    assert (report.resized, report.corrupt) == (len(formats), [])
+    for name, fmt in formats.items():
+        with Image.open(dst / name) as im:  # the name is kept: the captions' file_names still point at it
+            assert (im.format, im.size) == (fmt, (30, 20)), name
+            if fmt not in ("JPEG", "WEBP"):  # lossless: exactly the pixels the lab's loader gives, resized
+                want = A.resize_shorter_side(load_image(src / name), 20)
+                assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(want)), name
+    with Image.open(dst / "anim.gif") as im:
+        assert np.asarray(im.convert("RGB"))[10, 15].tolist() == [255, 0, 0]
+    assert A.resize_all(src, dst, 20, workers=2, progress=False).skipped_existing == len(formats)
+
+
+def test_resize_all_caps_the_long_side_of_extreme_strips(tmp_path, capfd):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    strip = np.random.default_rng(2).integers(0, 256, (10, 10_000, 3), dtype=np.uint8)
+    Image.fromarray(strip).save(src / "strip.jpg")  # 224 px high would make it 224,000 px wide: JPEG stops at 65,500
+    Image.fromarray(strip.transpose(1, 0, 2)).save(src / "tall.webp")  # WebP stops at 16,383
+    Image.fromarray(strip[:, :500]).save(src / "wide.png")  # 50:1 at 224 px: 11,200 wide, under the cap
+    capfd.readouterr()
+    report = A.resize_all(src, dst, 224, workers=2, progress=False)
+    assert (report.resized, report.corrupt, report.capped) == (3, [], ["strip.jpg", "tall.webp"])
+    assert capfd.readouterr() == ("", "")  # no raw libjpeg lines for the learner
+    with Image.open(dst / "strip.jpg") as a, Image.open(dst / "tall.webp") as b, Image.open(dst / "wide.png") as c:
+        assert (a.size, b.size, c.size) == ((A.MAX_SIDE, 16), (16, A.MAX_SIDE), (11_200, 224))
+    again = A.resize_all(src, dst, 224, workers=2, progress=False)
+    assert (again.resized, again.skipped_existing) == (0, 3)
+    assert A.target_size(10_000, 10, 224) == (A.MAX_SIDE, 16) and A.target_size(640, 480, 224) == (299, 224)
+
+
+def test_resize_all_never_overwrites_a_folder_it_did_not_make(tmp_path):
+    from labutils.infra.files import NotLabFolderError
+
+    src, mine = make_folder(tmp_path), tmp_path / "my_photos"
+    mine.mkdir()
+    (mine / "wide.jpg").write_bytes(b"my only copy")
+    with pytest.raises(NotLabFolderError, match=f"^{mine} holds files the lab did not write"):
+        A.resize_all(src, mine, 20, progress=False)
+    assert [p.name for p in mine.iterdir()] == ["wide.jpg"] and (mine / "wide.jpg").read_bytes() == b"my only copy"
+
+
+def test_resize_all_waits_for_another_writer_of_the_same_folder(tmp_path, capsys):
+    import threading
+
+    from labutils.infra.files import folder_lock
+
+    src, dst = make_folder(tmp_path), tmp_path / "dst"
+    done = threading.Event()
+    with folder_lock(dst, "resized images"):  # another writer (a flock conflicts across open files, as across processes)
+        worker = threading.Thread(target=lambda: (A.resize_all(src, dst, 20, progress=False), done.set()))
+        worker.start()
+        for _ in range(100):
+            if "Waiting for" in capsys.readouterr().err:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("resize_all did not wait for the folder's lock")
+        assert not done.is_set() and not dst.exists()
+    worker.join(30)
+    assert done.is_set() and (dst / "wide.jpg").is_file()
 
 
 def test_show_images_builds_a_grid(img):

@@ -199,3 +199,79 @@ def test_ensure_features_builds_the_profile_cache_once_with_the_real_encoder(tin
     assert again.folder == cache.folder and again.meta["build"] == cache.meta["build"]
     with pytest.raises(features.FeatureCacheError, match="not in"):
         features.ensure_features(cfg, encoder, splits=("train", "dev"), progress=False)
+
+
+def cache_folder(cfg, ids, encoder=None):
+    return cfg.feature_dir / features.cache_key(features.cache_parts(cfg, encoder or tiny_encoder(), ids))
+
+
+def test_a_folder_the_lab_did_not_write_is_never_replaced(cfg, ids):
+    from labutils.infra.files import NotLabFolderError
+
+    folder = cache_folder(cfg, ids)
+    folder.mkdir(parents=True)
+    (folder / "features.npy").write_bytes(b"someone else's array")
+    with pytest.raises(NotLabFolderError, match=f"^{folder} holds files the lab did not write"):
+        features.build_feature_cache(cfg, tiny_encoder(), ids, progress=False)
+    assert [p.name for p in folder.iterdir()] == ["features.npy"]
+    assert (folder / "features.npy").read_bytes() == b"someone else's array"
+
+
+def test_a_cache_from_an_older_labutils_is_recognised_by_its_meta(cfg, ids):
+    from labutils.infra.files import MARKER_FILE
+
+    with pytest.raises(KeyboardInterrupt):
+        features.build_feature_cache(cfg, tiny_encoder(), ids, chunk_size=8, progress=False,
+                                     on_chunk=lambda done, total: (_ for _ in ()).throw(KeyboardInterrupt))
+    folder = cache_folder(cfg, ids)
+    (folder / MARKER_FILE).unlink()  # an older labutils wrote no ownership marker
+    (folder / features.PROGRESS_FILE).write_text(json.dumps({"done": 0, "complete": False}))  # nothing to resume
+    cache = features.build_feature_cache(cfg, tiny_encoder(), ids, progress=False)  # replaced, not refused
+    assert cache.meta["build"]["images_encoded"] == len(ids) and (folder / MARKER_FILE).is_file()
+
+
+def test_rows_that_were_never_written_keep_a_cache_from_being_complete(cfg, ids):
+    def clobber_row_0(done, total):  # what a second writer that recreated the file used to do
+        rows = np.load(cache_folder(cfg, ids) / features.FEATURES_FILE, mmap_mode="r+")
+        rows[0] = 0
+        rows.flush()
+
+    with pytest.raises(features.FeatureCacheError, match=rf"read back as never written \(first: image {ids[0]}\)"):
+        features.build_feature_cache(cfg, tiny_encoder(), ids, chunk_size=8, progress=False, on_chunk=clobber_row_0)
+    folder = cache_folder(cfg, ids)
+    assert json.loads((folder / features.PROGRESS_FILE).read_text()) == {"done": 0, "complete": False}
+    with pytest.raises(features.CacheNotFoundError, match="unfinished"):
+        features.FeatureCache.load(folder)
+    cache = features.build_feature_cache(cfg, tiny_encoder(), ids, progress=False)  # the next run rebuilds it
+    assert np.asarray(cache.features).reshape(len(ids), -1).any(axis=1).all()
+
+
+def test_a_cache_marked_complete_with_empty_rows_is_refused_and_rebuilt(cfg, ids):
+    cache = features.build_feature_cache(cfg, tiny_encoder(), ids, progress=False)
+    good = np.array(cache.features)
+    rows = np.load(cache.folder / features.FEATURES_FILE, mmap_mode="r+")
+    rows[len(ids) // 2:] = 0  # as the old race left it: complete, the second half never written
+    rows.flush()
+    del rows
+    with pytest.raises(features.CacheDamagedError, match=rf"features of image {ids[len(ids) // 2]} were never written"):
+        features.FeatureCache.load(cache.folder)
+    assert features.find_cache(cfg, tiny_encoder(), ids) is None
+    rebuilt = features.build_feature_cache(cfg, tiny_encoder(), ids, progress=False)
+    np.testing.assert_array_equal(np.asarray(rebuilt.features), good)
+
+
+def test_an_image_whose_features_really_are_zero_is_not_mistaken_for_an_unwritten_row(cfg, ids):
+    body = nn.Sequential(nn.Conv2d(3, 6, 5, stride=8, padding=2, bias=False), nn.ReLU())
+    encoder = models.Encoder("nobias", body, None, out_channels=6, grid_size=2, normalization=models.IMAGENET,
+                             weights_id="nobias-v1", input_size=32)
+    rng = torch.Generator().manual_seed(0)
+    black = ids[len(ids) // 2]  # features of a black image through a conv without bias: exactly zero
+
+    def tensors(image_id):
+        return torch.zeros(3, 32, 32) if image_id == black else torch.rand(3, 32, 32, generator=rng)
+
+    cache = features.build_feature_cache(cfg, encoder, ids, tensors, chunk_size=8, progress=False)
+    assert not cache.source(black).any() and cache.source(ids[0]).any()
+    state = json.loads((cache.folder / features.PROGRESS_FILE).read_text())
+    assert state["zero_rows"] == [len(ids) // 2] and state["complete"]
+    assert features.FeatureCache.load(cache.folder).key == cache.key

@@ -178,3 +178,20 @@ def test_prepare_command_runs_as_a_module(tmp_path):
     assert all(one_sentence(line.removeprefix("  - ")) for line in error[1:])
     assert "prepare" in subprocess.run([sys.executable, "-m", "labutils", "--help"], capture_output=True,
                                        text=True, timeout=60, cwd=Path(__file__).parents[1]).stdout
+
+
+def test_prepare_cli_refuses_a_data_folder_it_did_not_write_in_one_sentence(tmp_path, monkeypatch, capsys):
+    def tiny(profile=None, **kw):
+        return get_config(profile, data_root=tmp_path / "data", build_dir=tmp_path / "build", n_images=24,
+                          split_fractions=(0.5, 0.25, 0.25), **kw)
+
+    monkeypatch.setattr(prep, "get_config", tiny)
+    cfg = tiny("quick")
+    theirs = Path(cfg.dataset_dir)
+    theirs.mkdir(parents=True)
+    (theirs / "my_photo.jpg").write_bytes(b"not the lab's")
+    assert prep.main(["--profile", "quick"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(theirs) in err and "did not write" in err
+    assert "\n" not in err and "Traceback" not in err
+    assert (theirs / "my_photo.jpg").read_bytes() == b"not the lab's"

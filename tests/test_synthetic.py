@@ -9,6 +9,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from labutils import synthetic
+from labutils.infra import files
 
 
 @pytest.fixture(scope="module")
@@ -128,4 +129,102 @@ def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         synthetic.generate(tmp_path / "ds", n_images=10, progress=False)
     assert not (tmp_path / "ds").exists()
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".ds.lock"]  # the lock file stays, empty of data
+
+
+def test_interrupted_regeneration_keeps_the_previous_dataset(tmp_path, monkeypatch):
+    folder = synthetic.generate(tmp_path / "ds", n_images=6, progress=False)
+    before = synthetic.fingerprint(folder)
+    real_render, calls = synthetic.render, {"n": 0}
+
+    def failing_render(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "render", failing_render)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.generate(folder, n_images=8, progress=False)
+    assert synthetic.fingerprint(folder) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".ds.lock", "ds"]
+
+
+def test_a_killed_generation_is_cleaned_up_by_the_next_one(tmp_path):
+    folder = synthetic.generate(tmp_path / "ds", n_images=4, progress=False)
+    # what a SIGKILL mid-generation leaves: a marked temporary folder beside the dataset
+    abandoned = tmp_path / ".ds-abc123"
+    (abandoned / "images").mkdir(parents=True)
+    files.mark_made_by_lab(abandoned, synthetic.PARTIAL_KIND)
+    stranger = tmp_path / ".ds-notes"  # a hidden folder the lab did not make is left alone
+    stranger.mkdir()
+    synthetic.generate(folder, n_images=5, progress=False)
+    assert not abandoned.exists() and stranger.is_dir()
+    assert len(list((folder / "images").iterdir())) == 5
+
+
+def foreign_dataset(folder):
+    """A COCO-format dataset in the lab's layout that the lab did not write (e.g. photos converted by hand)."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "annotations").mkdir()
+    Image.new("RGB", (64, 48), "green").save(folder / "images" / "photo_1.jpg")
+    (folder / "annotations" / "captions.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "photo_1.jpg", "width": 64, "height": 48}],
+        "annotations": [{"id": 1, "image_id": 1, "caption": "a green field"}]}))
+    (folder / "splits.json").write_text(json.dumps({"train": [1], "val": [], "test": []}))
+    return synthetic.fingerprint(folder)
+
+
+def test_a_dataset_the_lab_did_not_write_is_never_replaced(tmp_path):
+    from labutils import get_config
+    from labutils.infra.files import NotLabFolderError
+
+    cfg = get_config("quick", data_root=tmp_path, n_images=6)
+    before = foreign_dataset(cfg.dataset_dir)
+    with pytest.raises(NotLabFolderError) as err:
+        synthetic.ensure_synthetic(cfg, progress=False)
+    message = str(err.value)
+    assert message.startswith(f"{cfg.dataset_dir} holds files the lab did not write")
+    assert message.count(". ") == 0 and message.endswith(".")
+    assert synthetic.fingerprint(cfg.dataset_dir) == before
+    with pytest.raises(NotLabFolderError):
+        synthetic.generate(cfg.dataset_dir, n_images=6, progress=False)
+    assert synthetic.fingerprint(cfg.dataset_dir) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".synthetic-")] == []
+
+
+def test_a_dataset_from_an_older_labutils_is_recognised_by_its_generator_json(tmp_path):
+    from labutils import get_config
+
+    cfg = get_config("quick", data_root=tmp_path, n_images=6)
+    synthetic.ensure_synthetic(cfg, progress=False)
+    (cfg.dataset_dir / files.MARKER_FILE).unlink()  # as an older labutils left it: no ownership marker
+    synthetic.ensure_synthetic(cfg.replace(n_images=7), progress=False)  # other parameters: replaced
+    assert len(list((cfg.dataset_dir / "images").iterdir())) == 7
+    assert files.made_by_lab(cfg.dataset_dir, synthetic.DATASET_KIND)
+
+
+def test_a_second_writer_waits_for_the_first_and_then_reuses_its_dataset(tmp_path, capsys):
+    import threading
+    import time
+
+    from labutils import get_config
+
+    cfg = get_config("quick", data_root=tmp_path, n_images=6)
+    result = {}
+    with files.folder_lock(cfg.dataset_dir, "the synthetic dataset"):  # the first writer (flock: as another process)
+        worker = threading.Thread(target=lambda: result.update(path=synthetic.ensure_synthetic(cfg, progress=False)))
+        worker.start()
+        for _ in range(200):
+            if "Waiting for" in capsys.readouterr().err:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("ensure_synthetic did not wait for the folder's lock")
+        # what the first writer does meanwhile: generate the same dataset
+        synthetic._generate(cfg.dataset_dir, synthetic._params(6, cfg.image_size, cfg.seed, cfg.split_fractions),
+                            progress=False)
+        made = (cfg.dataset_dir / "generator.json").stat().st_mtime_ns
+    worker.join(30)
+    assert result["path"] == cfg.dataset_dir
+    assert (cfg.dataset_dir / "generator.json").stat().st_mtime_ns == made  # checked again after waiting: reused

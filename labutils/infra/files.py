@@ -34,6 +34,10 @@ _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 class DiskFullError(OSError):
     """The disk (or quota) ran out while the lab was writing; nothing half-written was kept."""
 
+    def __str__(self) -> str:
+        # OSError's own str() puts "[Errno 28] " before the sentence, which is meant to be the whole message.
+        return self.strerror or super().__str__()
+
 
 class FolderBusyError(RuntimeError):
     """Another process is writing the same folder."""
