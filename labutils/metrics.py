@@ -20,17 +20,29 @@ What the numbers are:
 
 METEOR and the tokenizer need `java` on the PATH (it is on Colab). Without it, captions are tokenised by a Python
 approximation of the PTB tokenizer, METEOR is left out, and a warning says so.
+
+pycocoevalcap's own PTBTokenizer and Spice write their temporary files into the installed package folder, which
+fails on a read-only install (a shared JupyterHub, a system conda) and leaves files there when a run is
+interrupted. So the lab runs the same jars with the same arguments from a temporary folder of its own
+(`_scratch_folder`), removed afterwards: same input bytes, same output, nothing written beside the package.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
+import json
 import re
 import shutil
 import socket
+import subprocess
+import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from .infra.files import disk_full_as_error
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 DISPLAY_NAMES = {"Bleu_1": "BLEU-1", "Bleu_2": "BLEU-2", "Bleu_3": "BLEU-3", "Bleu_4": "BLEU-4",
@@ -89,6 +101,45 @@ def simple_ptb_tokenize(text: str) -> str:
     return " ".join(t for t in tokens if t not in PTB_PUNCTUATION)
 
 
+@contextlib.contextmanager
+def _scratch_folder(what: str) -> Iterator[Path]:
+    """A temporary folder of the lab's own for a jar's input and output files, removed afterwards whatever happens."""
+    folder = Path(tempfile.mkdtemp(prefix="labutils-metrics-"))
+    try:
+        with disk_full_as_error(folder, what):
+            yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_java(args: list[str], folder: Path, name: str) -> bytes:
+    """Run `java *args` in `folder` and return its stdout; a failure is one sentence with java's first error line."""
+    done = subprocess.run(["java", *args], cwd=folder, stdin=subprocess.DEVNULL, capture_output=True, check=False)
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
+        raise RuntimeError(f"{name} (java) failed with exit code {done.returncode}: "
+                           f"{errors[0][:200] if errors else 'no message'}; check that `java -version` runs.")
+    return done.stdout
+
+
+def _java_ptb_tokenize(sentences: list[str]) -> list[str]:
+    """pycocoevalcap's `PTBTokenizer.tokenize` for a list of sentences, run from `_scratch_folder`.
+
+    Same jar, same arguments, the same bytes in the input file and the same punctuation filter, so the tokens are
+    identical (tested against COCOEvalCap); only the folder holding the input file differs.
+    """
+    from pycocoevalcap.tokenizer import ptbtokenizer as ptb
+
+    jar = Path(ptb.__file__).resolve().parent / ptb.STANFORD_CORENLP_3_4_1_JAR
+    text = "\n".join(s.replace("\n", " ") for s in sentences)
+    with _scratch_folder("the captions for the PTB tokenizer") as folder:
+        (folder / "captions.txt").write_bytes(text.encode())
+        output = _run_java(["-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+                            "-lowerCase", "captions.txt"], folder, "The PTB tokenizer")
+    lines = output.decode().split("\n")
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in ptb.PUNCTUATIONS) for line in lines]
+
+
 def ptb_tokenize(captions: Mapping[object, Sequence[str]]) -> dict[object, list[str]]:
     """Tokenise {key: [caption, ...]} exactly as COCOEvalCap does (PTBTokenizer in Java; Python stand-in without).
 
@@ -97,15 +148,13 @@ def ptb_tokenize(captions: Mapping[object, Sequence[str]]) -> dict[object, list[
     """
     if not java_available():
         return {key: [simple_ptb_tokenize(c) for c in caps] for key, caps in captions.items()}
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
     new = list(dict.fromkeys(c for caps in captions.values() for c in caps
                              if c not in _ptb_cache and c.strip()))
     if new:
-        tokenized = PTBTokenizer().tokenize({n: [{"caption": c}] for n, c in enumerate(new)})
+        tokenized = _java_ptb_tokenize(new)
         if len(_ptb_cache) + len(new) > 500_000:  # bound the memory of a long session
             _ptb_cache.clear()
-        _ptb_cache.update((c, tokenized.get(n, [""])[0]) for n, c in enumerate(new))
+        _ptb_cache.update((c, tokenized[n] if n < len(tokenized) else "") for n, c in enumerate(new))
     return {key: [_ptb_cache.get(c, "") if c.strip() else "" for c in caps] for key, caps in captions.items()}
 
 
@@ -124,6 +173,39 @@ def _meteor_scorer():
     return _meteor
 
 
+def _run_spice(gts: dict, res: dict):
+    """pycocoevalcap's `Spice.compute_score`, with its input and output files in `_scratch_folder`.
+
+    pycocoevalcap keeps them, and SPICE's parse cache, in its package folder; the lab runs without the cache
+    (which only saves re-parsing the same references), so a run leaves nothing behind.
+    """
+    import numpy as np
+    from pycocoevalcap.spice import spice as spice_module
+
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap's download chatter; we warn once instead
+        spice_module.get_stanford_models()  # downloads Stanford CoreNLP (several hundred MB) on first use
+    jar = Path(spice_module.__file__).resolve().parent / spice_module.SPICE_JAR
+    ids = sorted(gts)
+    records = [{"image_id": i, "test": res[i][0], "refs": gts[i]} for i in ids]
+    with _scratch_folder("the captions for SPICE") as folder:
+        (folder / "in.json").write_text(json.dumps(records, indent=2))
+        _run_java(["-jar", "-Xmx8G", str(jar), "in.json", "-out", "out.json", "-subset", "-silent"], folder,
+                  "The SPICE jar")
+        results = json.loads((folder / "out.json").read_text())
+    by_id = {item["image_id"]: item["scores"] for item in results}
+    # In the order of `gts`, as every other scorer returns them (pycocoevalcap's are sorted by id).
+    per_image = [{category: {k: _float_or_nan(v) for k, v in values.items()}
+                  for category, values in by_id[i].items()} for i in gts]
+    return np.mean(np.array([_float_or_nan(item["scores"]["All"]["f"]) for item in results])), per_image
+
+
+def _float_or_nan(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def _spice(gts: dict, res: dict):
     """SPICE scores, or None with one clear message when it cannot run (offline, no java, failed jar)."""
     if not java_available():
@@ -131,19 +213,26 @@ def _spice(gts: dict, res: dict):
         return None
     previous = socket.getdefaulttimeout()
     try:
-        from pycocoevalcap.spice.spice import Spice
-
         socket.setdefaulttimeout(20)  # offline, fail in seconds instead of hanging on the CoreNLP download
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocoevalcap's download chatter; we warn once instead
-            scorer = Spice()  # downloads Stanford CoreNLP (several hundred MB) on first use
-        return scorer.compute_score(gts, res)
+        return _run_spice(gts, res)
     except Exception as exc:  # network errors, a broken download, or the SPICE jar failing
-        warnings.warn(f"SPICE could not run ({type(exc).__name__}: {str(exc)[:100]}); it needs Stanford CoreNLP, "
-                      "which pycocoevalcap downloads on first use, so run once online, with Java 8 or 11. "
-                      "SPICE is left out.", RuntimeWarning, stacklevel=3)
+        warnings.warn(_spice_failure(exc), RuntimeWarning, stacklevel=3)
         return None
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _spice_failure(exc: Exception) -> str:
+    from pycocoevalcap.spice import spice as spice_module
+
+    package = str(Path(spice_module.__file__).resolve().parent)
+    if (isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES)
+            and str(exc.filename or "").startswith(package)):
+        return (f"SPICE could not store Stanford CoreNLP in {package}, which is read-only, so SPICE is left out; "
+                "install pycocoevalcap where you can write, or have its owner run "
+                "`python -m pycocoevalcap.spice.get_stanford_models` once.")
+    return (f"SPICE could not run ({type(exc).__name__}: {str(exc)[:100]}); it needs Stanford CoreNLP, which "
+            "pycocoevalcap downloads on first use, so run once online, with Java 8 or 11. SPICE is left out.")
 
 
 def evaluate(predictions: Mapping, references: Mapping[int, Sequence[str]], spice: bool = False):

@@ -252,6 +252,19 @@ def decoder_spec(decoder: nn.Module) -> dict:
     return {"kind": type(decoder).__name__}
 
 
+def _stop_reason(epoch: int, epochs: int, bad_epochs: int, patience: int | None, budget: float | None,
+                 elapsed_s: float, last_epoch_s: float) -> str | None:
+    """Why training ends after `epoch`, or None to go on. The budget stops before an epoch that, judging by the
+    last one, would end past it."""
+    if patience is not None and bad_epochs >= patience:
+        return "early_stopping"
+    if epoch >= epochs:
+        return "epochs"
+    if budget is not None and elapsed_s + last_epoch_s > budget:
+        return "time_budget"
+    return None
+
+
 def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Module | None = None,
           epochs: int | None = None, decoder_lr: float | None = None, encoder_lr: float | None = None,
           patience: int | None = 4, scheduler: str | None = "plateau", lr_factor: float = 0.5,
@@ -265,8 +278,9 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
     mixed_precision, seed). `patience`: epochs without a better validation BLEU-4 before stopping early (None:
     never). `scheduled_sampling`: the largest probability of feeding the model's own word (0 = pure teacher
     forcing). The time budget is checked between epochs: training stops before an epoch that, judging by the
-    last one, would end past the budget. `checkpoint_path`: written after every epoch (best weights + the state
-    to resume); `resume_from`: such a file, to continue where it stopped. `callbacks` are called as
+    last one, would end past the budget. `checkpoint_path`: written after every epoch (best weights, the state
+    to resume and these settings; `finished` is True only in the file of the run's last epoch, and `stopped`
+    says why it ended); `resume_from`: such a file, to continue where it stopped. `callbacks` are called as
     `fn(epoch, row)` after each epoch's checkpoint; raise `TrainingInterrupted` there to stop. With
     `restore_best`, the decoder ends with the weights of its best validation epoch.
     """
@@ -295,6 +309,10 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
     criterion = nn.CrossEntropyLoss(ignore_index=pad_id)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
     generators = _loader_generators(loaders)
+    settings = {"epochs": epochs, "decoder_lr": decoder_lr, "encoder_lr": encoder_lr, "patience": patience,
+                "scheduler": scheduler, "lr_factor": lr_factor, "lr_patience": lr_patience, "step_size": step_size,
+                "scheduled_sampling": scheduled_sampling, "ss_ramp_epochs": ss_ramp_epochs,
+                "ss_schedule": ss_schedule, "time_budget_s": budget, "max_len": max_len, "restore_best": restore_best}
 
     history: list[dict] = []
     start_epoch, best_metric, best_epoch, bad_epochs, elapsed_before = 1, -math.inf, 0, 0, 0.0
@@ -334,9 +352,6 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
     epoch_bar = tqdm(range(start_epoch, epochs + 1), desc="epochs", disable=not progress,
                      initial=start_epoch - 1, total=epochs)
     for epoch in epoch_bar:
-        if budget is not None and epoch > start_epoch and time.perf_counter() - started + last_epoch_s > budget:
-            stopped = "time_budget"
-            break
         epoch_started = time.perf_counter()
         train_loader = loaders["train"]
         if hasattr(train_loader.dataset, "set_epoch"):
@@ -389,6 +404,9 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
         else:
             bad_epochs += 1
         epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_bleu4=f"{val_metric:.3f}")
+        # Decided before the save, so that only the file of the last epoch says the run finished.
+        stop = _stop_reason(epoch, epochs, bad_epochs, patience, budget, time.perf_counter() - started,
+                            last_epoch_s)
         if checkpoint_path is not None:
             resume = {"optimizer": optimizer.state_dict(),
                       "scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
@@ -403,11 +421,12 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
             extra = {"encoder_state": best_encoder_state} if fine_tune else {}
             ckpt.save_checkpoint(checkpoint_path, best_state, vocab, cfg.to_dict(), decoder=decoder_spec(decoder),
                                  epoch=epoch, best_epoch=best_epoch, best_metric=best_metric, metric=METRIC,
-                                 history=history, resume=resume, **extra)
+                                 history=history, resume=resume, settings=settings, finished=stop is not None,
+                                 stopped=stop, **extra)
         for callback in callbacks:
             callback(epoch, row)
-        if patience is not None and bad_epochs >= patience:
-            stopped = "early_stopping"
+        if stop is not None:
+            stopped = stop
             break
     epoch_bar.close()
 
@@ -502,18 +521,25 @@ def checkpoint_path_for(cfg, kind: str) -> Path:
 
 
 def train_quick_captioner(cfg, kind: str = "attention", progress: bool = True, lab_data: LabData | None = None,
-                          caption_mode: str = "sample", decoder_options: dict | None = None, **train_kwargs):
+                          caption_mode: str = "sample", decoder_options: dict | None = None, resume: bool = False,
+                          **train_kwargs):
     """Prepare the data, build decoder `kind`, train it, score the test split; return (decoder, vocab, result, path).
 
     The checkpoint (best validation epoch) is saved to `cfg.checkpoint_dir / f"{kind}.pt"`, where notebooks 08
     and 09 find it. `result.test_metric` is the greedy BLEU-4 on the test split. Extra keyword arguments go to
-    `train` (e.g. `time_budget_s=45`, `epochs=...`).
+    `train` (e.g. `time_budget_s=45`, `epochs=...`). With `resume=True` the run saved there continues where it
+    stopped, with the decoder and training settings it was started with.
     """
     kind = canonical_kind(kind)
     lab_data = lab_data or prepare_data(cfg, caption_mode=caption_mode, progress=progress)
-    seed_everything(cfg.seed)
-    decoder = build_decoder(kind, len(lab_data.vocab), lab_data.feature_dim, cfg, **(decoder_options or {}))
     path = checkpoint_path_for(cfg, kind)
+    if resume:
+        saved = ckpt.load_checkpoint(path)
+        decoder = _build_from_spec(saved["decoder"])  # train() loads the weights to resume from
+        train_kwargs = {**saved.get("settings", {}), **train_kwargs, "resume_from": path}
+    else:
+        seed_everything(cfg.seed)
+        decoder = build_decoder(kind, len(lab_data.vocab), lab_data.feature_dim, cfg, **(decoder_options or {}))
     result = train(cfg, decoder, lab_data.loaders, lab_data.vocab, checkpoint_path=path, progress=progress,
                    **train_kwargs)
     predictions, references = caption_loader(decoder, lab_data.loaders["test"], lab_data.vocab, cfg.device,
@@ -527,15 +553,19 @@ def train_quick_captioner(cfg, kind: str = "attention", progress: bool = True, l
     return decoder.eval(), lab_data.vocab, result, path
 
 
-def decoder_from_checkpoint(checkpoint: Mapping) -> nn.Module:
-    """Rebuild the decoder a checkpoint was trained with and load its (best) weights, in eval mode."""
-    spec = dict(checkpoint["decoder"])
+def _build_from_spec(decoder_spec: Mapping) -> nn.Module:
+    spec = dict(decoder_spec)
     kind = spec.pop("kind")
     if canonical_kind(kind) == "attention":  # checkpoints from before the lab's additions hold the plain model
         for key, plain in (("deep_output", False), ("num_positions", None), ("feature_norm", False),
                            ("adapter_dim", None)):
             spec.setdefault(key, plain)
-    decoder = build_decoder(kind, spec.pop("vocab_size"), spec.pop("feature_dim"), spec)
+    return build_decoder(kind, spec.pop("vocab_size"), spec.pop("feature_dim"), spec)
+
+
+def decoder_from_checkpoint(checkpoint: Mapping) -> nn.Module:
+    """Rebuild the decoder a checkpoint was trained with and load its (best) weights, in eval mode."""
+    decoder = _build_from_spec(checkpoint["decoder"])
     decoder.load_state_dict(checkpoint["model_state"])
     return decoder.eval()
 
@@ -546,19 +576,41 @@ def _matches(saved_cfg: Mapping, cfg) -> bool:
     return all(saved_cfg.get(k) == now.get(k) for k in keys)
 
 
-def load_trained(cfg, kind: str = "attention", progress: bool = True):
-    """Load the checkpoint `train_quick_captioner` saved for `kind` (training it first if missing or stale).
+def _why_train_anew(saved: Mapping | None, cfg) -> str | None:
+    """Why `load_trained` cannot use or resume this checkpoint (None: it can)."""
+    if saved is None:
+        return "no checkpoint yet"
+    if not _matches(saved["config"], cfg):
+        return "the checkpoint was trained on other data/features"
+    if "finished" not in saved or saved.get("resume") is None:
+        return "the checkpoint does not say whether its run finished, so it may be from a cut-short run"
+    return None
 
+
+def load_trained(cfg, kind: str = "attention", progress: bool = True):
+    """Load the checkpoint of a finished run that `train_quick_captioner` saved for `kind`.
+
+    Without one it trains first: from scratch when there is no usable checkpoint, and by resuming the run when
+    its checkpoint is from a run that was interrupted (a Colab disconnect in notebook 07, say): a learner expects
+    the model notebook 07 was training, and the resume continues that very run (exactly, epoch for epoch) without
+    redoing the epochs already done.
     Returns (decoder in eval mode on cfg.device, vocabulary, checkpoint dict).
     """
     from .vocab import Vocabulary
 
+    kind = canonical_kind(kind)
     path = checkpoint_path_for(cfg, kind)
     saved = ckpt.load_checkpoint(path) if path.is_file() else None
-    if saved is None or not _matches(saved["config"], cfg):
-        reason = "no checkpoint yet" if saved is None else "the checkpoint was trained on other data/features"
-        print(f"Training the {canonical_kind(kind)} captioner first ({reason}: {path}).")
+    reason = _why_train_anew(saved, cfg)
+    if reason is not None:
+        print(f"Training the {kind} captioner first ({reason}: {path}).")
         train_quick_captioner(cfg, kind, progress=progress)
+        saved = ckpt.load_checkpoint(path)
+    elif not saved["finished"]:
+        planned = saved.get("settings", {}).get("epochs", cfg.epochs)
+        print(f"Resuming the {kind} captioner's training at epoch {int(saved['epoch']) + 1} of at most {planned}, "
+              f"because {path} is from a run that stopped before it finished.")
+        train_quick_captioner(cfg, kind, progress=progress, resume=True)
         saved = ckpt.load_checkpoint(path)
     return decoder_from_checkpoint(saved).to(cfg.device), Vocabulary.from_dict(saved["vocab"]), saved
 

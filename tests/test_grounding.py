@@ -61,3 +61,35 @@ def test_check_mass_inside(capsys):
     assert grounding.check_mass_inside(1 / 16, alpha, mask, 4)
     assert not grounding.check_mass_inside(0.5, alpha, mask, 4)
     assert "Not yet" in capsys.readouterr().out
+
+
+def _instances(objects: list[tuple[str, str, list[float]]], size: int = 128) -> COCO:
+    """A synthetic-format instances file in memory: one `size` x `size` image holding (colour, shape, box)."""
+    shapes = sorted({shape for _, shape, _ in objects})
+    inst = COCO()
+    inst.dataset = {
+        "images": [{"id": 1, "width": size, "height": size, "file_name": "1.jpg"}],
+        "categories": [{"id": n, "name": shape} for n, shape in enumerate(shapes, start=1)],
+        "annotations": [{"id": n, "image_id": 1, "category_id": shapes.index(shape) + 1, "bbox": box,
+                         "area": box[2] * box[3], "iscrowd": 0, "attributes": {"color": colour}}
+                        for n, (colour, shape, box) in enumerate(objects, start=1)],
+    }
+    inst.createIndex()
+    return inst
+
+
+def test_grounding_counts_only_the_named_objects_boxes():
+    # A red circle in the top-left cell and a blue square in the bottom-right cell of a 4x4 grid; the model looks
+    # only at the blue square. Saying "red" there is looking at the wrong object: 0, whereas the union of every
+    # object's boxes would count it as a perfect 1.
+    inst = _instances([("red", "circle", [0, 0, 32, 32]), ("blue", "square", [96, 96, 32, 32])])
+    at_square = np.zeros(16)
+    at_square[15] = 1.0
+    result = grounding.grounding_score({1: (["red", "square", "circles"], np.stack([at_square] * 3))}, inst, 4)
+    rows = result.per_word.set_index("word")
+    assert rows.loc["red", "model"] == 0.0 and rows.loc["square", "model"] == 1.0
+    assert rows.loc["circles", "model"] == 0.0  # a plural names the same objects as its singular
+    # Uniform attention scores the named box's share of the image (1 cell of 16), not both boxes' (2 of 16).
+    assert rows["uniform"].tolist() == pytest.approx([1 / 16] * 3)
+    assert rows["box_area_share"].tolist() == pytest.approx([1 / 16] * 3)
+    assert result.model == pytest.approx(1 / 3)

@@ -2,6 +2,7 @@
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -189,3 +190,80 @@ def test_checkpoints_of_the_plain_paper_model_still_load():
             "attention_dim": 5, "dropout": 0.0}  # written before deep_output/adapter/positions existed
     loaded = T.decoder_from_checkpoint({"decoder": spec, "model_state": plain.state_dict()})
     assert loaded.adapter is None and loaded.position is None and loaded.feature_norm is None
+
+
+def test_training_and_validation_never_read_the_test_split(lab, tmp_path):
+    read = []
+
+    def recording_source(image_id):
+        read.append(int(image_id))
+        return lab.source(image_id)
+
+    cfg = lab.cfg.replace(build_dir=tmp_path)
+    recorded = T.prepare_data(cfg, source=recording_source, feature_dim=3, progress=False)
+    read.clear()  # from here on, every feature read is training's, validation's or the final test scoring's
+    seen_after_epoch = []
+    T.train_quick_captioner(cfg, "show_and_tell", progress=False, lab_data=recorded, epochs=2, patience=None,
+                            callbacks=[lambda epoch, row: seen_after_epoch.append(set(read))])
+    splits = {name: set(ids) for name, ids in lab.splits.items()}
+    during_training = seen_after_epoch[-1]
+    assert during_training.isdisjoint(splits["test"]), "training or validation read test images"
+    assert splits["train"] | splits["val"] == during_training  # validation did run, on the validation images
+    assert splits["test"] <= set(read)  # the test split is read once, after training, to score the result
+
+
+def test_only_the_checkpoint_of_the_last_epoch_says_the_run_finished(lab, tmp_path):
+    path = tmp_path / "run.pt"
+
+    def flags(**settings):
+        seen = []
+
+        def record(epoch, row):
+            saved = ckpt.load_checkpoint(path)
+            seen.append((saved["finished"], saved["stopped"]))
+
+        T.train(lab.cfg, _decoder(lab, "show_and_tell"), lab.loaders, lab.vocab, checkpoint_path=path,
+                callbacks=[record], progress=False, **settings)
+        return seen
+
+    assert flags(epochs=3, patience=None) == [(False, None), (False, None), (True, "epochs")]
+    assert flags(epochs=6, decoder_lr=0.0, patience=2) == [(False, None), (False, None), (True, "early_stopping")]
+    assert flags(epochs=6, time_budget_s=0.0) == [(True, "time_budget")]
+    assert ckpt.load_checkpoint(path)["settings"]["epochs"] == 6
+
+
+def test_load_trained_resumes_a_cut_short_run_and_says_so(lab, tmp_path, monkeypatch, capsys):
+    cfg = lab.cfg.replace(epochs=3)
+    monkeypatch.setattr(T, "prepare_data", lambda *args, **kwargs: lab)  # the colour grids, not the encoder's
+    _, _, _, straight_path = T.train_quick_captioner(cfg.replace(build_dir=tmp_path / "straight"), "show_and_tell",
+                                                     progress=False)
+    straight = ckpt.load_checkpoint(straight_path)
+
+    def disconnect(epoch, row):
+        if epoch == 1:
+            raise T.TrainingInterrupted("simulated Colab disconnect")
+
+    cut = cfg.replace(build_dir=tmp_path / "cut")
+    with pytest.raises(T.TrainingInterrupted):
+        T.train_quick_captioner(cut, "show_and_tell", progress=False, callbacks=[disconnect])
+    capsys.readouterr()
+    decoder, _, saved = T.load_trained(cut, "show_and_tell", progress=False)
+    assert capsys.readouterr().out.strip() == (
+        f"Resuming the show_and_tell captioner's training at epoch 2 of at most 3, because "
+        f"{T.checkpoint_path_for(cut, 'show_and_tell')} is from a run that stopped before it finished.")
+    assert saved["finished"] and saved["epoch"] == 3 and "test_metric" in saved
+    assert _metrics(pd.DataFrame(saved["history"])) == _metrics(pd.DataFrame(straight["history"]))
+    for name, weight in straight["model_state"].items():
+        assert torch.equal(weight, saved["model_state"][name]) and torch.equal(weight, decoder.state_dict()[name])
+
+    T.load_trained(cut, "show_and_tell", progress=False)  # now finished: used as it is, without a word
+    assert capsys.readouterr().out == ""
+
+    legacy = {k: v for k, v in saved.items() if k not in ("format", "version", "finished")}  # an older labutils'
+    path = ckpt.save_checkpoint(T.checkpoint_path_for(cut, "show_and_tell"), legacy.pop("model_state"),
+                                legacy.pop("vocab"), legacy.pop("config"), **legacy)
+    _, _, retrained = T.load_trained(cut, "show_and_tell", progress=False)
+    said = capsys.readouterr().out
+    assert said.startswith("Training the show_and_tell captioner first (the checkpoint does not say whether its "
+                           "run finished") and str(path) in said
+    assert retrained["finished"]
