@@ -21,7 +21,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import textwrap
 import urllib.error
 import urllib.request
@@ -88,7 +87,11 @@ class SplitError(ValueError):
 
 
 def ensure_dataset(cfg, progress: bool = True) -> Path:
-    """Make sure the profile's dataset is on disk (synthetic shapes, or MS-COCO) and return its folder."""
+    """Make sure the profile's dataset is on disk (synthetic shapes, or MS-COCO) and return its folder.
+
+    A folder at `cfg.dataset_dir` holding a dataset the lab did not write (say, your own photos converted to this
+    layout) is never replaced by the synthetic shapes: that stops with `infra.files.NotLabFolderError`.
+    """
     # The dataset name, not the profile, decides: the full profile can run on synthetic data at full sizes.
     if cfg.dataset_name.startswith("coco"):
         # Keep the subset an instructor prepared (`python -m labutils prepare --subset N`) instead of
@@ -456,11 +459,27 @@ def _raw_files(root: Path, year: int = 2014) -> dict[str, Path]:
 
 
 def find_karpathy_json(root: str | Path) -> Path | None:
-    """Karpathy's dataset_coco.json under a dataset folder (top level or caption_datasets/), if present."""
+    """Karpathy's dataset_coco.json under a dataset folder (top level or caption_datasets/), if present.
+
+    A file that cannot be that JSON (an HTML page an older lab saved under its name) is passed over with a
+    sentence, so the split is fetched again instead of every run stopping at a bare JSONDecodeError.
+    """
     for candidate in (Path(root) / "dataset_coco.json", Path(root) / "caption_datasets" / "dataset_coco.json"):
         if candidate.is_file():
-            return candidate
+            if _json_object_ends(candidate):
+                return candidate
+            print(f"{candidate} is not Karpathy's JSON file (it does not start with '{{' and end with '}}'); "
+                  "it is ignored, and replaced if the split can be fetched again.")
     return None
+
+
+def _json_object_ends(path: Path, probe: int = 4096) -> bool:
+    """Cheap look at both ends of a (400 MB) JSON file: '{' first and '}' last, as a complete object has."""
+    with path.open("rb") as f:
+        head = f.read(probe).lstrip(b"\xef\xbb\xbf \t\r\n")
+        f.seek(max(0, path.stat().st_size - probe))
+        tail = f.read().rstrip()
+    return head.startswith(b"{") and tail.endswith(b"}")
 
 
 def missing_images(coco, image_dir: str | Path, image_ids: Iterable[int] | None = None) -> list[int]:
@@ -600,15 +619,9 @@ def _unavailable(missing: list, root: Path, url: str, year: int = 2014) -> Datas
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(obj, out, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .infra.files import atomic_write_json
+
+    atomic_write_json(path, obj, separators=(",", ":"))
 
 
 def download(url: str, dest: str | Path, timeout: float = 30.0, progress: bool = True, **checks) -> Path:
@@ -629,17 +642,22 @@ def _fetch_archive(url: str, root: Path, dest: Path, progress: bool, only: str |
 
     known = dl.known_source(url)  # the official archives are checked against their published size and MD5
     archive = dl.download(url, root / "downloads" / url.rsplit("/", 1)[-1], sha256=known.sha256, size=known.size,
-                          md5=known.md5, progress=progress)
+                          md5=known.md5, progress=progress, expect="zip")  # a mirror's: at least a real zip
     _extract(archive, dest, only, progress)
     dl.discard(archive)  # the unpacked files are what count; the zips would double the disk use
 
 
 def _fetch_karpathy(sources: list[str], root: Path, progress: bool) -> Path | None:
     """dataset_coco.json from the first source that delivers it (its zip, or the bare JSON), else None."""
+    import dataclasses
+
     from . import download as dl
 
+    # Each source is checked as what its name says (caption_datasets.zip a zip, dataset_coco.json JSON that
+    # parses), so a captive portal's HTML page is never saved as the split file.
+    checked = [dataclasses.replace(dl.known_source(url), expect=dl.expected_kind(url)) for url in sources]
     try:
-        got = dl.try_sources([dl.known_source(url) for url in sources], root / "downloads", progress=progress)
+        got = dl.try_sources(checked, root / "downloads", progress=progress)
         if zipfile.is_zipfile(got.path):
             _extract(got.path, root, "dataset_coco.json", progress)
         else:
@@ -914,37 +932,74 @@ def resize_images(cfg, captions=None, workers: int | None = None, progress: bool
     writes resized.json: complete only when every image of `captions` (default: the dataset's) is there.
     Unreadable images are listed in the record and reported in one sentence, never raised; the readers keep
     using the originals until the record is complete. A complete, current record makes this a no-op. Returns the
-    record, with `resized` = images written by this call.
+    record, with `resized` = images written by this call. One process resizes at a time (the folder's lock:
+    another waits, saying so, then finds the work done), and only into a folder the lab made.
     """
     from .augment import resize_all
+    from .infra.files import atomic_write_json, folder_lock
 
     src, dst, size = Path(cfg.image_dir), resized_image_dir(cfg), int(cfg.image_size)
     captions = captions if captions is not None else load_captions(cfg)
-    record = resize_record(cfg)
-    if record is not None and record.get("complete") and not missing_images(captions, dst):
-        return {**record, "resized": 0}
-    # No record while the pass runs: an interrupted pass leaves a partial folder that nobody reads.
-    (dst / RESIZE_RECORD).unlink(missing_ok=True)
-    folders = sorted({Path(img["file_name"]).parent.as_posix() for img in captions.imgs.values()})
-    print(f"Resizing the {len(captions.imgs)} images once to {size} px (shorter side) into {dst}; "
-          "finished images are skipped if this is interrupted and run again.")
-    resized = skipped = 0
-    corrupt: list[str] = []
-    for folder in folders:
-        if not (src / folder).is_dir():
-            continue  # its images count as missing below
-        report = resize_all(src / folder, dst / folder, size, workers=workers, progress=progress)
-        resized += report.resized
-        skipped += report.skipped_existing
-        corrupt += [(Path(folder) / name).as_posix() for name in report.corrupt]
-    absent = missing_images(captions, dst)
-    record = {"size": size, "source": str(src), "folders": folders, "images": len(captions.imgs) - len(absent),
-              "missing": len(absent), "corrupt": corrupt, "complete": not absent, "captions": _captions_stamp(cfg),
-              "resized": resized, "skipped": skipped}
-    _write_json_atomic(dst / RESIZE_RECORD, record)
+    finished = _finished_resize(cfg, captions, dst)
+    if finished is not None:
+        return finished
+    with folder_lock(dst, "the resized images"):
+        finished = _finished_resize(cfg, captions, dst)  # another process may have done it while this one waited
+        if finished is not None:
+            return finished
+        _claim_resize_dir(dst)
+        # No record while the pass runs: an interrupted pass leaves a partial folder that nobody reads.
+        (dst / RESIZE_RECORD).unlink(missing_ok=True)
+        folders = sorted({Path(img["file_name"]).parent.as_posix() for img in captions.imgs.values()})
+        print(f"Resizing the {len(captions.imgs)} images once to {size} px (shorter side) into {dst}; "
+              "finished images are skipped if this is interrupted and run again.")
+        resized = skipped = 0
+        corrupt: list[str] = []
+        for folder in folders:
+            if not (src / folder).is_dir():
+                continue  # its images count as missing below
+            report = resize_all(src / folder, dst / folder, size, workers=workers, progress=progress, lock=False)
+            resized += report.resized
+            skipped += report.skipped_existing
+            corrupt += [(Path(folder) / name).as_posix() for name in report.corrupt]
+        absent = missing_images(captions, dst)
+        record = {"size": size, "source": str(src), "folders": folders, "images": len(captions.imgs) - len(absent),
+                  "missing": len(absent), "corrupt": corrupt, "complete": not absent,
+                  "captions": _captions_stamp(cfg), "resized": resized, "skipped": skipped}
+        # Last, with every image renamed into place: a record that says complete never precedes its files.
+        atomic_write_json(dst / RESIZE_RECORD, record, what="the resize record", separators=(",", ":"))
     if absent:
         print(resize_problem(record))
     return record
+
+
+def _finished_resize(cfg, captions, dst: Path) -> dict | None:
+    """The current, complete record (as `resize_images` returns it) when every image is there, else None."""
+    record = resize_record(cfg)
+    if record is not None and record.get("complete") and not missing_images(captions, dst):
+        return {**record, "resized": 0}
+    return None
+
+
+def _claim_resize_dir(dst: Path) -> None:
+    """Stop with one sentence unless `dst` is new, empty or the lab's resized copy; mark it as the lab's."""
+    from .augment import RESIZED_KIND
+    from .infra.files import check_replaceable, made_by_lab, mark_made_by_lab
+
+    if not made_by_lab(dst, RESIZED_KIND) and _has_resize_record(dst):
+        mark_made_by_lab(dst, RESIZED_KIND)  # a copy an older labutils made: its resized.json is the lab's proof
+    check_replaceable(dst, RESIZED_KIND, "the resized images")
+    dst.mkdir(parents=True, exist_ok=True)
+    if not made_by_lab(dst, RESIZED_KIND):
+        mark_made_by_lab(dst, RESIZED_KIND)
+
+
+def _has_resize_record(dst: Path) -> bool:
+    try:
+        record = json.loads((dst / RESIZE_RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"size", "source", "complete"} <= set(record)
 
 
 def resize_problem(record: dict) -> str:

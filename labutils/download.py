@@ -1,15 +1,18 @@
 """Downloads that survive a workshop's Wi-Fi: resumable, retried, verified, atomic and idempotent.
 
 Used by `labutils.coco.prepare_mscoco` for the MS-COCO archives, Karpathy's split and the per-image subset mode;
-standard library only (urllib), so nothing extra has to be installed on Colab.
+standard library only (urllib; Pillow only to decode a JPEG whose length the server did not state), so nothing
+extra has to be installed on Colab.
 
-    download(url, dest, sha256=..., size=...)      one file: resume with HTTP Range, retry with back-off, verify
+    download(url, dest, sha256=..., size=..., expect="zip")   one file: resume with HTTP Range, retry, verify
     extract_zip(zip_path, dest_dir)                 unpack through a temporary folder, leave a completion marker
     try_sources([url_a, url_b, ...], dest_dir)      the first source that delivers wins (moved or dead links)
     fetch_images_by_url([(url, dest), ...])         many small files in parallel; failures reported, not fatal
 
-Every failure a learner can meet ends in one sentence saying what to do, and nothing half-written is ever left
-under a final name: a transfer grows in `<dest>.part` and is renamed only once it is complete and verified.
+Every failure a learner can meet ends in one sentence saying what to do, and nothing half-written or wrong is
+ever left under a final name: a transfer grows in `<dest>.part` and is renamed only once it is complete and
+verified, by its checksum when one is known and otherwise by its format (`expect=`): a captive portal's HTML page
+is never saved as a zip, a JSON file or a JPEG.
 """
 
 from __future__ import annotations
@@ -37,10 +40,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .coco import DatasetUnavailableError
+from .infra.files import DiskFullError, atomic_write_json, is_disk_full
 
 USER_AGENT = "labutils (captioning lab; python-urllib)"
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}  # worth another try; any other 4xx/5xx will not change
 DISK_MARGIN = 64 * 1024**2  # keep a little free space so the notebook itself can still write
+# A transfer slower than MIN_RATE bytes/s over RATE_WINDOW seconds is stalled in all but name (a server that
+# trickles a byte now and then never trips the socket timeout), so the download gives up and says so.
+MIN_RATE = 1000.0
+RATE_WINDOW = 60.0
 
 # What the official files must be, by URL (a test server or a mirror of other bytes is not held to them). The
 # MD5s are the S3 ETags of these single-part uploads, the values torchvision-style loaders, Paddle and LAVIS check;
@@ -77,8 +85,20 @@ class ChecksumError(DownloadError, ValueError):
     """A downloaded file has the wrong size or checksum; it has been deleted."""
 
 
-class InsufficientDiskSpaceError(DownloadError):
-    """Not enough free disk space for a download or an extraction."""
+class WrongContentError(ChecksumError):
+    """What arrived is not the kind of file expected (an HTML page, a cut-off body, another format); deleted."""
+
+
+class TooSlowError(DownloadError):
+    """The server sent too slowly (below the minimum rate, or past the deadline), so the download gave up."""
+
+
+class InsufficientDiskSpaceError(DownloadError, DiskFullError):
+    """Not enough free disk space for a download or an extraction (also a `labutils.infra.files.DiskFullError`)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.errno = errno.ENOSPC  # what `is_disk_full` looks for; str() stays the one sentence
 
 
 class CorruptArchiveError(DownloadError):
@@ -133,10 +153,11 @@ def _existing_folder(path: Path) -> Path:
     return path
 
 
-def check_disk_space(folder: str | Path, needed: int, what: str, margin: int = DISK_MARGIN) -> None:
+def check_disk_space(folder: str | Path, needed: int, what: str, margin: int | None = None) -> None:
     """Raise `InsufficientDiskSpaceError` (one sentence) unless `folder`'s disk has `needed` bytes (+ margin) free."""
     if needed <= 0:
         return
+    margin = DISK_MARGIN if margin is None else margin
     where = _existing_folder(Path(folder))
     free = shutil.disk_usage(where).free
     if needed + margin > free:
@@ -197,10 +218,12 @@ def _hash_file(path: Path, names: Iterable[str], chunk: int = 1 << 20) -> dict[s
     return {name: h.hexdigest() for name, h in hashers.items()}
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = _sibling(path, f".tmp{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def _write_record(path: Path, obj) -> None:
+    """Write a record that only spares work (a rehash), so a full disk just means doing that work again."""
+    try:
+        atomic_write_json(path, obj, indent=1)
+    except DiskFullError:
+        path.unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -234,7 +257,7 @@ def is_complete(dest: str | Path, sha256: str | None = None, size: int | None = 
     if size is not None and st.st_size != size:
         return False
     if not want:
-        return True  # written by an atomic rename, so an existing file is a complete one
+        return True  # written by an atomic rename after its checks, so an existing file is a complete one
     record = _read_json(record_path(dest)) or {}
     if record.get("size") != st.st_size or record.get("mtime_ns") != st.st_mtime_ns:
         record = {}  # stale: the file changed since it was recorded
@@ -243,8 +266,104 @@ def is_complete(dest: str | Path, sha256: str | None = None, size: int | None = 
         # Hash once, then remember it (hashing 13.5 GB takes a minute or two on Colab).
         digests.update(_hash_file(dest, want))
         if write_record:
-            _write_json(record_path(dest), {**record, "size": st.st_size, "mtime_ns": st.st_mtime_ns, **digests})
+            _write_record(record_path(dest), {**record, "size": st.st_size, "mtime_ns": st.st_mtime_ns, **digests})
     return all(digests.get(name) == value for name, value in want.items())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What kind of file arrived (checked when no checksum is known)
+
+KINDS = {"zip": "zip archive", "json": "JSON file", "jpeg": "JPEG image"}
+_SUFFIX_KINDS = {".zip": "zip", ".json": "json", ".jpg": "jpeg", ".jpeg": "jpeg"}
+_TYPES = {"zip": {"application/zip", "application/x-zip-compressed", "application/x-zip",
+                  "application/zip-compressed", "multipart/x-zip"},
+          "json": {"application/json", "text/json", "application/x-json", "text/x-json", "text/plain"},
+          "jpeg": {"image/jpeg", "image/jpg", "image/pjpeg"}}
+# Types that say nothing about the content (what bare servers, S3 and GitHub's LFS send for any file).
+_ANY_TYPE = {"", "application/octet-stream", "binary/octet-stream", "application/binary", "application/download",
+             "application/x-download", "application/force-download"}
+_HTML_TYPES = {"text/html", "application/xhtml+xml"}
+_HTML_PAGE = "an HTML page (a Wi-Fi login page, an error page or a moved link)"
+_LOOK = "open the address in a browser to see what it sends (a Wi-Fi login page may need accepting first)"
+
+
+def expected_kind(name: str | Path) -> str | None:
+    """The `expect=` value for a file name or URL by its suffix ('zip', 'json', 'jpeg'), or None if unknown."""
+    path = urllib.parse.urlsplit(name).path if isinstance(name, str) else str(name)
+    return _SUFFIX_KINDS.get(Path(path).suffix.lower())
+
+
+def _check_expect(expect: str | None) -> None:
+    if expect is not None and expect not in KINDS:
+        raise ValueError(f"expect={expect!r} is not one of {', '.join(map(repr, KINDS))} or None.")
+
+
+def type_problem(kind: str, content_type: str | None) -> str | None:
+    """Why a `Content-Type` header rules out a `kind` file (a clause), or None when it fits or says nothing."""
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype in _ANY_TYPE or ctype in _TYPES[kind] or (kind == "json" and ctype.endswith("+json")):
+        return None
+    return f"{_HTML_PAGE[:-1]}, Content-Type {ctype})" if ctype in _HTML_TYPES else f"Content-Type {ctype}"
+
+
+def _looks_like_html(head: bytes) -> bool:
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    return text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in text
+
+
+def _zip_problem(path: Path, head: bytes, complete: bool) -> str | None:
+    if not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "not a zip archive"
+    try:
+        with zipfile.ZipFile(path):  # reads the table of contents at the very end: a cut-off zip has none
+            return None
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
+        return f"a zip archive cut short or damaged ({_why(err)})"
+
+
+def _json_problem(path: Path, head: bytes, complete: bool) -> str | None:
+    try:
+        with path.open("rb") as f:
+            json.load(f)  # the whole file: a JSON cut short can end on a plausible '}' but never parses
+    except (ValueError, UnicodeDecodeError) as err:
+        return f"not valid JSON ({_why(err)})"
+    return None
+
+
+def _jpeg_problem(path: Path, head: bytes, complete: bool) -> str | None:
+    if not head.startswith(b"\xff\xd8\xff"):
+        return "not a JPEG image"
+    if complete:
+        # The server stated the length and all of it arrived. An image damaged on the server itself (MS-COCO has
+        # one) is reported by the resize step; refusing it here would fetch it again on every run.
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"a JPEG image cut short or damaged ({_why(err)})"
+    return None
+
+
+_CONTENT_CHECKS = {"zip": _zip_problem, "json": _json_problem, "jpeg": _jpeg_problem}
+
+
+def content_problem(path: str | Path, kind: str, complete: bool = False) -> str | None:
+    """Why the file at `path` is not a `kind` file (a clause such as 'not a zip archive'), or None when it is.
+
+    A zip must open (its table of contents is at the end, so a cut-off zip fails), a JSON file must parse, a JPEG
+    must start like one and, unless `complete` (the server stated the length and all of it arrived), decode.
+    """
+    path = Path(path)
+    with path.open("rb") as f:
+        head = f.read(1024)
+    if not head:
+        return "empty"
+    if _looks_like_html(head):
+        return _HTML_PAGE
+    return _CONTENT_CHECKS[kind](path, head, complete)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -276,17 +395,83 @@ def _content_range(value: str | None) -> tuple[int | None, int | None]:
     return first, (int(total) if total.strip().isdigit() else None)
 
 
+def _int_header(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def _can_resume(meta: dict | None, url: str) -> bool:
+    """Whether bytes fetched under `meta` (what the first answer said) can be continued: a resumed answer must be
+    checked against something (ETag, Last-Modified or the total size), and a decompressed body has no ranges."""
+    if not meta or meta.get("url") != url or meta.get("encoded"):
+        return False
+    return bool(meta.get("etag") or meta.get("last_modified")) or meta.get("total") is not None
+
+
+def _if_range(meta: dict) -> str | None:
+    """The If-Range validator: a strong ETag, else Last-Modified (a weak ETag is not allowed there)."""
+    etag = meta.get("etag")
+    return etag if etag and not etag.startswith("W/") else meta.get("last_modified")
+
+
+def _same_file(meta: dict, headers, total: int | None) -> bool:
+    """Does a resumed (206) answer come from the same version of the file as the first answer?"""
+    if meta.get("total") is not None and total is not None and total != meta["total"]:
+        return False
+    for key, header in (("etag", "ETag"), ("last_modified", "Last-Modified")):
+        if meta.get(key) and headers.get(header):
+            return headers.get(header) == meta[key]
+    return True
+
+
+class _Pace:
+    """The overall deadline and the minimum rate of one `download` call."""
+
+    def __init__(self, deadline: float | None, min_rate: float | None, window: float):
+        self.deadline, self.min_rate, self.window = deadline, min_rate, window
+        self.started = time.perf_counter()
+        self.fetched = 0
+        self.new_window()
+
+    def new_window(self) -> None:
+        self.window_start, self.window_bytes = time.perf_counter(), 0
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - (time.perf_counter() - self.started)
+
+    def overdue(self) -> str:
+        return (f"it was not complete within {self.deadline:g} s, the time allowed for it (deadline=), with "
+                f"{human_bytes(self.fetched)} fetched")
+
+    def problem(self, new_bytes: int = 0) -> str | None:
+        """Why this download should give up now (a clause), or None; `new_bytes` just arrived."""
+        self.fetched += new_bytes
+        self.window_bytes += new_bytes
+        left = self.remaining()
+        if left is not None and left < 0:
+            return self.overdue()
+        span = time.perf_counter() - self.window_start
+        if self.min_rate and span >= self.window:
+            if self.window_bytes < self.min_rate * span:
+                return (f"it sent only {human_bytes(self.window_bytes)} in the last {span:.1f} s "
+                        f"({human_bytes(self.window_bytes / span)}/s, below the minimum of "
+                        f"{human_bytes(self.min_rate)}/s, min_rate=)")
+            self.new_window()
+        return None
+
+
 class _Transfer:
     """State of one `download` call across attempts: the .part file, running digests, the progress bar."""
 
-    def __init__(self, url, dest, size, want, chunk, timeout, progress, record):
-        self.url, self.dest, self.size, self.want = url, dest, size, want
-        self.chunk, self.timeout, self.record = chunk, timeout, record
+    def __init__(self, url, dest, *, size, want, expect, chunk, timeout, progress, record, pace):
+        self.url, self.dest, self.size, self.want, self.expect = url, dest, size, want, expect
+        self.chunk, self.timeout, self.record, self.pace = chunk, timeout, record, pace
         self.part, self.meta_path = part_path(dest), _part_meta_path(dest)
         self.digest_names = set(want)  # only what is checked: hashing is the CPU cost of a fast download
         self.hashers: dict = {}
         self.hashed = -1  # bytes of .part that self.hashers have seen; -1: not primed
         self.total: int | None = size
+        self.meta: dict | None = None  # what the first answer said about the file, to check a resumed one against
+        self.framed = False  # did the protocol mark the body's end (chunked, a complete gzip stream)?
         self.contacted = False  # did the server ever answer (any HTTP status)?
         self.bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1000, desc=dest.name,
                         disable=not progress, leave=False)
@@ -302,6 +487,7 @@ class _Transfer:
         """Throw the partial file away and start from byte 0."""
         self.part.unlink(missing_ok=True)
         self.meta_path.unlink(missing_ok=True)
+        self.meta = None
         self.hashed = -1
         self.bar.reset(total=self.total)
 
@@ -317,35 +503,86 @@ class _Transfer:
                         h.update(data)
         self.hashed = start
 
+    def keep_or_drop(self) -> str:
+        """On giving up: keep the .part if a later call can resume it (and say so), else delete it."""
+        kept = self.part_size()
+        if kept and self.record and _can_resume(self.meta, self.url):
+            return f" (it resumes from the {human_bytes(kept)} already fetched)"
+        self.restart()
+        return ""
+
+    # giving up with one sentence ------------------------------------------------------------------------------
+    def too_slow(self, why: str) -> TooSlowError:
+        return TooSlowError(f"Gave up on {self.url}: {why}; the server or the network is too slow right now, so "
+                            f"run the same call again later{self.keep_or_drop()}.")
+
+    def disk_full(self) -> InsufficientDiskSpaceError:
+        where = _existing_folder(self.dest.parent)
+        need = f", and the whole file is {human_bytes(self.total)}" if self.total else ""
+        return InsufficientDiskSpaceError(
+            f"The disk holding {where} filled up while downloading {self.dest.name} "
+            f"({human_bytes(shutil.disk_usage(where).free)} free{need}); free some space or set LAB_DATA_DIR to a "
+            f"folder on a bigger disk, then run the same call again{self.keep_or_drop()}.")
+
+    def wrong_content(self, problem: str) -> WrongContentError:
+        self.restart()
+        return WrongContentError(f"{self.dest.name} from {self.url} is {problem}, not a {KINDS[self.expect]}, so "
+                                 f"it was deleted; {_LOOK}, then run the same call again.")
+
+    def wait(self, delay: float) -> None:
+        """Sleep before the next attempt, but never past the deadline."""
+        left = self.pace.remaining()
+        if left is not None and left <= delay:
+            time.sleep(max(left, 0.0))
+            raise self.too_slow(self.pace.overdue())
+        time.sleep(delay)
+
     # one attempt ---------------------------------------------------------------------------------------------
     def attempt(self) -> None:
         """Fetch the rest of the file into .part; return when complete, raise _Retry when worth another go."""
-        start = self.part_size()
-        meta = _read_json(self.meta_path) if self.record else None
-        if start and self.record and (meta is None or meta.get("url") != self.url):
-            self.restart()  # a leftover from another source or an older version: its bytes cannot be trusted
-            start, meta = 0, None
-        if self.total is not None and start > self.total:
-            self.restart()
-            start = 0
+        start = self.resume_point()
         if self.total is not None and start == self.total and start > 0:
             return
+        response = self.request(start)
+        if response is None:
+            return  # the server confirmed that the .part already holds the whole file
+        with response:
+            start, mode, decoder = self.accept(response, start)
+            self.receive(response, start, mode, decoder)
+        if self.total is not None and self.part_size() < self.total:
+            raise _Retry(f"the server closed the connection after {human_bytes(self.part_size())} of "
+                         f"{human_bytes(self.total)}")
+
+    def resume_point(self) -> int:
+        """Bytes of .part to keep: all of them when they can be checked against the server, else none."""
+        start = self.part_size()
+        if self.meta is None and self.record:
+            self.meta = _read_json(self.meta_path)
+        if start and not _can_resume(self.meta, self.url):
+            self.restart()  # from another source, an unknown version or a decompressed body: cannot be trusted
+            return 0
+        if self.total is not None and start > self.total:
+            self.restart()
+            return 0
+        return start
+
+    def request(self, start: int):
+        """The server's answer for bytes `start`- (None: the .part is already whole), or _Retry / an error."""
         headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         if start:
             headers["Range"] = f"bytes={start}-"
-            if meta and meta.get("validator"):
-                headers["If-Range"] = meta["validator"]  # the server sends the whole file if it has changed
+            if validator := _if_range(self.meta):
+                headers["If-Range"] = validator  # a server that honours it sends the whole file if it changed
         try:
-            response = urllib.request.urlopen(urllib.request.Request(self.url, headers=headers),
-                                              timeout=self.timeout)
+            return urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=self.timeout)
         except urllib.error.HTTPError as err:
             self.contacted = True
             err.close()
             if err.code == 416 and start:
                 _, total = _content_range(err.headers.get("Content-Range"))
-                if total == start:  # the .part already holds the whole file
+                if total == start and self.meta.get("total") in (None, total):
                     self.total = total
-                    return
+                    return None
                 self.restart()
                 raise _Retry("the server could not resume the partial file") from None
             if err.code in RETRY_STATUS:
@@ -357,71 +594,116 @@ class _Transfer:
             if not self.contacted and _unreachable(err):
                 raise _no_network(self.url, _why(err)) from None
             raise _Retry(_why(err)) from None
-        with response:
-            self.contacted = True
-            length = response.headers.get("Content-Length")
-            first, total = _content_range(response.headers.get("Content-Range"))
-            if response.status == 206:
-                if first != start:
-                    self.restart()
-                    raise _Retry("the server sent another part of the file than the one asked for")
-                mode = "ab"
-                if total is None and length is not None:
-                    total = start + int(length)
-            else:
-                # A fresh start, or a server that ignored our Range: it is sending the whole file again.
-                if start:
-                    self.restart()
-                start, mode = 0, "wb"
-                total = int(length) if length is not None else None
-            if total is not None:
-                if self.size is not None and total != self.size:
-                    self.restart()
-                    raise ChecksumError(
-                        f"{self.url} is {human_bytes(total)} but {self.dest.name} should be "
-                        f"{human_bytes(self.size)}; the file on the server has changed, so update the expected "
-                        "size or use another source.")
-                self.total = total
-                if self.bar.total != total:
-                    self.bar.reset(total=total)
-                    self.bar.update(start)
-                check_disk_space(self.dest.parent, total - start, f"Downloading {self.dest.name}")
-            if mode == "wb" and self.record:
-                validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
-                if validator and validator.startswith("W/"):
-                    validator = response.headers.get("Last-Modified")  # If-Range needs a strong validator
-                _write_json(self.meta_path, {"url": self.url, "validator": validator})
-            self.prime_hashers(start)
+
+    def accept(self, response, start: int):
+        """Check the answer's headers against what is expected and fetched so far: (start, mode, decoder)."""
+        self.contacted = True
+        headers = response.headers
+        if self.expect and (problem := type_problem(self.expect, headers.get("Content-Type"))):
+            self.restart()
+            raise WrongContentError(f"{self.url} answered with {problem} instead of a {KINDS[self.expect]}, so "
+                                    f"nothing was saved; {_LOOK}, then run the same call again.")
+        decoder = self.decoder(headers.get("Content-Encoding"))
+        length = _int_header(headers.get("Content-Length"))
+        first, total = _content_range(headers.get("Content-Range"))
+        if response.status == 206:
+            if decoder is not None or first != start:
+                self.restart()
+                raise _Retry("the server sent another part of the file than the one asked for")
+            if total is None and length is not None:
+                total = start + length
+            if not _same_file(self.meta, headers, total):
+                self.restart()  # splicing two versions would publish a file that never existed
+                raise _Retry("the file on the server changed since the first part was fetched, so it is fetched "
+                             "again from the start")
+            mode = "ab"
+        else:
+            # A fresh start, or a server that ignored our Range (or our If-Range: the file changed): all again.
+            if start:
+                self.restart()
+            start, mode = 0, "wb"
+            total = None if decoder is not None else length  # Content-Length counts the compressed bytes
+        if total is not None:
+            self.expect_total(total, start)
+        if mode == "wb":
+            self.remember(headers, total, encoded=decoder is not None)
+        self.framed = decoder is not None or "chunked" in headers.get("Transfer-Encoding", "").lower()
+        return start, mode, decoder
+
+    def decoder(self, encoding: str | None):
+        """A gzip/deflate decoder for a compressed body (sent although we asked for none), or None."""
+        encoding = (encoding or "").strip().lower()
+        if encoding in ("", "identity"):
+            return None
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            return zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib wrapping, told apart by the header
+        self.restart()
+        raise DownloadError(f"{self.url} arrived compressed as {encoding!r}, which this downloader cannot decode, "
+                            f"so nothing was saved; download it with a browser into {self.dest}, or use another "
+                            "source.")
+
+    def remember(self, headers, total: int | None, encoded: bool) -> None:
+        """Keep what the first answer said, so that a resumed answer can be checked against it."""
+        self.meta = {"url": self.url, "etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified"),
+                     "total": total, "encoded": encoded}
+        if self.record:
+            try:
+                atomic_write_json(self.meta_path, self.meta, indent=1)
+            except DiskFullError:
+                raise self.disk_full() from None
+
+    def expect_total(self, total: int, start: int) -> None:
+        if self.size is not None and total != self.size:
+            self.restart()
+            raise ChecksumError(
+                f"{self.url} is {human_bytes(total)} but {self.dest.name} should be {human_bytes(self.size)}; the "
+                "file on the server has changed, so update the expected size or use another source.")
+        self.total = total
+        if self.bar.total != total:
+            self.bar.reset(total=total)
+            self.bar.update(start)
+        check_disk_space(self.dest.parent, total - start, f"Downloading {self.dest.name}")
+
+    def receive(self, response, start: int, mode: str, decoder) -> None:
+        """Append the body to .part (decoded if compressed), watching the pace; a full disk is one sentence."""
+        self.prime_hashers(start)
+        self.pace.new_window()
+        try:
             with self.part.open(mode) as out:
-                while True:
-                    try:
-                        data = response.read(self.chunk)
-                    except (OSError, http.client.HTTPException) as err:
-                        raise _Retry(f"the transfer broke off ({_why(err)})") from None
-                    if not data:
-                        break
-                    try:
-                        out.write(data)
-                    except OSError as err:
-                        if err.errno == errno.ENOSPC:
-                            raise InsufficientDiskSpaceError(
-                                f"The disk under {self.dest.parent} filled up while downloading "
-                                f"{self.dest.name}; free some space or set LAB_DATA_DIR to a folder on a bigger "
-                                "disk, then run the same call again to resume.") from None
-                        raise
-                    for h in self.hashers.values():
-                        h.update(data)
-                    self.hashed += len(data)
-                    self.bar.update(len(data))
+                while data := self.read(response):
+                    why = self.pace.problem(len(data))
+                    self.write(out, decoder.decompress(data) if decoder is not None else data)
+                    if why:
+                        raise self.too_slow(why)
+                if decoder is not None:
+                    self.write(out, decoder.flush())
                 out.flush()
-                os.fsync(out.fileno())  # the rename below must never publish bytes still in a cache
-        if self.total is not None and self.part_size() < self.total:
-            raise _Retry(f"the server closed the connection after {human_bytes(self.part_size())} of "
-                         f"{human_bytes(self.total)}")
+                os.fsync(out.fileno())  # the rename in finish() must never publish bytes still in a cache
+        except zlib.error as err:
+            raise _Retry(f"the compressed body was damaged ({_why(err)})") from None
+        except OSError as err:
+            if is_disk_full(err) and not isinstance(err, DownloadError):
+                raise self.disk_full() from None
+            raise
+        if decoder is not None and not decoder.eof:
+            raise _Retry("the compressed body was cut short")  # and, compressed, it cannot be resumed: restarts
+
+    def read(self, response) -> bytes:
+        try:
+            return response.read1(self.chunk)  # whatever has arrived: a trickle must not hide in a long read
+        except (OSError, http.client.HTTPException) as err:
+            raise _Retry(f"the transfer broke off ({_why(err)})") from None
+
+    def write(self, out, data: bytes) -> None:
+        out.write(data)
+        for h in self.hashers.values():
+            h.update(data)
+        self.hashed += len(data)
+        self.bar.update(len(data))
 
     # completion ------------------------------------------------------------------------------------------------
     def finish(self) -> None:
-        """Check size and digests of the complete .part, then publish it under its final name."""
+        """Check size, digests or format of the complete .part, then publish it under its final name."""
         got = self.part_size()
         if self.size is not None and got != self.size:
             self.restart()
@@ -438,67 +720,110 @@ class _Transfer:
                     f"{self.dest.name} from {self.url} has the wrong {name.upper()} ({digests[name][:12]}… "
                     f"instead of {expected[:12]}…), so it was deleted; run the same call again, and if it "
                     "fails twice the file on the server has changed.")
+        if not self.want:
+            self.check_content()
         os.replace(self.part, self.dest)
         self.meta_path.unlink(missing_ok=True)
         if self.record:
             st = self.dest.stat()
-            _write_json(record_path(self.dest), {"url": self.url, "size": st.st_size,
-                                                 "mtime_ns": st.st_mtime_ns, **digests})
+            _write_record(record_path(self.dest), {"url": self.url, "size": st.st_size,
+                                                   "mtime_ns": st.st_mtime_ns, **digests})
+
+    def check_content(self) -> None:
+        """Without a checksum, only the format (or a stated length) can tell a whole file from a wrong one."""
+        complete = self.total is not None or self.framed
+        if self.expect is not None:
+            if problem := content_problem(self.part, self.expect, complete):
+                raise self.wrong_content(problem)
+        elif not complete:
+            self.restart()
+            raise WrongContentError(
+                f"{self.url} sent {self.dest.name} without stating its length, so a transfer cut short cannot be "
+                "told from a complete one and it was deleted; give download() a checksum (sha256= or md5=) or "
+                "the expected format (expect=), or fetch it from a server that sends Content-Length.")
+
+
+def _usable(dest: Path, sha256, size, md5, expect, record: bool) -> bool:
+    """Is the `dest` already on disk the file asked for? A wrong one is deleted (and fetched again)."""
+    if not is_complete(dest, sha256=sha256, size=size, md5=md5, write_record=record):
+        print(f"{dest.name} is not the expected file (size or checksum differs); downloading it again.")
+        return False
+    if expect is None or sha256 or md5:
+        return True
+    problem = content_problem(dest, expect, complete=True)
+    if problem is None:
+        return True
+    print(f"{dest.name} is {problem}, not a {KINDS[expect]}; downloading it again.")
+    discard(dest)
+    return False
 
 
 def download(url: str, dest: str | Path, sha256: str | None = None, size: int | None = None, retries: int = 4,
              backoff: float = 1.0, timeout: float = 30.0, progress: bool = True, chunk: int = 1 << 20, *,
-             md5: str | None = None, record: bool = True) -> Path:
-    """Fetch `url` to `dest`: resumable (HTTP Range), retried with back-off, size/checksum-verified, atomic.
+             md5: str | None = None, record: bool = True, expect: str | None = None,
+             deadline: float | None = None, min_rate: float | None = MIN_RATE,
+             rate_window: float = RATE_WINDOW) -> Path:
+    """Fetch `url` to `dest`: resumable (HTTP Range), retried with back-off, verified, atomic.
 
-    An existing `dest` that matches `size`/`sha256`/`md5` is returned without any network access (its record
-    `<dest>.download.json` spares re-hashing). The transfer grows in `<dest>.part`, which a later call resumes,
-    and becomes `dest` only when complete and verified. Connection errors, 5xx answers and cut-off bodies are
-    retried `retries` times, waiting `backoff`, 2*`backoff`, 4*`backoff`, ... seconds; an attempt that brought
-    new bytes does not use up a retry. `record=False` skips the record and resume metadata (many small files).
-    Raises `NetworkUnavailableError`, `ChecksumError`, `InsufficientDiskSpaceError` or `DownloadError`.
+    An existing `dest` that matches `size`/`sha256`/`md5` (and `expect`) is returned without any network access
+    (its record `<dest>.download.json` spares re-hashing). The transfer grows in `<dest>.part`, which a later call
+    resumes only if the server still has the same file (ETag / Last-Modified via If-Range, total size), and
+    becomes `dest` only when complete and verified: by `sha256`/`md5` when given, else by its format
+    (`expect="zip"|"json"|"jpeg"`: the Content-Type must fit and a zip must open, a JSON file parse, a JPEG start
+    like one and decode when its length was not stated); an HTML page is never published as one of those. A body
+    of unstated length with neither a checksum nor `expect` is refused. A gzip-compressed body is decoded.
+    Connection errors, 5xx answers and cut-off bodies are retried `retries` times, waiting `backoff`,
+    2*`backoff`, ... seconds; an attempt that brought new bytes does not use up a retry. The call gives up with
+    `TooSlowError` after `deadline` seconds in all, or when fewer than `min_rate` bytes/s arrive over
+    `rate_window` seconds. `record=False` skips the record and resume metadata (many small files).
+    Raises `NetworkUnavailableError`, `ChecksumError` (`WrongContentError`), `TooSlowError`,
+    `InsufficientDiskSpaceError` (a `DiskFullError`) or `DownloadError`, each with one sentence.
     """
     dest = Path(dest)
     want = _expected_digests(sha256, md5)
+    _check_expect(expect)
     if dest.is_dir():
         raise IsADirectoryError(f"{dest} is a folder; give download() the path of the file to write.")
-    if dest.exists():
-        if is_complete(dest, sha256=sha256, size=size, md5=md5, write_record=record):
-            return dest
-        print(f"{dest.name} is not the expected file (size or checksum differs); downloading it again.")
+    if dest.exists() and _usable(dest, sha256, size, md5, expect, record):
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    transfer = _Transfer(url, dest, size, want, chunk, timeout, progress, record)
+    transfer = _Transfer(url, dest, size=size, want=want, expect=expect, chunk=chunk, timeout=timeout,
+                         progress=progress, record=record, pace=_Pace(deadline, min_rate, rate_window))
     if size is not None:
         check_disk_space(dest.parent, size - transfer.part_size(), f"Downloading {dest.name}")
-    failures, attempts, best, last = 0, 0, transfer.part_size(), ""
     try:
-        while True:
-            attempts += 1
-            try:
-                transfer.attempt()
-                break
-            except _Retry as retry:
-                last = retry.reason
-                now = transfer.part_size()
-                failures = 0 if now > best else failures + 1  # progress keeps a slow, flaky link going
-                best = max(best, now)
-                if failures > retries:
-                    break
-                delay = backoff * 2 ** max(failures - 1, 0)
-                if retry.wait is not None:
-                    delay = max(delay, min(retry.wait, 60.0))
-                time.sleep(min(delay, 60.0) * (1 + 0.1 * random.random()))  # jitter: parallel fetchers spread out
-        if failures > retries:
-            if not transfer.contacted:
-                raise _no_network(url, last)
-            kept = transfer.part_size()
-            keep = f" (the {human_bytes(kept)} already fetched are kept)" if kept else ""
-            raise DownloadError(f"Could not download {url} after {attempts} attempts ({last}); run the same call "
-                                f"again to resume{keep}, or try again later.")
+        _attempts(transfer, retries, backoff)
         transfer.finish()
     finally:
         transfer.bar.close()
     return dest
+
+
+def _attempts(transfer: _Transfer, retries: int, backoff: float) -> None:
+    """Run attempts until the .part is whole; after `retries` fruitless ones in a row, one sentence."""
+    failures, attempts, best, last = 0, 0, transfer.part_size(), ""
+    while True:
+        attempts += 1
+        try:
+            transfer.attempt()
+            return
+        except _Retry as retry:
+            last = retry.reason
+            now = transfer.part_size()
+            failures = 0 if now > best else failures + 1  # progress keeps a slow, flaky link going
+            best = max(best, now)
+            if failures > retries:
+                break
+            delay = backoff * 2 ** max(failures - 1, 0)
+            if retry.wait is not None:
+                delay = max(delay, min(retry.wait, 60.0))
+            transfer.wait(min(delay, 60.0) * (1 + 0.1 * random.random()))  # jitter: parallel fetchers spread out
+    if not transfer.contacted:
+        raise _no_network(transfer.url, last)
+    kept = transfer.part_size()
+    keep = f" (the {human_bytes(kept)} already fetched are kept)" if kept else ""
+    raise DownloadError(f"Could not download {transfer.url} after {attempts} attempts ({last}); run the same call "
+                        f"again to resume{keep}, or try again later.")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -576,16 +901,22 @@ def extract_zip(zip_path: str | Path, dest_dir: str | Path, members: Iterable[st
             raise _damaged(zip_path, _why(err), delete_corrupt) from None
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            if err.errno == errno.ENOSPC:
-                raise InsufficientDiskSpaceError(f"The disk under {dest_dir} filled up while unpacking "
-                                                 f"{zip_path.name}; free some space or set LAB_DATA_DIR to a "
-                                                 "folder on a bigger disk.") from None
+            if is_disk_full(err):
+                raise _unpack_disk_full(dest_dir, zip_path) from None
             raise
     _move_into(tmp, dest_dir)
     shutil.rmtree(tmp, ignore_errors=True)
-    _write_json(marker, {"zip": zip_path.name, "zip_size": zip_path.stat().st_size, "members": wanted,
-                         "files": sum(not i.is_dir() for i in infos)})
+    try:
+        atomic_write_json(marker, {"zip": zip_path.name, "zip_size": zip_path.stat().st_size, "members": wanted,
+                                   "files": sum(not i.is_dir() for i in infos)}, indent=1)
+    except DiskFullError:
+        raise _unpack_disk_full(dest_dir, zip_path) from None  # unmarked, so the next run unpacks it again
     return dest_dir
+
+
+def _unpack_disk_full(dest_dir: Path, zip_path: Path) -> InsufficientDiskSpaceError:
+    return InsufficientDiskSpaceError(f"The disk under {dest_dir} filled up while unpacking {zip_path.name}; free "
+                                      "some space or set LAB_DATA_DIR to a folder on a bigger disk.")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -601,6 +932,7 @@ class Source:
     md5: str | None = None
     size: int | None = None
     filename: str | None = None  # default: the last part of the URL's path
+    expect: str | None = None  # the format checked when no checksum is known: "zip", "json", "jpeg"
 
 
 def known_source(url: str) -> Source:
@@ -631,14 +963,15 @@ def try_sources(sources: Sequence[str | Source], dest_dir: str | Path, retries: 
     dest_dir = Path(dest_dir)
     for src in sources:
         dest = dest_dir / (src.filename or _url_name(src.url))
-        if is_complete(dest, sha256=src.sha256, size=src.size, md5=src.md5):
+        if is_complete(dest, sha256=src.sha256, size=src.size, md5=src.md5) and (
+                src.expect is None or src.sha256 or src.md5 or content_problem(dest, src.expect, True) is None):
             return SourceResult(src.url, dest)
     failures: dict[str, str] = {}
     for src in sources:
         dest = dest_dir / (src.filename or _url_name(src.url))
         try:
             path = download(src.url, dest, sha256=src.sha256, size=src.size, md5=src.md5, retries=retries,
-                            backoff=backoff, timeout=timeout, progress=progress)
+                            backoff=backoff, timeout=timeout, progress=progress, expect=src.expect)
         except InsufficientDiskSpaceError:
             raise  # another source will not fit either
         except DownloadError as err:
@@ -684,9 +1017,11 @@ class FetchReport:
 
 
 def fetch_images_by_url(entries: Iterable[tuple[str, str | Path]], workers: int = 16, retries: int = 3,
-                        backoff: float = 0.5, timeout: float = 30.0, progress: bool = True) -> FetchReport:
+                        backoff: float = 0.5, timeout: float = 30.0, progress: bool = True,
+                        expect: str | None = "auto") -> FetchReport:
     """Download many `(url, dest)` files in parallel threads, each with `download` (atomic, retried).
 
+    Each file is checked as `expect` ("auto": by its name, so a `.jpg` must be a JPEG and an HTML page is refused).
     Files already on disk are skipped, so re-running fetches only what is missing. A failing URL is recorded in
     `report.failed` and the batch goes on; only "no network at all" before anything arrived, or a full disk,
     stops the batch (raising `NetworkUnavailableError` / `InsufficientDiskSpaceError`).
@@ -709,7 +1044,9 @@ def fetch_images_by_url(entries: Iterable[tuple[str, str | Path]], workers: int 
     def fetch(url: str, dest: Path) -> int | None:
         if stop.is_set():
             return None
-        download(url, dest, retries=retries, backoff=backoff, timeout=timeout, progress=False, record=False)
+        kind = expected_kind(dest) if expect == "auto" else expect
+        download(url, dest, retries=retries, backoff=backoff, timeout=timeout, progress=False, record=False,
+                 expect=kind)
         return dest.stat().st_size
 
     # Threads suit this: each worker mostly waits on its socket, and urllib releases the GIL while it does.

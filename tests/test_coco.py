@@ -117,6 +117,27 @@ def test_ensure_dataset_quick_returns_synthetic_folder_without_regenerating(tiny
     assert marker.stat().st_mtime_ns == before
 
 
+def test_ensure_dataset_quick_never_replaces_a_dataset_the_lab_did_not_write(tmp_path):
+    from labutils import synthetic
+    from labutils.infra.files import NotLabFolderError
+
+    cfg = get_config("quick", data_root=tmp_path / "data", n_images=6)
+    photos = cfg.dataset_dir / "images"  # real photos with captions, converted by hand to the lab's layout
+    photos.mkdir(parents=True)
+    (cfg.dataset_dir / "annotations").mkdir()
+    Image.new("RGB", (64, 48), "green").save(photos / "1000268201.jpg")
+    (cfg.dataset_dir / "annotations" / "captions.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "1000268201.jpg", "width": 64, "height": 48}],
+        "annotations": [{"id": 1, "image_id": 1, "caption": "a child in a pink dress"}]}))
+    before = synthetic.fingerprint(cfg.dataset_dir)
+    with pytest.raises(NotLabFolderError) as err:
+        coco.ensure_dataset(cfg, progress=False)
+    assert str(err.value).startswith(f"{cfg.dataset_dir} holds files the lab did not write, so it will not "
+                                     "replace them with the synthetic dataset;")
+    assert str(err.value).count(". ") == 0
+    assert synthetic.fingerprint(cfg.dataset_dir) == before
+
+
 def test_ensure_dataset_full_offline_fails_with_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setattr(coco, "COCO_BASE_URL", closed_port_url())
     monkeypatch.setattr(coco, "KARPATHY_SPLIT_URL", closed_port_url())
@@ -691,10 +712,61 @@ def test_corrupt_image_is_reported_in_one_sentence_and_not_counted_complete(tmp_
     assert coco.image_root(cfg) == cfg.image_dir  # incomplete: the readers keep the originals
     resized = cfg.dataset_dir / "images_8px"
     assert not (resized / "val2014" / bad.name).exists()
-    assert not [p for p in resized.rglob(".*") if p.is_file()]  # no temporary files left behind
+    hidden = [p.relative_to(resized).as_posix() for p in resized.rglob(".*") if p.is_file()]
+    assert hidden == [".labutils-made.json"]  # no temporary files left behind, only the lab's ownership marker
     _write_jpeg(bad)  # a good copy (what a re-fetch brings)
     assert coco.resize_images(cfg, progress=False)["resized"] == 1
     assert coco.image_root(cfg) == resized
+
+
+def test_resize_never_writes_into_a_folder_the_lab_did_not_make(tmp_path):
+    from labutils.infra.files import NotLabFolderError
+
+    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
+    write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
+    theirs = coco.resized_image_dir(cfg) / "val2014"
+    theirs.mkdir(parents=True)
+    (theirs / "notes.txt").write_text("my own thumbnails")
+    with pytest.raises(NotLabFolderError, match="images_8px holds files the lab did not write"):
+        coco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
+    assert [p.name for p in coco.resized_image_dir(cfg).rglob("*")] == ["val2014", "notes.txt"]
+
+
+def test_a_resized_copy_from_an_older_labutils_is_recognised_by_its_record(tmp_path):
+    from labutils.infra.files import MARKER_FILE
+
+    cfg = _prepared_2014(tmp_path)
+    resized = coco.resized_image_dir(cfg)
+    (resized / MARKER_FILE).unlink()  # as an older labutils left it: resized.json but no ownership marker
+    coco.convert_coco2014(cfg.dataset_dir, subset=10, seed=0, n_val=2, n_test=2)  # the record is now stale
+    assert coco.resize_images(cfg, progress=False)["complete"] and (resized / MARKER_FILE).is_file()
+
+
+def test_a_second_resize_waits_for_the_first_and_writes_its_record_last(tmp_path, capsys):
+    import time
+
+    from labutils.infra.files import folder_lock
+
+    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
+    write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
+    coco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2,
+                        resize=False)
+    result = {}
+    with folder_lock(coco.resized_image_dir(cfg), "the resized images"):  # another process is resizing
+        worker = threading.Thread(target=lambda: result.update(record=coco.resize_images(cfg, progress=False)))
+        worker.start()
+        for _ in range(200):
+            if "Waiting for" in capsys.readouterr().err:
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("resize_images did not wait for the folder's lock")
+        assert not coco.resized_image_dir(cfg).exists()
+    worker.join(30)
+    assert result["record"]["complete"] and coco.image_root(cfg) == coco.resized_image_dir(cfg)
+    record_time = (coco.resized_image_dir(cfg) / coco.RESIZE_RECORD).stat().st_mtime_ns
+    images = [p for p in coco.resized_image_dir(cfg).rglob("*.jpg")]
+    assert len(images) == 22 and max(p.stat().st_mtime_ns for p in images) <= record_time
 
 
 def test_image_root_is_the_image_folder_on_the_quick_profile(tiny_cfg):

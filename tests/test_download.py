@@ -5,132 +5,31 @@ fetch) and labutils.coco.prepare_mscoco end to end against that server.
 """
 
 import hashlib
-import http.server
 import io
 import json
 import shutil
-import threading
 import time
 import types
-import urllib.parse
 import zipfile
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from loopback import closed_port_url
+from loopback import LabServer, closed_port_url
 from PIL import Image
 
 from labutils import coco, get_config
 from labutils import download as dl
+from labutils.infra.files import DiskFullError
 
 FAST = {"backoff": 0.01, "progress": False}  # tiny back-off keeps the retry tests quick
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# A loopback server with Range support and faults
-
-
-class LabServer:
-    """Files in memory, served over HTTP on 127.0.0.1 with Range support and per-path programmable faults.
-
-    faults[path] is a list consumed one per request: "500" (error status), "cut:N" (announce the full length,
-    send N bytes, hang up), "503:ra" (503 with Retry-After: 0). `ignore_range` paths answer 200 to any Range.
-    `requests` records (method, path, Range header) for every request; `max_inflight` the peak concurrency.
-    """
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.faults: dict[str, list[str]] = defaultdict(list)
-        self.ignore_range: set[str] = set()
-        self.delay = 0.0
-        self.requests: list[tuple[str, str, str | None]] = []
-        self.lock = threading.Lock()
-        self.inflight = self.max_inflight = 0
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                self.answer(head=True)
-
-            def do_GET(self):
-                self.answer(head=False)
-
-            def answer(self, head):
-                path = urllib.parse.urlsplit(self.path).path
-                rng = self.headers.get("Range")
-                with server.lock:
-                    server.requests.append((self.command, path, rng))
-                    fault = server.faults[path].pop(0) if server.faults[path] and not head else None
-                    server.inflight += 1
-                    server.max_inflight = max(server.max_inflight, server.inflight)
-                try:
-                    if server.delay:
-                        time.sleep(server.delay)
-                    self.respond(path, rng, fault, head)
-                finally:
-                    with server.lock:
-                        server.inflight -= 1
-
-            def respond(self, path, rng, fault, head):
-                if fault in ("500", "503:ra"):
-                    self.send_response(int(fault[:3]))
-                    if fault == "503:ra":
-                        self.send_header("Retry-After", "0")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                data = server.files.get(path)
-                if data is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body, status = data, 200
-                if rng and path not in server.ignore_range:
-                    start = int(rng.removeprefix("bytes=").split("-")[0])
-                    if start >= len(data):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(data)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    body, status = data[start:], 206
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("ETag", '"' + hashlib.sha1(data).hexdigest() + '"')
-                if status == 206:
-                    self.send_header("Content-Range", f"bytes {len(data) - len(body)}-{len(data) - 1}/{len(data)}")
-                self.end_headers()
-                if head:
-                    return
-                if fault and fault.startswith("cut:"):
-                    self.wfile.write(body[:int(fault[4:])])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-
-    def gets(self, path: str | None = None) -> list[tuple[str, str, str | None]]:
-        """GET requests so far (for one path, or all)."""
-        return [r for r in self.requests if r[0] == "GET" and (path is None or r[1] == path)]
-
-
 @pytest.fixture
 def web():
-    server = LabServer()
-    server.thread.start()
+    """A LabServer (tests/loopback.py) on 127.0.0.1 for one test."""
+    server = LabServer().start()
     yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
-
+    server.stop()
 
 
 def payload(n: int, seed: int = 0) -> bytes:
@@ -302,6 +201,259 @@ def test_disk_space_is_checked_before_starting(web, tmp_path, monkeypatch):
     with pytest.raises(dl.InsufficientDiskSpaceError):  # size from Content-Length: stops before the body
         dl.download(f"{web.url}/d.zip", tmp_path / "d.zip", **FAST)
     assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# download(): never a wrong file published as complete, checksum or not (issue 10)
+
+PORTAL = (b"<!DOCTYPE html>\n<html><head><title>Welcome to CafeNet</title></head><body><form action=/login>"
+          b"Accept the terms to use the Wi-Fi</form></body></html>\n")
+
+
+def test_html_page_where_json_is_expected_is_refused_and_the_next_run_fetches_the_file(web, tmp_path):
+    web.files["/dataset_coco.json"] = PORTAL
+    web.content_type["/dataset_coco.json"] = "text/html; charset=utf-8"
+    dest = tmp_path / "dataset_coco.json"
+    with pytest.raises(dl.WrongContentError) as err:  # refused by its header
+        dl.download(f"{web.url}/dataset_coco.json", dest, expect="json", **FAST)
+    message = str(err.value)
+    assert one_sentence(message) and "answered with an HTML page" in message and "Content-Type text/html" in message
+    assert "instead of a JSON file" in message and "nothing was saved" in message
+    assert isinstance(err.value, coco.DatasetUnavailableError) and leftovers(tmp_path) == []
+    assert len(web.gets()) == 1  # a portal will not change its mind within a second: not retried
+    web.content_type["/dataset_coco.json"] = "application/octet-stream"  # the same page under a neutral type
+    with pytest.raises(dl.WrongContentError, match=r"dataset_coco.json from .* is an HTML page \(a Wi-Fi login"):
+        dl.download(f"{web.url}/dataset_coco.json", dest, expect="json", **FAST)
+    assert leftovers(tmp_path) == []  # refused by its content, and removed
+    web.files["/dataset_coco.json"] = b'{"images": [{"split": "tr'  # cut short on the server: does not parse
+    with pytest.raises(dl.WrongContentError, match="is not valid JSON"):
+        dl.download(f"{web.url}/dataset_coco.json", dest, expect="json", **FAST)
+    assert leftovers(tmp_path) == []
+    good = json.dumps({"images": [{"split": "train"}], "dataset": "coco"}).encode()
+    web.files["/dataset_coco.json"], web.content_type["/dataset_coco.json"] = good, "text/plain; charset=utf-8"
+    assert dl.download(f"{web.url}/dataset_coco.json", dest, expect="json", **FAST).read_bytes() == good
+
+
+def test_html_page_or_another_type_where_a_zip_is_expected_is_refused(web, tmp_path):
+    archive = zip_bytes(ANNOTATIONS)
+    url = f"{web.url}/annotations/annotations_trainval2014.zip"
+    dest = tmp_path / "annotations_trainval2014.zip"
+    cases = [(PORTAL, "text/html", "answered with an HTML page"),
+             (archive, "image/jpeg", "answered with Content-Type image/jpeg instead of a zip archive"),
+             (PORTAL, None, "is an HTML page"),
+             (payload(5000), None, "is not a zip archive"),
+             (archive[:-30], "application/zip", "is a zip archive cut short or damaged")]
+    for body, ctype, expected in cases:
+        web.files["/annotations/annotations_trainval2014.zip"] = body
+        web.content_type.pop("/annotations/annotations_trainval2014.zip", None)
+        if ctype:
+            web.content_type["/annotations/annotations_trainval2014.zip"] = ctype
+        with pytest.raises(dl.WrongContentError) as err:
+            dl.download(url, dest, expect="zip", **FAST)
+        assert expected in str(err.value) and one_sentence(str(err.value)), (ctype, str(err.value))
+        assert leftovers(tmp_path) == []
+    web.files["/annotations/annotations_trainval2014.zip"] = archive
+    assert dl.download(url, dest, expect="zip", **FAST).read_bytes() == archive
+
+
+def test_a_wrong_file_already_at_the_destination_is_fetched_again(web, tmp_path, capsys):
+    archive = zip_bytes(ANNOTATIONS)
+    web.files["/a.zip"] = archive
+    dest = tmp_path / "a.zip"
+    dest.write_bytes(PORTAL)  # what an older downloader saved from a captive portal
+    assert dl.download(f"{web.url}/a.zip", dest, expect="zip", **FAST).read_bytes() == archive
+    assert "a.zip is an HTML page" in capsys.readouterr().out and len(web.gets()) == 1
+    dl.download(f"{web.url}/a.zip", dest, expect="zip", **FAST)
+    assert len(web.gets()) == 1  # a good one is kept without a request
+
+
+def test_gzip_encoded_body_is_decoded_and_a_cut_one_restarts(web, tmp_path):
+    data = json.dumps({"images": [{"cocoid": i, "split": "train"} for i in range(3000)]}).encode()
+    web.files["/d.json"] = data
+    web.encoding["/d.json"] = "gzip"  # sent although the client asked for identity (a proxy, a CDN)
+    digest = hashlib.sha256(data).hexdigest()  # of the file, not of its compressed form
+    dest = dl.download(f"{web.url}/d.json", tmp_path / "d.json", sha256=digest, **FAST)
+    assert dest.read_bytes() == data
+    web.faults["/d.json"] = ["cut:700"]
+    again = dl.download(f"{web.url}/d.json", tmp_path / "e.json", expect="json", **FAST)
+    assert again.read_bytes() == data
+    assert [g[2] for g in web.gets("/d.json")][1:] == [None, None]  # decoded bytes are never resumed by Range
+    assert leftovers(tmp_path) == ["d.json", "d.json.download.json", "e.json", "e.json.download.json"]
+    web.files["/b.json"], web.encoding["/b.json"] = data, "br"
+    with pytest.raises(dl.DownloadError) as err:
+        dl.download(f"{web.url}/b.json", tmp_path / "b.json", **FAST)
+    assert one_sentence(str(err.value)) and "compressed as 'br'" in str(err.value)
+    assert not (tmp_path / "b.json").exists() and not dl.part_path(tmp_path / "b.json").exists()
+
+
+def test_body_of_unknown_length_cut_short_is_never_published(web, tmp_path):
+    archive = zip_bytes({f"val2014/{i}.jpg": payload(3000, seed=i) for i in range(4)}, zipfile.ZIP_STORED)
+    web.files["/a.zip"], web.framing["/a.zip"] = archive, "close"  # no Content-Length: the end is the hang-up
+    web.faults["/a.zip"] = ["cut:5000"]
+    with pytest.raises(dl.WrongContentError, match="is a zip archive cut short or damaged"):
+        dl.download(f"{web.url}/a.zip", tmp_path / "a.zip", expect="zip", **FAST)
+    assert leftovers(tmp_path) == []
+    assert dl.download(f"{web.url}/a.zip", tmp_path / "a.zip", expect="zip", **FAST).read_bytes() == archive
+    web.faults["/a.zip"] = ["cut:5000"]
+    with pytest.raises(dl.ChecksumError, match="wrong SHA256"):  # a checksum also catches it
+        dl.download(f"{web.url}/a.zip", tmp_path / "b.zip", sha256=hashlib.sha256(archive).hexdigest(), **FAST)
+    web.faults["/a.zip"] = ["cut:5000"]
+    with pytest.raises(dl.WrongContentError) as err:  # with neither, it cannot be told from a whole file
+        dl.download(f"{web.url}/a.zip", tmp_path / "c.zip", **FAST)
+    assert one_sentence(str(err.value)) and "without stating its length" in str(err.value)
+    assert leftovers(tmp_path) == ["a.zip", "a.zip.download.json"]
+
+
+def test_chunked_body_marks_its_end_so_a_cut_one_is_resumed(web, tmp_path):
+    data = payload(40_000, seed=4)
+    web.files["/c.bin"], web.framing["/c.bin"] = data, "chunked"
+    web.faults["/c.bin"] = ["cut:15000"]
+    dest = dl.download(f"{web.url}/c.bin", tmp_path / "c.bin", **FAST)
+    assert dest.read_bytes() == data  # complete without a checksum or format: chunked framing shows the end
+    assert [g[2] for g in web.gets("/c.bin")] == [None, "bytes=15000-"]
+    whole = dl.download(f"{web.url}/c.bin", tmp_path / "d.bin", **FAST)  # one answer: no length at all
+    assert whole.read_bytes() == data and len(web.gets("/c.bin")) == 3
+
+
+def test_trickling_server_hits_the_deadline_with_a_sentence(web, tmp_path):
+    web.files["/slow.zip"] = payload(200_000)
+    web.trickle["/slow.zip"] = (200, 0.02)  # 10 kB/s: never silent long enough for a socket timeout
+    dest = tmp_path / "slow.zip"
+    started = time.perf_counter()
+    with pytest.raises(dl.TooSlowError) as err:
+        dl.download(f"{web.url}/slow.zip", dest, deadline=0.5, **FAST)
+    assert time.perf_counter() - started < 2
+    message = str(err.value)
+    assert one_sentence(message) and "not complete within 0.5 s" in message and "too slow" in message
+    assert "it resumes from the" in message and not dest.exists()
+    assert 0 < dl.part_path(dest).stat().st_size < 200_000  # kept for the next call, never under the final name
+
+
+def test_deadline_also_bounds_the_waits_between_retries(web, tmp_path):
+    web.files["/busy.zip"] = payload(1000)
+    web.faults["/busy.zip"] = ["503:ra"] * 20
+    started = time.perf_counter()
+    with pytest.raises(dl.TooSlowError, match=r"not complete within 0\.4 s"):
+        dl.download(f"{web.url}/busy.zip", tmp_path / "busy.zip", retries=6, backoff=0.2, deadline=0.4,
+                    progress=False)
+    assert time.perf_counter() - started < 1.5 and leftovers(tmp_path) == []
+
+
+def test_trickling_server_below_the_minimum_rate_gives_up(web, tmp_path):
+    web.files["/slow.jpg"] = payload(100_000)
+    web.trickle["/slow.jpg"] = (50, 0.05)  # 1 kB/s
+    started = time.perf_counter()
+    with pytest.raises(dl.TooSlowError) as err:
+        dl.download(f"{web.url}/slow.jpg", tmp_path / "slow.jpg", min_rate=5000, rate_window=0.4, record=False,
+                    **FAST)
+    assert time.perf_counter() - started < 2
+    assert one_sentence(str(err.value)) and "below the minimum of 5.0 kB/s" in str(err.value)
+    assert leftovers(tmp_path) == []  # record=False: nothing to resume from, so nothing is left
+
+
+@pytest.mark.parametrize("honor_if_range", [False, True], ids=["server-ignores-If-Range", "server-honours-it"])
+def test_file_changed_on_the_server_between_attempts_restarts_from_zero(web, tmp_path, honor_if_range):
+    old, new = payload(60_000, seed=5), payload(60_000, seed=6)  # same size: only the ETag tells them apart
+    web.honor_if_range = honor_if_range
+    web.files["/f.zip"] = old
+    web.faults["/f.zip"] = ["cut:20000", "500"]  # the first call gives up with 20,000 bytes in its .part
+    dest = tmp_path / "f.zip"
+    with pytest.raises(dl.DownloadError, match="run the same call again to resume"):
+        dl.download(f"{web.url}/f.zip", dest, retries=0, **FAST)
+    old_etag = web.etag("/f.zip")
+    web.files["/f.zip"] = new
+    dl.download(f"{web.url}/f.zip", dest, **FAST)
+    assert dest.read_bytes() == new  # not old[:20000] + new[20000:]
+    assert (web.headers[2]["Range"], web.headers[2]["If-Range"]) == ("bytes=20000-", old_etag)
+    assert [g[2] for g in web.gets("/f.zip")][2:] == ["bytes=20000-"] + ([] if honor_if_range else [None])
+
+
+def test_changed_size_without_validators_restarts_from_zero(web, tmp_path):
+    web.etags = False  # no ETag, no Last-Modified: the total size is what is left to compare
+    old, new = payload(50_000, seed=7), payload(70_000, seed=8)
+    web.files["/g.bin"], web.faults["/g.bin"] = old, ["cut:20000", "500"]
+    dest = tmp_path / "g.bin"
+    with pytest.raises(dl.DownloadError):
+        dl.download(f"{web.url}/g.bin", dest, retries=0, **FAST)
+    web.files["/g.bin"] = new
+    assert dl.download(f"{web.url}/g.bin", dest, **FAST).read_bytes() == new
+    assert [g[2] for g in web.gets("/g.bin")][2:] == ["bytes=20000-", None]
+
+
+def fill_disk(folder: Path, leave: int) -> Path:
+    """Write a ballast file so that about `leave` bytes stay free on `folder`'s disk."""
+    ballast = folder / "ballast"
+    ballast.write_bytes(b"\0" * max(0, shutil.disk_usage(folder).free - leave))
+    return ballast
+
+
+def test_full_disk_on_a_chunked_body_is_one_sentence_and_nothing_looks_complete(web, small_disk, monkeypatch):
+    monkeypatch.setattr(dl, "DISK_MARGIN", 0)  # for the resumed answer, whose Content-Range gives the size
+    disk = small_disk(1 << 20)
+    data = payload(600_000, seed=9)
+    web.files["/big.bin"], web.framing["/big.bin"] = data, "chunked"  # no length: nothing to check up front
+    ballast = fill_disk(disk, leave=300_000)
+    dest = disk / "downloads" / "big.bin"
+    with pytest.raises(dl.InsufficientDiskSpaceError) as err:
+        dl.download(f"{web.url}/big.bin", dest, chunk=65536, **FAST)
+    message = str(err.value)
+    assert one_sentence(message) and "filled up while downloading big.bin" in message and "LAB_DATA_DIR" in message
+    assert isinstance(err.value, DiskFullError) and isinstance(err.value, coco.DatasetUnavailableError)
+    assert not dest.exists() and len(web.gets()) == 1  # not retried: a full disk does not empty itself
+    ballast.unlink()  # what the sentence says to do
+    assert dl.download(f"{web.url}/big.bin", dest, chunk=65536, **FAST).read_bytes() == data
+    assert web.gets()[-1][2] is not None  # resumed, not fetched again
+
+
+def test_full_disk_with_a_content_length_keeps_only_a_resumable_part(web, small_disk, monkeypatch):
+    monkeypatch.setattr(dl, "DISK_MARGIN", 0)  # the safety margin is bigger than this whole disk
+    disk = small_disk(1 << 20)
+    data = payload(500_000, seed=10)
+    web.files["/a.bin"] = data
+    dest = disk / "a.bin"
+    ballast = []
+
+    def fill_once_the_download_started():  # so the up-front space check passes, as on a disk shared with others
+        deadline = time.monotonic() + 5
+        while not dl.part_path(dest).exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        ballast.append(fill_disk(disk, leave=100_000))
+
+    web.before_body["/a.bin"] = fill_once_the_download_started
+    with pytest.raises(dl.InsufficientDiskSpaceError) as err:
+        dl.download(f"{web.url}/a.bin", dest, chunk=16384, **FAST)
+    message = str(err.value)
+    assert one_sentence(message) and "the whole file is 500.0 kB" in message and "it resumes from" in message
+    kept = dl.part_path(dest).stat().st_size
+    assert not dest.exists() and 0 < kept < len(data)
+    del web.before_body["/a.bin"]
+    ballast[0].unlink()
+    assert dl.download(f"{web.url}/a.bin", dest, **FAST).read_bytes() == data
+    assert [g[2] for g in web.gets()] == [None, f"bytes={kept}-"]  # resumed where the disk filled up
+
+
+def test_image_that_fails_its_check_is_removed_and_fetched_by_the_next_run(web, tmp_path):
+    good = jpeg_bytes()
+    cut, portal = "/val2014/COCO_val2014_000000000042.jpg", "/val2014/COCO_val2014_000000000044.jpg"
+    web.files[cut], web.framing[cut] = good[: len(good) - 40], "close"  # cut short, and no length to tell
+    web.files[portal], web.content_type[portal] = PORTAL, "text/html"
+    entries = [(web.url + path, tmp_path / "images" / path.lstrip("/")) for path in (cut, portal)]
+    report = dl.fetch_images_by_url(entries, retries=0, progress=False)
+    assert report.fetched == 0 and "is a JPEG image cut short or damaged" in report.failed[web.url + cut]
+    assert "answered with an HTML page" in report.failed[web.url + portal]
+    assert leftovers(tmp_path) == []  # nothing that the next run would skip as already there
+    web.files[cut] = web.files[portal] = good
+    web.content_type[portal] = "image/jpeg"
+    again = dl.fetch_images_by_url(entries, retries=0, progress=False)
+    assert again.fetched == 2 and all(dest.read_bytes() == good for _, dest in entries)
+
+
+def test_expect_is_checked_and_inferred_from_names():
+    assert [dl.expected_kind(n) for n in ("a.zip", "http://h/x/dataset_coco.json?x=1", Path("b.JPG"), "c.bin")] \
+        == ["zip", "json", "jpeg", None]
+    with pytest.raises(ValueError, match="expect='png'"):
+        dl.download("http://127.0.0.1:1/x.png", "x.png", expect="png")
+
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -693,3 +845,68 @@ def test_corrupt_image_in_a_zip_is_reported_then_refetched_alone_once_deleted(co
     assert len(coco_web.gets("/zips/train2014.zip")) == 1  # ... not the 13.5 GB zip again
     assert bad.read_bytes() == coco_web.files[f"/train2014/{name}"]
     assert coco.resize_record(cfg)["complete"] and coco.image_root(cfg) == cfg.dataset_dir / "images_8px"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prepare_mscoco() checks what arrives: a captive portal's page is never saved as a zip, the split or an image
+
+
+def test_prepare_mscoco_never_saves_an_html_page_as_karpathys_split(coco_web, tmp_path, capsys):
+    publish_coco(coco_web, coco_like())
+    coco_web.files["/mirror/dataset_coco.json"] = PORTAL  # the zip source is gone (404); the mirror is a portal
+    coco_web.content_type["/mirror/dataset_coco.json"] = "text/html; charset=utf-8"
+    cfg = full_cfg(tmp_path)
+    coco.prepare_mscoco(cfg, subset=10, progress=False, n_val=3, n_test=3)
+    out = capsys.readouterr().out
+    assert "Karpathy's split could not be fetched" in out and "answered with an HTML page" in out
+    assert "Karpathy-like 3/3 val/test split" in out
+    assert coco.find_karpathy_json(cfg.dataset_dir) is None and leftovers(cfg.dataset_dir / "downloads") == []
+    assert json.loads((cfg.dataset_dir / "prepared.json").read_text())["split_source"] == "rebuilt"
+
+
+def test_prepare_mscoco_replaces_an_html_page_saved_as_karpathys_split(coco_web, tmp_path, capsys):
+    data = coco_like()
+    publish_coco(coco_web, data)
+    coco_web.files["/mirror/dataset_coco.json"] = karpathy_dataset(data)
+    cfg = full_cfg(tmp_path)
+    cfg.dataset_dir.mkdir(parents=True)
+    (cfg.dataset_dir / "dataset_coco.json").write_bytes(PORTAL)  # left by an older lab: used to end every run
+    coco.prepare_mscoco(cfg, subset=10, progress=False)  # in a bare JSONDecodeError
+    out = capsys.readouterr().out
+    assert "dataset_coco.json is not Karpathy's JSON file" in out and "Using Karpathy's split" in out
+    assert (cfg.dataset_dir / "dataset_coco.json").read_bytes() == karpathy_dataset(data)
+    assert json.loads((cfg.dataset_dir / "prepared.json").read_text())["split_source"] == "karpathy"
+
+
+def test_prepare_mscoco_refuses_an_html_page_for_the_annotation_zip(coco_web, tmp_path):
+    publish_coco(coco_web, coco_like())
+    coco_web.files["/annotations/annotations_trainval2014.zip"] = PORTAL
+    coco_web.content_type["/annotations/annotations_trainval2014.zip"] = "text/html"
+    cfg = full_cfg(tmp_path)
+    with pytest.raises(coco.DatasetUnavailableError) as err:
+        coco.prepare_mscoco(cfg, subset=10, karpathy_url="", progress=False)
+    message = str(err.value)
+    assert one_sentence(message) and "answered with an HTML page" in message and "zip archive" in message
+    assert leftovers(cfg.dataset_dir) == []
+
+
+def test_prepare_mscoco_refuses_html_pages_for_images_and_fetches_them_next_run(coco_web, tmp_path):
+    data = coco_like()
+    publish_coco(coco_web, data)
+    coco_web.files["/mirror/dataset_coco.json"] = karpathy_dataset(data)
+    images = [path for path in coco_web.files if path.endswith(".jpg")]
+    real = {path: coco_web.files[path] for path in images}
+    for path in images:  # every image answered by the portal, with a 200 and an honest type
+        coco_web.files[path], coco_web.content_type[path] = PORTAL, "text/html"
+    cfg = full_cfg(tmp_path)
+    with pytest.raises(coco.DatasetUnavailableError) as err:
+        coco.prepare_mscoco(cfg, subset=10, progress=False)
+    assert "10 of 10 images failed" in str(err.value) and "answered with an HTML page" in str(err.value)
+    assert not cfg.image_dir.exists() or leftovers(cfg.image_dir) == []
+    for path in images:
+        coco_web.files[path], coco_web.content_type[path] = real[path], "image/jpeg"
+    coco.prepare_mscoco(cfg, subset=10, progress=False)
+    caps = coco.load_captions(cfg)
+    assert coco.missing_images(caps, cfg.image_dir) == []
+    assert all((cfg.image_dir / img["file_name"]).read_bytes() == real[f"/{img['file_name']}"]
+               for img in caps.imgs.values())
