@@ -1,10 +1,12 @@
 """Checkpoints: one weights_only-loadable file, atomic writes, clear errors, RNG state round trips."""
 
+import pickle
 import random
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from labutils import checkpoint as ckpt
 from labutils.vocab import Vocabulary
@@ -61,18 +63,86 @@ def test_missing_corrupt_and_foreign_files_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="No checkpoint at"):
         ckpt.load_checkpoint(tmp_path / "nothing.pt")
     good = ckpt.save_checkpoint(tmp_path / "good.pt", {"w": torch.ones(1000)}, _vocab(), {})
-    truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(good.read_bytes()[:2000])
-    with pytest.raises(ckpt.CheckpointError, match="truncated or corrupt"):
-        ckpt.load_checkpoint(truncated)
-    garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(b"this is not a checkpoint at all")
-    with pytest.raises(ckpt.CheckpointError, match="delete it and train again"):
-        ckpt.load_checkpoint(garbage)
+    for name, data in (("truncated.pt", good.read_bytes()[:2000]), ("empty.pt", b""),
+                       ("cut_zip_header.pt", b"PK\x03\x04 cut short")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ckpt.CheckpointError, match="cut short or damaged") as caught:
+            ckpt.load_checkpoint(tmp_path / name)
+        assert caught.value.kind == "damaged"
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.ones(1)}, foreign)
     with pytest.raises(ckpt.CheckpointError, match="not a labutils checkpoint"):
         ckpt.load_checkpoint(foreign)
+
+
+@pytest.mark.parametrize(("name", "content", "looks_like"), [
+    ("photo.jpg", None, "a JPEG image"),
+    ("vocab.json", b'{"itos": ["<pad>", "<start>"]}', "a JSON file"),
+    ("notes.txt", b"this is not a checkpoint at all", "some other format"),
+    ("model.pkl", pickle.dumps({"w": [1.0]}), "plain Python pickle"),
+])
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such_and_never_called_dangerous(tmp_path, name, content,
+                                                                                     looks_like):
+    path = tmp_path / name
+    if content is None:
+        Image.new("RGB", (32, 32), (10, 200, 30)).save(path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ckpt.CheckpointError) as caught:
+        ckpt.load_checkpoint(path)
+    message = str(caught.value)
+    assert caught.value.kind == "not_torch" and looks_like in caught.value.looks_like
+    assert "is not a checkpoint" in message and looks_like in message
+    # The old message told learners who swapped two arguments to delete their photo ("could run code").
+    assert "delete" not in message and "run code" not in message and "\n" not in message
+
+
+class _CreatesMarkerWhenUnpickled:
+    """Unpickling this calls open(marker, "w"): the file appears only if the loader ran the pickle's code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+class _ArbitraryObject:
+    pass
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused_without_running_them(tmp_path):
+    """The weights_only guard: without it torch.load would run the payload (creating the marker) and load both."""
+    marker = tmp_path / "code_ran"
+    header = {"format": ckpt.CHECKPOINT_FORMAT, "version": ckpt.CHECKPOINT_VERSION, "vocab": {}, "config": {}}
+    runs_code = tmp_path / "runs_code.pt"
+    torch.save({**header, "model_state": {}, "payload": _CreatesMarkerWhenUnpickled(marker)}, runs_code)
+    holds_object = tmp_path / "holds_object.pt"
+    torch.save({**header, "model_state": {}, "extra": _ArbitraryObject()}, holds_object)
+    for path, culprit in ((runs_code, "open"), (holds_object, "_ArbitraryObject")):
+        try:
+            ckpt.load_checkpoint(path)
+            refusal = None
+        except ckpt.CheckpointError as exc:
+            refusal = exc
+        assert not marker.exists(), "load_checkpoint ran code from the file: torch.load must use weights_only=True"
+        assert refusal is not None, f"{path.name} was loaded although it holds a pickled object"
+        assert refusal.kind == "pickled" and "refused" in str(refusal) and culprit in str(refusal)
+        assert "delete" not in str(refusal)
+
+
+def test_a_full_disk_is_one_sentence_and_keeps_the_previous_checkpoint(small_disk):
+    from labutils.infra.files import DiskFullError
+
+    disk = small_disk(256 * 1024)
+    path = ckpt.save_checkpoint(disk / "m.pt", {"w": torch.ones(1000)}, _vocab(), {}, epoch=1)
+    with pytest.raises(DiskFullError) as caught:  # 2 MB of weights on a 256 KiB disk
+        ckpt.save_checkpoint(path, {"w": torch.zeros(500_000)}, _vocab(), {}, epoch=2)
+    message = str(caught.value)
+    assert "is full" in message and "m.pt" in message and "\n" not in message
+    assert ckpt.load_checkpoint(path)["epoch"] == 1
+    assert torch.equal(ckpt.load_checkpoint(path)["model_state"]["w"], torch.ones(1000))
+    assert sorted(p.name for p in disk.iterdir()) == ["m.pt"], "the temporary file must be removed"
 
 
 def test_rng_state_round_trip_through_a_file(tmp_path):
