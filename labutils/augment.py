@@ -189,37 +189,6 @@ def apply_affine(img: np.ndarray, M: np.ndarray, border: int = cv2.BORDER_REFLEC
     return cv2.warpAffine(img, M, (w, h), flags=cv2.INTER_LINEAR, borderMode=border)
 
 
-def check_flip_matrix(M, width: int) -> bool:
-    """Exercise check: is `M` the 2x3 affine matrix of a horizontal flip of an image `width` pixels wide?"""
-    try:
-        M = np.asarray(M, dtype=np.float64)
-    except (TypeError, ValueError):
-        print("✗ Not yet: M must be a 2x3 array of numbers, e.g. np.array([[a, b, c], [d, e, f]]).")
-        return False
-    if M.shape != (2, 3):
-        print(f"✗ Not yet: M has shape {M.shape}; an affine matrix for cv2.warpAffine is 2x3.")
-        return False
-    expected = np.array([[-1.0, 0.0, width - 1.0], [0.0, 1.0, 0.0]])
-    if np.allclose(M, expected):
-        print(f"✓ Correct: x -> {width - 1} - x mirrors columns 0..{width - 1} and leaves y alone; "
-              "apply_affine(img, M) now equals horizontal_flip(img).")
-        return True
-    left, right = (f"({x:g}, {y:g})" for x, y in transform_points(M, [(0, 0), (width - 1, 0)]))
-    if np.allclose(M[:, :2], expected[:, :2]) and np.isclose(M[0, 2], width) and np.isclose(M[1, 2], 0):
-        hint = (f"Almost: pixel centres run from 0 to {width - 1}, so column x must land on {width - 1} - x; "
-                f"use {width - 1} (width - 1), not {width}, as the x translation.")
-    elif np.allclose(M[:, :2], [[-1, 0], [0, 1]]) and np.isclose(M[0, 2], 0):
-        hint = ("Not yet: x -> -x mirrors about the left edge, which moves the whole picture off the canvas; "
-                "add a translation that brings the mirrored image back onto columns 0..width-1.")
-    elif np.allclose(M[:, :2], [[1, 0], [0, -1]]):
-        hint = "Not yet: that mirrors y (an upside-down, vertical flip); a horizontal flip negates x and keeps y."
-    else:
-        hint = (f"Not yet: your M sends the top-left pixel (0, 0) to {left} and the top-right pixel "
-                f"({width - 1}, 0) to {right}; a horizontal flip swaps those two and keeps every y.")
-    print("✗ " + hint)
-    return False
-
-
 # ---------------------------------------------------------------------------------- ImageNet normalisation
 def _stats(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std shaped [3, 1, 1] on the tensor's device and dtype, after checking the channel axis."""

@@ -386,44 +386,6 @@ def show_image_with_captions(coco_caps, image_id: int, image_dir: str | Path, co
 # Exercise checks
 
 
-def check_image_ids_with_category(coco_instances, cat_names: str | Iterable[str], answer) -> bool:
-    """Exercise check: are `answer` exactly the images showing at least one of EVERY category in `cat_names`?"""
-    names = [cat_names] if isinstance(cat_names, str) else list(cat_names)
-    cat_ids = coco_instances.getCatIds(catNms=names)
-    if len(cat_ids) != len(names):
-        known = [c["name"] for c in coco_instances.loadCats(coco_instances.getCatIds())]
-        print(f"❌ Some of {names} are not category names here; the categories are {known}.")
-        return False
-    expected = set(coco_instances.getImgIds(catIds=cat_ids))
-    try:
-        given = {int(i) for i in answer}
-    except (TypeError, ValueError):
-        print("❌ The answer should be a list of integer image ids, e.g. from coco.getImgIds(...).")
-        return False
-    if given == expected:
-        print(f"✅ Right: {len(expected)} images show {' and '.join(names)}.")
-        return True
-    if given and given <= set(coco_instances.anns) and not given <= set(coco_instances.imgs):
-        print("❌ Those look like annotation ids; getImgIds() gives image ids.")
-    elif given > expected:
-        print(f"❌ {len(given - expected)} of your images lack one of {names} "
-              "(getImgIds with several catIds keeps images having ALL of them).")
-    else:
-        print(f"❌ You have {len(given & expected)} of the {len(expected)} right images and "
-              f"{len(given - expected)} wrong ones; try coco.getImgIds(catIds=coco.getCatIds(catNms=...)).")
-    return False
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Real MS-COCO 2014 or 2017 (full profile)
-#
-# Layout under cfg.dataset_dir: the official files as they unzip (annotations/captions_train2014.json, ...,
-# images/train2014/*.jpg, images/val2014/*.jpg, dataset_coco.json from Karpathy's zip), converted once into the
-# lab's uniform layout above, plus images_<size>px/ (the same tree resized once, see `resize_images`). 2017 is
-# the same with train2017/val2017. Downloads go through labutils.download (resume, retry, checksums, atomic,
-# idempotent).
-
-
 def image_folders(year: int = 2014) -> tuple[str, str]:
     """The official image folders of a release: ("train2014", "val2014") or ("train2017", "val2017")."""
     return f"train{year}", f"val{year}"

@@ -481,38 +481,3 @@ def build_eval_datasets(cfg, image_source, splits: Sequence[str] = ("val", "test
     captions = _read_captions(cfg)
     return {split: EvalDataset(ids, captions, source)
             for split, ids, source in _split_sources(cfg, image_source, splits)}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Notebook 04 exercise
-# ---------------------------------------------------------------------------------------------------------------
-def check_pad(fn) -> bool:
-    """Check a learner's `fn(list_of_caption_tensors) -> (padded [B, T], lengths [B])`; print right or wrong."""
-    cases = [
-        [torch.tensor([1, 7, 8, 2]), torch.tensor([1, 9, 2]), torch.tensor([1, 5, 6, 7, 8, 2])],
-        [torch.tensor([1, 2])],
-        [torch.tensor([1, 4, 2]), torch.tensor([1, 3, 2])],
-    ]
-    for captions in cases:
-        fake = [(torch.zeros(1), c, i) for i, c in enumerate(captions)]
-        expected = collate_captions(fake)
-        try:
-            padded, lengths = fn([c.clone() for c in captions])
-            padded, lengths = torch.as_tensor(padded), torch.as_tensor(lengths)
-        except Exception as exc:  # the learner's code: report, never crash the notebook
-            print(f"❌ Your function raised {type(exc).__name__}: {exc}.")
-            return False
-        if padded.shape != expected.captions.shape:
-            print(f"❌ For lengths {expected.lengths.tolist()} the padded tensor should have shape "
-                  f"{tuple(expected.captions.shape)} (batch, longest caption), got {tuple(padded.shape)}.")
-            return False
-        if not torch.equal(padded.long(), expected.captions):
-            print(f"❌ Padded values are wrong: expected\n{expected.captions}\ngot\n{padded} "
-                  "(keep each caption's ids at the start of its row and fill the rest with 0 = <pad>).")
-            return False
-        if not torch.equal(lengths.long().flatten(), expected.lengths):
-            print(f"❌ Lengths should be {expected.lengths.tolist()} (ids per caption, <start> and <end> "
-                  f"included), got {lengths.tolist()}.")
-            return False
-    print(f"✅ Correct: your padding matches collate_captions on all {len(cases)} test batches.")
-    return True

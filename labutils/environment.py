@@ -77,14 +77,3 @@ def report(checks: list[Check]) -> str:
             line += f"  -> {check.fix}"
         lines.append(line)
     return "\n".join(lines)
-
-
-def check_split_sizes(answer: dict, splits: dict) -> bool:
-    """Exercise check for notebook 00: `answer` maps each split name to its number of images."""
-    expected = {name: len(ids) for name, ids in splits.items()}
-    if answer == expected:
-        print(f"Right: {expected}.")
-        return True
-    print(f"Not yet: expected one entry per split ({', '.join(expected)}) with its number of image ids; "
-          f"you gave {answer}.")
-    return False

@@ -474,34 +474,3 @@ def topk_imagenet(encoder_or_classifier: nn.Module, image, k: int = 5,
     top = probs.topk(k)
     names = imagenet_categories()
     return [(names[i], float(p)) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
-
-
-# ------------------------------------------------------------------------------------------- exercise
-def check_grid_features(fn) -> bool:
-    """Exercise check: does `fn(feature_map [B,C,H,W], grid_size) -> [B, grid_size**2, C]` match the encoder's?"""
-    torch.manual_seed(0)
-    fmap = torch.randn(2, 5, 8, 8)
-    want = grid_features(fmap, 4)
-    try:
-        got = fn(fmap, 4)
-    except Exception as err:  # a learner's bug: report it, do not crash the notebook
-        print(f"✗ Your function raised {type(err).__name__}: {err}")
-        return False
-    if not isinstance(got, torch.Tensor):
-        print(f"✗ Return a tensor, not {type(got).__name__}.")
-        return False
-    if tuple(got.shape) == (2, 5, 16):
-        print("✗ Shape [B, C, P]: you still need to swap the last two axes so that positions come before channels.")
-        return False
-    if tuple(got.shape) != tuple(want.shape):
-        print(f"✗ Expected shape {tuple(want.shape)} = [B, grid_size**2, C], got {tuple(got.shape)}.")
-        return False
-    if torch.allclose(got, want, atol=1e-5):
-        print("✓ Correct: one C-dimensional vector for each of the grid_size**2 image regions.")
-        return True
-    if torch.allclose(got, F.adaptive_avg_pool2d(fmap, 4).reshape(2, 16, 5), atol=1e-5):
-        print("✗ Right shape, wrong values: reshape() to [B, P, C] mixes channels and positions; "
-              "flatten the grid to [B, C, P] and then transpose(1, 2).")
-        return False
-    print("✗ Right shape, wrong values: pool the map to grid_size x grid_size with F.adaptive_avg_pool2d first.")
-    return False

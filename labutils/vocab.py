@@ -313,37 +313,3 @@ def min_freq_table(counter: Mapping[str, int], values: Iterable[int] = (1, 2, 3,
                      "words_dropped": stats.n_dropped_words, "token_coverage_%": round(100 * stats.coverage, 3),
                      "oov_rate_%": round(100 * stats.oov_rate, 3)})
     return pd.DataFrame(rows).set_index("min_freq")
-
-
-# -- notebook 03 exercise ---------------------------------------------------------------------------------------
-def check_encode(fn, vocab: Vocabulary, examples: Sequence[str] | None = None, max_len: int = 8) -> bool:
-    """Check a learner's `fn(text, vocab, max_len) -> list[int]` against `vocab.encode`; print right or wrong."""
-    known = vocab.words[:3] or ["word"]
-    examples = list(examples or [
-        " ".join(known),
-        f"{known[0].upper()}, {known[-1]}!",
-        f"{known[0]} zyzzyva {known[-1]}",
-        " ".join(known * 5),
-        "",
-    ])
-    for text in examples:
-        expected = vocab.encode(text, max_len=max_len)
-        try:
-            got = fn(text, vocab, max_len)
-        except Exception as exc:  # the learner's code: report, never crash the notebook
-            print(f"❌ Your function raised {type(exc).__name__}: {exc} for the caption {text!r}.")
-            return False
-        got = [int(i) for i in got] if got is not None else None
-        if got != expected:
-            hint = ""
-            if got and got[0] != vocab.start_id:
-                hint = " Start with <start>."
-            elif got and got[-1] != vocab.end_id:
-                hint = " End with <end>, even when you cut a long caption."
-            elif got is not None and len(got) > max_len:
-                hint = f" Keep at most max_len={max_len} ids, specials included."
-            print(f"❌ For {text!r} expected {expected}, got {got}.{hint}")
-            return False
-    print(f"✅ Correct: your encoder matches vocab.encode on all {len(examples)} test captions "
-          "(case, punctuation, unknown words, truncation and the empty caption).")
-    return True

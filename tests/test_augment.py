@@ -131,22 +131,6 @@ def test_apply_affine_shifts_pixels(img):
     assert half.shape == (24, 32, 3)
 
 
-def test_check_flip_matrix(capsys, img):
-    width = img.shape[1]
-    good = np.array([[-1, 0, width - 1], [0, 1, 0]], dtype=float)
-    assert A.check_flip_matrix(good, width)
-    assert "Correct" in capsys.readouterr().out
-    assert np.array_equal(A.apply_affine(img, good), A.horizontal_flip(img))
-    assert not A.check_flip_matrix([[-1, 0, width], [0, 1, 0]], width)
-    assert "width - 1" in capsys.readouterr().out
-    assert not A.check_flip_matrix([[1, 0, 0], [0, -1, 47]], width)
-    assert "vertical" in capsys.readouterr().out
-    assert not A.check_flip_matrix(np.eye(2, 3), width)
-    assert "Not yet" in capsys.readouterr().out
-    assert not A.check_flip_matrix(np.eye(3), width)
-    assert "2x3" in capsys.readouterr().out
-
-
 # ----------------------------------------------------------------------------------- ImageNet normalisation
 def test_normalize_round_trip_and_values():
     x = torch.rand(2, 3, 5, 7)

@@ -365,30 +365,6 @@ def test_show_image_with_captions_draws_image_captions_and_instances(tiny_cfg):
         coco.show_image_with_captions(caps, 10_000, tiny_cfg.image_dir)
 
 
-def test_check_image_ids_with_category(tiny_cfg, capsys):
-    inst = coco.load_instances(tiny_cfg)
-    circle, triangle = inst.getCatIds(catNms=["circle"]), inst.getCatIds(catNms=["triangle"])
-    both = inst.getImgIds(catIds=circle + triangle)
-    assert both and set(both) == set(inst.catToImgs[circle[0]]) & set(inst.catToImgs[triangle[0]])
-    assert coco.check_image_ids_with_category(inst, ["circle", "triangle"], list(reversed(both))) is True
-    assert "✅" in capsys.readouterr().out
-    any_circle = inst.getImgIds(catIds=circle)
-    assert coco.check_image_ids_with_category(inst, "circle", any_circle) is True
-    capsys.readouterr()
-    assert coco.check_image_ids_with_category(inst, ["circle", "triangle"], any_circle) is False
-    assert "ALL of them" in capsys.readouterr().out
-    assert coco.check_image_ids_with_category(inst, ["circle", "triangle"], both[:-1]) is False
-    assert f"{len(both) - 1} of the {len(both)}" in capsys.readouterr().out
-    assert coco.check_image_ids_with_category(inst, ["hexagon"], both) is False
-    assert "not category names" in capsys.readouterr().out
-    assert coco.check_image_ids_with_category(inst, "circle", "abc") is False
-    assert "integer image ids" in capsys.readouterr().out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# MS-COCO 2014: conversion, offline failures, and the online path against a loopback server
-
-
 def test_convert_coco2014_writes_the_uniform_layout(tmp_path):
     root = tmp_path / "coco2014"
     data = write_fake_coco2014(root, n_train=30, n_val=20)

@@ -20,7 +20,6 @@ from labutils.data import (
     ImageLoadError,
     build_caption_datasets,
     build_eval_datasets,
-    check_pad,
     collate_captions,
     collate_captions_sorted,
     collate_eval,
@@ -353,27 +352,3 @@ def test_build_caption_datasets_missing_dataset(tmp_path):
     cfg = get_config("quick", data_root=tmp_path)
     with pytest.raises(FileNotFoundError, match="ensure_dataset"):
         build_caption_datasets(cfg, Vocabulary(), fake_source)
-
-
-# -- notebook 04 exercise ----------------------------------------------------------------------------------------
-def test_check_pad(capsys):
-    def right(captions):
-        lengths = torch.tensor([len(c) for c in captions])
-        padded = torch.zeros(len(captions), int(lengths.max()), dtype=torch.long)
-        for row, caption in enumerate(captions):
-            padded[row, : len(caption)] = caption
-        return padded, lengths
-
-    def pads_left(captions):
-        padded, lengths = right(captions)
-        return torch.stack([torch.roll(p, int(padded.shape[1] - n)) for p, n in zip(padded, lengths, strict=True)]), lengths
-
-    def wrong_lengths(captions):
-        padded, lengths = right(captions)
-        return padded, lengths - 2
-
-    assert check_pad(right) is True
-    assert "✅" in capsys.readouterr().out
-    for wrong in (pads_left, wrong_lengths, lambda captions: (torch.zeros(1), None)):
-        assert check_pad(wrong) is False
-        assert "❌" in capsys.readouterr().out

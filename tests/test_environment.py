@@ -12,10 +12,3 @@ def test_setup_checks_report_what_is_missing(tmp_path, monkeypatch):
     assert checks["torch"].ok and checks["spacy"].ok
     text = environment.report(list(checks.values()))
     assert "!! java" in text and "ok torch" in text
-
-
-def test_check_split_sizes(capsys):
-    splits = {"train": [1, 2, 3], "val": [4], "test": [5]}
-    assert environment.check_split_sizes({"train": 3, "val": 1, "test": 1}, splits)
-    assert not environment.check_split_sizes({"train": 3}, splits)
-    assert "Not yet" in capsys.readouterr().out

@@ -214,25 +214,3 @@ def test_inference_copy_gives_the_same_features_faster_layout(lite):
         got, _ = fast(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
     assert any(isinstance(m, nn.BatchNorm2d) for m in lite.body.modules())  # original untouched
-
-
-def test_check_grid_features_tells_right_from_wrong(capsys):
-    import torch.nn.functional as F
-
-    def right(fmap, g):
-        return F.adaptive_avg_pool2d(fmap, g).flatten(2).transpose(1, 2)
-
-    def reshaped(fmap, g):
-        return F.adaptive_avg_pool2d(fmap, g).reshape(fmap.size(0), g * g, fmap.size(1))
-
-    def channels_first(fmap, g):
-        return F.adaptive_avg_pool2d(fmap, g).flatten(2)
-
-    assert models.check_grid_features(right) is True
-    assert "✓" in capsys.readouterr().out
-    assert models.check_grid_features(reshaped) is False
-    assert "transpose" in capsys.readouterr().out
-    assert models.check_grid_features(channels_first) is False
-    assert "swap" in capsys.readouterr().out
-    assert models.check_grid_features(lambda fmap, g: 1 / 0) is False
-    assert "ZeroDivisionError" in capsys.readouterr().out

@@ -10,7 +10,6 @@ from labutils.vocab import (
     CoverageStats,
     Vocabulary,
     VocabularyFileError,
-    check_encode,
     count_words,
     coverage,
     min_freq_table,
@@ -189,28 +188,3 @@ def test_min_freq_table():
     assert table["words_dropped"].tolist() == [0, 2, 3, 5]
     assert table["token_coverage_%"].tolist() == pytest.approx([100.0, 100 * 17 / 19, 100 * 15 / 19, 0.0], abs=1e-3)
     assert (table["token_coverage_%"] + table["oov_rate_%"]).tolist() == pytest.approx([100.0] * 4)
-
-
-def test_check_encode_accepts_a_correct_answer(vocab, capsys):
-    def my_encode(text, vocab, max_len):
-        ids = [vocab.stoi.get(w, vocab.unk_id) for w in tokenize(text)][: max_len - 2]
-        return [vocab.start_id, *ids, vocab.end_id]
-
-    assert check_encode(my_encode, vocab) is True
-    assert "✅" in capsys.readouterr().out
-
-
-def test_check_encode_rejects_wrong_answers(vocab, capsys):
-    def no_truncation(text, vocab, max_len):
-        return [vocab.start_id, *[vocab[w] for w in tokenize(text)], vocab.end_id]
-
-    def no_lowercase(text, vocab, max_len):
-        ids = [vocab[w] for w in text.split()][: max_len - 2]
-        return [vocab.start_id, *ids, vocab.end_id]
-
-    def crashes(text, vocab, max_len):
-        raise KeyError(text)
-
-    for wrong in (no_truncation, no_lowercase, crashes):
-        assert check_encode(wrong, vocab) is False
-        assert "❌" in capsys.readouterr().out

@@ -1,0 +1,248 @@
+"""The exercise checkers of every notebook, in one style.
+
+Each `check_*` takes the learner's function, tries it on a few cases and prints ONE result line:
+
+* `✓ ...` — right; the checker returns the learner's function and the notebook goes on with it;
+* `✗ <hint> — continuing with the reference solution for now` — wrong; the hint says what to look at, never the
+  expected value (working it out is the exercise), and the notebook goes on with `labutils.solutions`;
+* `not attempted yet — continuing with the reference solution` — the stub still raises NotImplementedError.
+
+So a notebook runs top to bottom (and under nbval) whatever the learner's cell holds. Use it as
+`my_fn = exercises.check_x(my_fn, ...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import solutions
+from .augment import transform_points
+from .data import collate_captions
+from .models import grid_features
+from .vocab import Vocabulary
+
+NOT_ATTEMPTED = "not attempted yet — continuing with the reference solution"
+FALLBACK = " — continuing with the reference solution for now"
+
+
+class Wrong(Exception):
+    """The learner's answer is wrong; the message is the hint shown to them."""
+
+
+def _call(fn: Callable, *args):
+    """Run the learner's code: a stub's NotImplementedError passes through, any other error becomes a hint."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise
+    except Exception as exc:  # the learner's bug: report it as a hint, never crash the notebook
+        raise Wrong(f"your function raised {type(exc).__name__}: {str(exc)[:120]}") from None
+
+
+def _verdict(learner: Callable, reference: Callable, attempt: Callable[[], str]) -> Callable:
+    """Print the one result line of `attempt()` and return the function the notebook should go on with."""
+    if learner is reference:  # the check cell re-run alone: its name still holds the fallback, not their code
+        print(NOT_ATTEMPTED)
+        return reference
+    try:
+        praise = attempt()
+    except NotImplementedError:
+        print(NOT_ATTEMPTED)
+        return reference
+    except Wrong as hint:
+        print(f"✗ {hint}{FALLBACK}")
+        return reference
+    print(f"✓ {praise}")
+    return learner
+
+
+# ---------------------------------------------------------------------------------------------- 00 setup
+def check_split_sizes(fn: Callable, splits: Mapping[str, Sequence[int]]) -> Callable:
+    """00 · `fn(splits) -> {split name: number of images}`."""
+    def attempt() -> str:
+        for case in (splits, {"train": [4, 8, 15, 16], "val": [23], "test": [42, 7]}):
+            _split_sizes_hint(_call(fn, case), case)
+        return "Right: one entry per split, each the number of image ids in it."
+    return _verdict(fn, solutions.split_sizes, attempt)
+
+
+def _split_sizes_hint(got, splits) -> None:
+    if not isinstance(got, Mapping):
+        raise Wrong(f"return a dict (split name -> number of images), not a {type(got).__name__}")
+    if set(got) != set(splits):
+        raise Wrong(f"use every split name of `splits` as a key, and only those; yours are {sorted(map(str, got))}")
+    if any(not isinstance(v, (int, np.integer)) or isinstance(v, bool) for v in got.values()):
+        raise Wrong("each value should be a number of images (an int), not the list of ids itself; len() counts")
+    if got != solutions.split_sizes(splits):
+        raise Wrong("the keys are right but a count is off: count the ids in each split's own list with len()")
+
+
+# ---------------------------------------------------------------------------------------------- 01 COCO API
+def check_images_with_all(fn: Callable, coco_instances, names: Iterable[str]) -> Callable:
+    """01 · `fn(coco_instances, names) -> ids of the images showing at least one of EVERY category in names`."""
+    names = list(names)
+    def attempt() -> str:
+        got = _call(fn, coco_instances, names)
+        try:
+            given = {int(i) for i in got}
+        except (TypeError, ValueError):
+            raise Wrong("return a list of integer image ids, as coco.getImgIds(...) gives") from None
+        _images_with_all_hint(given, coco_instances, names)
+        return f"Right: exactly the images that show {' and '.join(names)}."
+    return _verdict(fn, solutions.images_with_all, attempt)
+
+
+def _images_with_all_hint(given: set[int], coco_instances, names: list[str]) -> None:
+    cat_ids = coco_instances.getCatIds(catNms=names)
+    expected = set(solutions.images_with_all(coco_instances, names))
+    if given == expected:
+        return
+    if given == set(cat_ids):
+        raise Wrong("those are category ids; pass them to getImgIds(catIds=...) to get image ids")
+    if given and given <= set(coco_instances.anns) and not given <= set(coco_instances.imgs):
+        raise Wrong("those look like annotation ids; getImgIds() gives image ids")
+    if given > expected:
+        raise Wrong(f"some of your images do not show every one of {names}: pass ALL the category ids to "
+                    "ONE getImgIds call, which keeps only images having all of them")
+    raise Wrong("your list misses images that show all the categories, or holds images that do not; "
+                "turn the names into ids with getCatIds(catNms=...) and those into images with getImgIds")
+
+
+# ---------------------------------------------------------------------------------------------- 02 augmentation
+def check_flip_matrix(fn: Callable, width: int) -> Callable:
+    """02 · `fn(width) -> 2x3 affine matrix` so that apply_affine(img, M) == horizontal_flip(img)."""
+    def attempt() -> str:
+        for w in (width, 7):  # a second width catches a matrix written for one image size only
+            _flip_hint(_call(fn, w), w)
+        return ("Right: columns swap ends and every y stays; apply_affine(img, M) now equals "
+                "horizontal_flip(img).")
+    return _verdict(fn, solutions.flip_matrix, attempt)
+
+
+def _flip_hint(M, width: int) -> None:
+    try:
+        M = np.asarray(M, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise Wrong("M must be a 2x3 array of numbers, e.g. np.array([[a, b, c], [d, e, f]])") from None
+    if M.shape != (2, 3):
+        raise Wrong(f"M has shape {M.shape}; an affine matrix for cv2.warpAffine is 2x3")
+    columns = np.arange(width, dtype=np.float64)
+    corners = [(x, y) for x in columns for y in (0.0, 5.0)]
+    if np.allclose(transform_points(M, corners), [(width - 1 - x, y) for x, y in corners]):
+        return  # every column swaps ends and every row stays: what horizontal_flip does
+    left, right = (f"({x:g}, {y:g})" for x, y in transform_points(M, [(0, 0), (width - 1, 0)]))
+    if np.allclose(M[:, :2], [[-1, 0], [0, 1]]) and np.isclose(M[1, 2], 0):
+        if np.isclose(M[0, 2], 0):
+            raise Wrong("x -> -x mirrors about the left edge and moves the whole picture off the canvas; add an "
+                        "x translation that brings it back onto the columns 0 .. width-1")
+        raise Wrong(f"the mirroring is right but the shift is not (for width {width} the top-left pixel goes to "
+                    f"{left}); pixel centres run from 0 to width - 1: where must column 0 land?")
+    if np.allclose(M[:, :2], [[1, 0], [0, -1]]):
+        raise Wrong("that mirrors y (an upside-down, vertical flip); a horizontal flip negates x and keeps y")
+    raise Wrong(f"for width {width} your M sends the top-left pixel (0, 0) to {left} and the top-right pixel "
+                f"({width - 1}, 0) to {right}; a horizontal flip swaps those two and keeps every y")
+
+
+# ---------------------------------------------------------------------------------------------- 03 vocabulary
+def check_encode(fn: Callable, vocab: Vocabulary, max_len: int = 8) -> Callable:
+    """03 · `fn(text, vocab, max_len) -> list of ids`, equal to vocab.encode(text, max_len=max_len)."""
+    known = vocab.words[:3] or ["word"]
+    cases = {
+        "a plain caption": " ".join(known),
+        "a caption with capitals and punctuation": f"{known[0].upper()}, {known[-1]}!",
+        "a caption with an unknown word": f"{known[0]} zyzzyva {known[-1]}",
+        f"a caption longer than max_len={max_len}": " ".join(known * 5),
+        "the empty caption": "",
+    }
+    def attempt() -> str:
+        for what, text in cases.items():
+            got = _call(fn, text, vocab, max_len)
+            _encode_hint(got, vocab.encode(text, max_len=max_len), vocab, max_len, what)
+        return (f"Right: your encoder matches vocab.encode on all {len(cases)} test captions "
+                "(case, punctuation, unknown words, truncation and the empty caption).")
+    return _verdict(fn, solutions.encode, attempt)
+
+
+def _encode_hint(got, expected: list[int], vocab: Vocabulary, max_len: int, what: str) -> None:
+    try:
+        got = [int(i) for i in got]
+    except (TypeError, ValueError):
+        raise Wrong(f"for {what} your function returned {type(got).__name__}; return a list of int ids") from None
+    if got == expected:
+        return
+    if not got or got[0] != vocab.start_id:
+        hint = "start with vocab.start_id"
+    elif got[-1] != vocab.end_id:
+        hint = "end with vocab.end_id, also when you cut a long caption"
+    elif len(got) > max_len:
+        hint = "keep at most max_len ids, <start> and <end> included"
+    elif "unknown" in what:
+        hint = "a word missing from vocab.stoi becomes vocab.unk_id"
+    else:
+        hint = "split the text with tokenize(text), which lowercases and drops punctuation, not text.split()"
+    raise Wrong(f"wrong ids for {what}: {hint}")
+
+
+# ---------------------------------------------------------------------------------------------- 04 Dataset/collate
+def check_pad(fn: Callable) -> Callable:
+    """04 · `fn(list of 1-D caption tensors) -> (padded [B, T] LongTensor, lengths [B])`, as collate_captions."""
+    cases = [
+        [torch.tensor([1, 7, 8, 2]), torch.tensor([1, 9, 2]), torch.tensor([1, 5, 6, 7, 8, 2])],
+        [torch.tensor([1, 2])],
+        [torch.tensor([1, 4, 2]), torch.tensor([1, 3, 2])],
+    ]
+    def attempt() -> str:
+        for captions in cases:
+            got = _call(fn, [c.clone() for c in captions])
+            _pad_hint(got, collate_captions([(torch.zeros(1), c, i) for i, c in enumerate(captions)]))
+        return f"Right: your padding matches collate_captions on all {len(cases)} test batches."
+    return _verdict(fn, solutions.pad, attempt)
+
+
+def _pad_hint(got, expected) -> None:
+    try:
+        padded, lengths = (torch.as_tensor(x) for x in got)
+    except (TypeError, ValueError, RuntimeError):
+        raise Wrong("return a pair (padded, lengths) of tensors") from None
+    if padded.shape != expected.captions.shape:
+        raise Wrong(f"padded has shape {tuple(padded.shape)} for {len(expected.lengths)} captions; it should be "
+                    "[batch, length of the longest caption]")
+    if not torch.equal(padded.long(), expected.captions):
+        real = expected.captions != 0
+        if torch.equal(padded.long()[real], expected.captions[real]):
+            raise Wrong("the caption ids are in place but the filler is not: fill the rest of each row with 0 (<pad>)")
+        raise Wrong("the padded values are off: put each caption's ids at the START of its row, in order")
+    if not torch.equal(lengths.long().flatten(), expected.lengths):
+        raise Wrong("the lengths are off: one per caption, counting all its ids, <start> and <end> included")
+
+
+# ---------------------------------------------------------------------------------------------- 05 encoder
+def check_grid_features(fn: Callable) -> Callable:
+    """05 · `fn(feature_map [B, C, H, W], grid_size) -> [B, grid_size**2, C]`, as the encoder's grid."""
+    def attempt() -> str:
+        fmap = torch.randn(2, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+        _grid_hint(_call(fn, fmap, 4), fmap, 4)
+        return "Right: one C-dimensional vector for each of the grid_size**2 image regions."
+    return _verdict(fn, solutions.to_grid, attempt)
+
+
+def _grid_hint(got, fmap: torch.Tensor, g: int) -> None:
+    B, C = fmap.shape[:2]
+    if not isinstance(got, torch.Tensor):
+        raise Wrong(f"return a tensor, not {type(got).__name__}")
+    if tuple(got.shape) == (B, C, g * g):
+        raise Wrong("shape [B, C, P]: swap the last two axes so that positions come before channels")
+    if tuple(got.shape) != (B, g * g, C):
+        raise Wrong(f"for a {tuple(fmap.shape)} map and grid_size {g} you returned shape {tuple(got.shape)}; "
+                    "it should be [B, grid_size**2, C]")
+    if torch.allclose(got, grid_features(fmap, g), atol=1e-5):
+        return
+    if torch.allclose(got, F.adaptive_avg_pool2d(fmap, g).reshape(B, g * g, C), atol=1e-5):
+        raise Wrong("right shape, wrong values: reshape() to [B, P, C] mixes channels and positions; "
+                    "flatten the grid to [B, C, P] and then transpose(1, 2)")
+    raise Wrong("right shape, wrong values: average-pool the map to grid_size x grid_size with "
+                "F.adaptive_avg_pool2d first")

@@ -1,0 +1,310 @@
+"""Tests for labutils.exercises: every checker accepts the reference solution, rejects typical wrong answers with a
+hint that does not give the answer away, says "not attempted" for a stub, and hands back the function the notebook
+should go on with. Also: the notebooks' exercise cells hold stubs, not answers."""
+
+import ast
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labutils import coco, exercises, solutions
+from labutils.vocab import Vocabulary, tokenize
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+def accepted(capsys, result, learner):
+    out = capsys.readouterr().out
+    assert result is learner, out
+    assert out.startswith("✓ ") and out.count("\n") == 1, out
+
+
+def rejected(capsys, result, reference, secrets, *keywords):
+    """One ✗ line that falls back to the reference, names the mistake and shows none of `secrets`."""
+    out = capsys.readouterr().out
+    assert result is reference, out
+    assert out.startswith("✗ ") and out.rstrip().endswith(exercises.FALLBACK.strip(" —")), out
+    assert out.count("\n") == 1 and "Traceback" not in out, out
+    assert not [s for s in secrets if s in out], out
+    assert all(k in out for k in keywords), (keywords, out)
+
+
+def not_attempted(capsys, result, reference):
+    assert result is reference
+    assert capsys.readouterr().out == exercises.NOT_ATTEMPTED + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- 00 split sizes
+SPLITS = {"train": list(range(100, 140)), "val": list(range(200, 210)), "test": list(range(300, 311))}
+SIZES_SECRETS = [str(solutions.split_sizes(SPLITS)), "40", "11"]
+
+
+def test_split_sizes_accepts_the_reference_and_a_stub_falls_back(capsys):
+    def mine(splits):
+        return {name: len(set(ids)) for name, ids in splits.items()}
+
+    accepted(capsys, exercises.check_split_sizes(mine, SPLITS), mine)
+    not_attempted(capsys, exercises.check_split_sizes(stub, SPLITS), solutions.split_sizes)
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (lambda splits: {name: ids for name, ids in splits.items()}, "len()"),  # the id lists, not their sizes
+    (lambda splits: {"train": len(splits["train"])}, "every split name"),
+    (lambda splits: sum(len(ids) for ids in splits.values()), "dict"),
+    (lambda splits: {"train": 40, "val": 10, "test": 11}, "count is off"),  # typed in, fails the checker's own
+    (lambda splits: {name: max(ids) for name, ids in splits.items()}, "count is off"),
+    (lambda splits: 1 / 0, "ZeroDivisionError"),
+])
+def test_split_sizes_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    result = exercises.check_split_sizes(wrong, SPLITS)
+    rejected(capsys, result, solutions.split_sizes, SIZES_SECRETS, keyword)
+
+
+# ---------------------------------------------------------------------------------------------- 01 COCO API
+@pytest.fixture(scope="module")
+def inst(tiny_cfg):
+    return coco.load_instances(tiny_cfg)
+
+
+PAIR = ["circle", "triangle"]
+
+
+def test_images_with_all_accepts_the_reference_and_a_stub_falls_back(inst, capsys):
+    def mine(coco_instances, names):
+        sets = [set(coco_instances.catToImgs[c]) for c in coco_instances.getCatIds(catNms=names)]
+        return sorted(set.intersection(*sets), reverse=True)
+
+    accepted(capsys, exercises.check_images_with_all(mine, inst, PAIR), mine)
+    not_attempted(capsys, exercises.check_images_with_all(stub, inst, PAIR), solutions.images_with_all)
+
+
+def _first_only(c, names):
+    return c.getImgIds(catIds=c.getCatIds(catNms=names[:1]))
+
+
+def _union(c, names):
+    return sorted({i for cat in c.getCatIds(catNms=names) for i in c.getImgIds(catIds=[cat])})
+
+
+def _annotation_ids(c, names):
+    return c.getAnnIds(catIds=c.getCatIds(catNms=names))
+
+
+def _category_ids(c, names):
+    return c.getCatIds(catNms=names)
+
+
+def _one_missing(c, names):
+    return solutions.images_with_all(c, names)[1:]
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (_first_only, "ONE getImgIds call"),
+    (_union, "ONE getImgIds call"),
+    (_annotation_ids, "annotation ids"),
+    (_category_ids, "category ids"),
+    (_one_missing, "misses images"),
+    (lambda c, names: "abc", "integer image ids"),
+])
+def test_images_with_all_rejects_wrong_answers_without_the_answer(inst, capsys, wrong, keyword):
+    expected = solutions.images_with_all(inst, PAIR)
+    assert len(expected) >= 2 and set(expected) != set(_union(inst, PAIR))  # the data can tell them apart
+    result = exercises.check_images_with_all(wrong, inst, PAIR)
+    rejected(capsys, result, solutions.images_with_all, [str(expected), str(len(expected))], keyword)
+
+
+# ---------------------------------------------------------------------------------------------- 02 flip matrix
+WIDTH = 48
+FLIP_SECRETS = [str(solutions.flip_matrix(WIDTH).tolist()), "47.0", "- x", "47 -"]
+
+
+def test_flip_matrix_accepts_the_reference_and_a_stub_falls_back(capsys):
+    from labutils import augment
+
+    def mine(width):
+        return augment.compose(augment.scale_matrix(-1, 1), augment.translation_matrix(width - 1, 0))[:2]
+
+    img = np.random.default_rng(0).integers(0, 255, (9, WIDTH, 3), dtype=np.uint8)
+    result = exercises.check_flip_matrix(mine, WIDTH)
+    accepted(capsys, result, mine)
+    assert np.array_equal(augment.apply_affine(img, result(WIDTH)), augment.horizontal_flip(img))
+    not_attempted(capsys, exercises.check_flip_matrix(stub, WIDTH), solutions.flip_matrix)
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (lambda w: np.array([[-1.0, 0, w], [0, 1, 0]]), "shift is not"),  # off by one pixel
+    (lambda w: np.array([[-1.0, 0, 0], [0, 1, 0]]), "off the canvas"),
+    (lambda w: np.array([[1.0, 0, 0], [0, -1, w - 1]]), "vertical"),
+    (lambda w: np.eye(2, 3), "swaps those two"),
+    (lambda w: np.eye(3), "2x3"),
+    (lambda w: [[-1, 0, WIDTH - 1], [0, 1, 0]], "for width 7"),  # written for one image size only
+])
+def test_flip_matrix_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    result = exercises.check_flip_matrix(wrong, WIDTH)
+    rejected(capsys, result, solutions.flip_matrix, FLIP_SECRETS, keyword)
+
+
+# ---------------------------------------------------------------------------------------------- 03 encode
+@pytest.fixture(scope="module")
+def vocab():
+    return Vocabulary.build(["A red circle on the left.", "Two red circles, above a blue square!", "a blue square"])
+
+
+def _encode_secrets(vocab):
+    known = vocab.words[:3]
+    texts = [" ".join(known), f"{known[0]} zyzzyva {known[-1]}", " ".join(known * 5), ""]
+    return [str(vocab.encode(t, max_len=8)) for t in texts]
+
+
+def test_encode_accepts_the_reference_and_a_stub_falls_back(vocab, capsys):
+    def mine(text, vocab, max_len):
+        ids = [vocab.stoi[w] if w in vocab.stoi else vocab.unk_id for w in tokenize(text)]
+        return tuple([vocab.start_id] + ids[: max_len - 2] + [vocab.end_id])
+
+    accepted(capsys, exercises.check_encode(mine, vocab), mine)
+    not_attempted(capsys, exercises.check_encode(stub, vocab), solutions.encode)
+
+
+def _no_truncation(text, vocab, max_len):
+    return [vocab.start_id, *[vocab.stoi.get(w, vocab.unk_id) for w in tokenize(text)], vocab.end_id]
+
+
+def _split_not_tokenize(text, vocab, max_len):
+    return [vocab.start_id, *[vocab.stoi.get(w, vocab.unk_id) for w in text.split()][: max_len - 2], vocab.end_id]
+
+
+def _cut_after_end(text, vocab, max_len):
+    return _no_truncation(text, vocab, max_len)[:max_len]
+
+
+def _unknown_as_pad(text, vocab, max_len):
+    return [vocab.start_id, *[vocab.stoi.get(w, vocab.pad_id) for w in tokenize(text)][: max_len - 2], vocab.end_id]
+
+
+def _no_start(text, vocab, max_len):
+    return solutions.encode(text, vocab, max_len)[1:]
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (_no_truncation, "at most max_len"),
+    (_split_not_tokenize, "tokenize(text)"),
+    (_cut_after_end, "end with vocab.end_id"),
+    (_unknown_as_pad, "unk_id"),
+    (_no_start, "start with"),
+    (lambda text, vocab, max_len: vocab.stoi[text], "KeyError"),
+    (lambda text, vocab, max_len: None, "list of int ids"),
+])
+def test_encode_rejects_wrong_answers_without_the_answer(vocab, capsys, wrong, keyword):
+    result = exercises.check_encode(wrong, vocab)
+    rejected(capsys, result, solutions.encode, _encode_secrets(vocab), keyword)
+
+
+# ---------------------------------------------------------------------------------------------- 04 pad
+PAD_SECRETS = ["tensor(", "[4, 3, 6]", "[2]", "[3, 3]"]
+
+
+def test_pad_accepts_the_reference_and_a_stub_falls_back(capsys):
+    def mine(captions):
+        return torch.nn.utils.rnn.pad_sequence(captions, batch_first=True), torch.tensor([len(c) for c in captions])
+
+    accepted(capsys, exercises.check_pad(mine), mine)
+    not_attempted(capsys, exercises.check_pad(stub), solutions.pad)
+
+
+def _pads_with_one(captions):
+    padded, lengths = solutions.pad(captions)
+    padded[padded == 0] = 1
+    return padded, lengths
+
+
+def _pads_left(captions):
+    padded, lengths = solutions.pad(captions)
+    return torch.stack([torch.roll(p, int(padded.shape[1] - n)) for p, n in zip(padded, lengths, strict=True)]), lengths
+
+
+def _fixed_width(captions):
+    padded = torch.zeros(len(captions), 10, dtype=torch.long)
+    for row, caption in enumerate(captions):
+        padded[row, : len(caption)] = caption
+    return padded, torch.tensor([len(c) for c in captions])
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (_pads_with_one, "fill the rest of each row with 0"),
+    (_pads_left, "START of its row"),
+    (lambda captions: (solutions.pad(captions)[0], solutions.pad(captions)[1] - 2), "lengths are off"),
+    (_fixed_width, "longest caption"),
+    (lambda captions: solutions.pad(captions)[0], "pair (padded, lengths)"),
+])
+def test_pad_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    result = exercises.check_pad(wrong)
+    rejected(capsys, result, solutions.pad, PAD_SECRETS, keyword)
+
+
+# ---------------------------------------------------------------------------------------------- 05 grid
+GRID_SECRETS = ["tensor(", "(2, 16, 5)", "[2, 16, 5]"]
+
+
+def test_grid_features_accepts_the_reference_and_a_stub_falls_back(capsys):
+    def mine(fmap, g):
+        return torch.einsum("bcp->bpc", F.adaptive_avg_pool2d(fmap, (g, g)).reshape(*fmap.shape[:2], -1))
+
+    accepted(capsys, exercises.check_grid_features(mine), mine)
+    not_attempted(capsys, exercises.check_grid_features(stub), solutions.to_grid)
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (lambda fmap, g: F.adaptive_avg_pool2d(fmap, g).reshape(fmap.size(0), g * g, fmap.size(1)), "transpose(1, 2)"),
+    (lambda fmap, g: F.adaptive_avg_pool2d(fmap, g).flatten(2), "swap the last two axes"),
+    (lambda fmap, g: fmap.flatten(2).transpose(1, 2), "[B, grid_size**2, C]"),  # no pooling at all
+    (lambda fmap, g: F.adaptive_max_pool2d(fmap, g).flatten(2).transpose(1, 2), "adaptive_avg_pool2d"),
+    (lambda fmap, g: F.adaptive_avg_pool2d(fmap, g).tolist(), "return a tensor"),
+    (lambda fmap, g: 1 / 0, "ZeroDivisionError"),
+])
+def test_grid_features_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    result = exercises.check_grid_features(wrong)
+    rejected(capsys, result, solutions.to_grid, GRID_SECRETS, keyword)
+
+
+@pytest.mark.parametrize("check, args", [
+    (exercises.check_split_sizes, (SPLITS,)), (exercises.check_flip_matrix, (WIDTH,)),
+    (exercises.check_pad, ()), (exercises.check_grid_features, ()),
+])
+def test_rerunning_the_check_cell_alone_is_not_praised(capsys, check, args):
+    """After a fallback the notebook's name holds the reference; checking it again must not say ✓ to the learner."""
+    fallback = check(stub, *args)
+    capsys.readouterr()
+    not_attempted(capsys, check(fallback, *args), fallback)
+
+
+# ---------------------------------------------------------------------------------------------- the notebooks
+CHECKED = {"00_setup": "check_split_sizes", "01_coco_api": "check_images_with_all",
+           "02_augmentation": "check_flip_matrix", "03_vocabulary": "check_encode", "04_dataset": "check_pad",
+           "05_encoder": "check_grid_features"}
+
+
+@pytest.mark.parametrize("name, checker", sorted(CHECKED.items()))
+def test_notebook_exercise_is_a_stub_the_checker_replaces(name, checker):
+    """The learner's cell defines the function with a `raise NotImplementedError` body (no answer shipped), and a
+    later cell rebinds that name to what the checker returns (so the rest of the notebook uses the kept one)."""
+    cells = [("".join(c["source"])) for c in json.loads((NOTEBOOKS / f"{name}.ipynb").read_text())["cells"]
+             if c["cell_type"] == "code"]
+    check = next(i for i, src in enumerate(cells) if f"exercises.{checker}(" in src)
+    call = next(n for n in ast.walk(ast.parse(cells[check])) if isinstance(n, ast.Assign)
+                and isinstance(n.value, ast.Call) and getattr(n.value.func, "attr", "") == checker)
+    learner = call.targets[0].id
+    assert call.value.args[0].id == learner
+    defining = [src for src in cells[:check] if f"def {learner}(" in src]
+    assert defining, f"{name}: no cell defines {learner}() before the check"
+    stub_fn = next(n for n in ast.parse(defining[-1]).body if isinstance(n, ast.FunctionDef) and n.name == learner)
+    body = [n for n in stub_fn.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+    assert len(body) == 1 and isinstance(body[0], ast.Raise) and body[0].exc.id == "NotImplementedError"
+    assert ast.get_docstring(stub_fn) and "# TODO" in defining[-1]
