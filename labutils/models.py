@@ -27,7 +27,7 @@ Two measured choices for `efficientnet_lite0`:
   with it the trained model put 13-20 % of its attention inside the named objects' boxes (uniform attention: 9 %;
   best possible on 4x4 cells: 50 %). The stride-16 stage alone is local enough to ground well (78 %) but too
   local to count and relate (greedy test BLEU-4 0.75 instead of 0.87). Both together: 54-56 % grounding at
-  greedy BLEU-4 0.85-0.89 (quick profile, 2-minute budget, no attention penalty; see notebook 09). For the last block, a linear
+  greedy BLEU-4 0.85-0.89 (quick profile, no attention penalty; see notebook 09). For the last block, a linear
   probe on 900 rendered single-group scenes (128 px, 4x4 grid, trained on 600, tested on 300) showed the
   320-channel block at least as good as the 1280-channel head convolution behind it on every property the
   captions need: colour 95 % vs 89 %, shape 100 % vs 100 %, count 88 % vs 80 %, left/right 100 % vs 100 %

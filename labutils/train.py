@@ -9,17 +9,20 @@ The loop in `train` is the classic recipe of the seed tutorials, made robust for
 * Adam (separate learning rates for the decoder and a fine-tuned encoder), gradient clipping, an LR schedule;
 * every epoch the model captions the validation images on its own (greedy decoding, no teacher forcing) and is
   scored with BLEU-4; that number drives the LR schedule, early stopping and the best checkpoint;
-* a wall-clock budget, mixed precision on CUDA, a seed that makes a CPU run repeatable, and a checkpoint from which
-  an interrupted run continues exactly as if it had never stopped.
+* a fixed number of epochs (never the clock: a busy machine gets the same model, only later), a time limit that is
+  only a safety and says so when it cuts a run short, mixed precision on CUDA, a seed and a fixed CPU thread count
+  that make a CPU run repeat exactly however busy the machine is and however many cores it has, and a checkpoint
+  from which an interrupted run continues exactly as if it had never stopped.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +46,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+@contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run torch's CPU work on `count` threads inside the block, then restore the count (None: leave it alone).
+
+    A sum split over two threads is rounded differently from one split over eight, so the same seed trains other
+    weights on a machine with more cores; a fixed count gives the same model whatever the number of cores.
+    """
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        if count:
+            torch.set_num_threads(before)
+
+
+def _on_cfg_threads(fn: Callable) -> Callable:
+    """Decorator: run `fn(cfg, ...)` on `cfg.cpu_threads` CPU threads."""
+    @functools.wraps(fn)
+    def wrapper(cfg, *args, **kwargs):
+        with cpu_threads(getattr(cfg, "cpu_threads", None)):
+            return fn(cfg, *args, **kwargs)
+    return wrapper
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -189,7 +218,7 @@ class TrainResult:
     history: object  # pandas DataFrame: epoch, train_loss, top5, val_bleu4, lr, seconds, ...
     best_epoch: int
     best_metric: float
-    stopped: str  # "epochs", "early_stopping" or "time_budget"
+    stopped: str  # "epochs", "early_stopping" or "time_budget" (the safety time limit cut it short)
     seconds: float  # wall-clock of all epochs, training and validation (resumed runs include the earlier part)
     checkpoint_path: Path | None = None
     metric: str = METRIC
@@ -254,8 +283,8 @@ def decoder_spec(decoder: nn.Module) -> dict:
 
 def _stop_reason(epoch: int, epochs: int, bad_epochs: int, patience: int | None, budget: float | None,
                  elapsed_s: float, last_epoch_s: float) -> str | None:
-    """Why training ends after `epoch`, or None to go on. The budget stops before an epoch that, judging by the
-    last one, would end past it."""
+    """Why training ends after `epoch`, or None to go on. The safety time limit stops before an epoch that,
+    judging by the last one, would end past it."""
     if patience is not None and bad_epochs >= patience:
         return "early_stopping"
     if epoch >= epochs:
@@ -265,6 +294,12 @@ def _stop_reason(epoch: int, epochs: int, bad_epochs: int, patience: int | None,
     return None
 
 
+def _say_cut_short(epochs_done: int, epochs: int, budget: float) -> None:
+    print(f"Training stopped after {epochs_done} of {epochs} epochs because the {budget:g} s safety limit "
+          "(time_budget_s) was reached; results will differ from the reference.")
+
+
+@_on_cfg_threads
 def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Module | None = None,
           epochs: int | None = None, decoder_lr: float | None = None, encoder_lr: float | None = None,
           patience: int | None = 4, scheduler: str | None = "plateau", lr_factor: float = 0.5,
@@ -275,10 +310,11 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
     """Train `decoder` on `loaders["train"]` (CaptionBatch), validating on `loaders["val"]` (EvalBatch) each epoch.
 
     Settings not given come from `cfg` (epochs, learning rates, grad_clip, alpha_c, time_budget_s, device,
-    mixed_precision, seed). `patience`: epochs without a better validation BLEU-4 before stopping early (None:
-    never). `scheduled_sampling`: the largest probability of feeding the model's own word (0 = pure teacher
-    forcing). The time budget is checked between epochs: training stops before an epoch that, judging by the
-    last one, would end past the budget. `checkpoint_path`: written after every epoch (best weights, the state
+    mixed_precision, seed, cpu_threads). `patience`: epochs without a better validation BLEU-4 before stopping
+    early (None: never). `scheduled_sampling`: the largest probability of feeding the model's own word (0 = pure
+    teacher forcing). `time_budget_s` is a safety limit, not part of the recipe: checked between epochs, it stops
+    training before an epoch that, judging by the last one, would end past it, and prints one sentence saying
+    that the run was cut short. `checkpoint_path`: written after every epoch (best weights, the state
     to resume and these settings; `finished` is True only in the file of the run's last epoch, and `stopped`
     says why it ended); `resume_from`: such a file, to continue where it stopped. `callbacks` are called as
     `fn(epoch, row)` after each epoch's checkpoint; raise `TrainingInterrupted` there to stop. With
@@ -429,6 +465,8 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
             stopped = stop
             break
     epoch_bar.close()
+    if stopped == "time_budget":
+        _say_cut_short(len(history), epochs, budget)
 
     if restore_best and best_state is not None:
         decoder.load_state_dict(best_state)
@@ -439,15 +477,33 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
                        checkpoint_path=Path(checkpoint_path) if checkpoint_path is not None else None)
 
 
-def assert_learned(result: TrainResult, min_bleu4: float) -> None:
-    """d2l-style check: raise AssertionError with advice unless BLEU-4 (test if measured, else best val) >= min."""
+def result_of_checkpoint(saved: Mapping) -> TrainResult:
+    """The `TrainResult` a checkpoint records (history, best and test BLEU-4, why its run stopped)."""
+    import pandas as pd
+
+    history = pd.DataFrame(saved.get("history", []))
+    seconds = float(history["seconds"].sum()) if "seconds" in history else 0.0
+    return TrainResult(history=history, best_epoch=int(saved.get("best_epoch", 0)),
+                       best_metric=float(saved.get("best_metric", math.nan)), stopped=str(saved.get("stopped")),
+                       seconds=seconds, test_metric=saved.get("test_metric"))
+
+
+def assert_learned(result: TrainResult | Mapping, min_bleu4: float) -> None:
+    """d2l-style check: raise AssertionError with advice unless BLEU-4 (test if measured, else best val) >= min.
+
+    `result` is what training returned, or a checkpoint (notebooks 08 and 09 check the model they load).
+    """
+    if isinstance(result, Mapping):
+        result = result_of_checkpoint(result)
     split, value = ("test", result.test_metric) if result.test_metric is not None else ("validation",
                                                                                          result.best_metric)
     if value is None or not value >= min_bleu4:
+        advice = ("The safety time limit cut training short: raise time_budget_s (or set it to None) and train "
+                  "again." if result.stopped == "time_budget" else
+                  "Train longer (more epochs), check the learning rate, or look for a bug in the data pipeline.")
         raise AssertionError(
             f"The captioner did not learn enough: {split} BLEU-4 = {value:.3f} < {min_bleu4:.2f} after "
-            f"{len(result.history)} epochs ({result.seconds:.0f} s, stopped: {result.stopped}). Train longer (more "
-            "epochs or a larger time_budget_s), check the learning rate, or look for a bug in the data pipeline.")
+            f"{len(result.history)} epochs ({result.seconds:.0f} s, stopped: {result.stopped}). {advice}")
     print(f"Learned: {split} BLEU-4 = {value:.3f} >= {min_bleu4:.2f}.")
 
 
@@ -520,6 +576,7 @@ def checkpoint_path_for(cfg, kind: str) -> Path:
     return Path(cfg.checkpoint_dir) / f"{canonical_kind(kind)}.pt"
 
 
+@_on_cfg_threads
 def train_quick_captioner(cfg, kind: str = "attention", progress: bool = True, lab_data: LabData | None = None,
                           caption_mode: str = "sample", decoder_options: dict | None = None, resume: bool = False,
                           **train_kwargs):
@@ -527,8 +584,8 @@ def train_quick_captioner(cfg, kind: str = "attention", progress: bool = True, l
 
     The checkpoint (best validation epoch) is saved to `cfg.checkpoint_dir / f"{kind}.pt"`, where notebooks 08
     and 09 find it. `result.test_metric` is the greedy BLEU-4 on the test split. Extra keyword arguments go to
-    `train` (e.g. `time_budget_s=45`, `epochs=...`). With `resume=True` the run saved there continues where it
-    stopped, with the decoder and training settings it was started with.
+    `train` (e.g. `epochs=...`, `patience=...`). With `resume=True` the run saved there continues where it
+    stopped, with the decoder and training settings it was started with (and the keyword arguments given here).
     """
     kind = canonical_kind(kind)
     lab_data = lab_data or prepare_data(cfg, caption_mode=caption_mode, progress=progress)
@@ -590,10 +647,11 @@ def _why_train_anew(saved: Mapping | None, cfg) -> str | None:
 def load_trained(cfg, kind: str = "attention", progress: bool = True):
     """Load the checkpoint of a finished run that `train_quick_captioner` saved for `kind`.
 
-    Without one it trains first: from scratch when there is no usable checkpoint, and by resuming the run when
-    its checkpoint is from a run that was interrupted (a Colab disconnect in notebook 07, say): a learner expects
-    the model notebook 07 was training, and the resume continues that very run (exactly, epoch for epoch) without
-    redoing the epochs already done.
+    Without one it trains first, and says so before it starts: from scratch when there is no usable checkpoint,
+    and by resuming the run when its checkpoint is from a run that was interrupted (a Colab disconnect in
+    notebook 07, say) or cut short by the safety time limit: a learner expects the model notebook 07 was
+    training, and the resume continues that very run (exactly, epoch for epoch) without redoing the epochs
+    already done. A resumed run gets `cfg.time_budget_s` as its safety limit, not the one it was started with.
     Returns (decoder in eval mode on cfg.device, vocabulary, checkpoint dict).
     """
     from .vocab import Vocabulary
@@ -603,14 +661,16 @@ def load_trained(cfg, kind: str = "attention", progress: bool = True):
     saved = ckpt.load_checkpoint(path) if path.is_file() else None
     reason = _why_train_anew(saved, cfg)
     if reason is not None:
-        print(f"Training the {kind} captioner first ({reason}: {path}).")
+        print(f"Training the {kind} captioner first, for at most {cfg.epochs} epochs as notebook 07 does "
+              f"({reason}: {path}).")
         train_quick_captioner(cfg, kind, progress=progress)
         saved = ckpt.load_checkpoint(path)
-    elif not saved["finished"]:
+    elif not saved["finished"] or saved.get("stopped") == "time_budget":
         planned = saved.get("settings", {}).get("epochs", cfg.epochs)
+        why = "the safety time limit cut short" if saved["finished"] else "stopped before it finished"
         print(f"Resuming the {kind} captioner's training at epoch {int(saved['epoch']) + 1} of at most {planned}, "
-              f"because {path} is from a run that stopped before it finished.")
-        train_quick_captioner(cfg, kind, progress=progress, resume=True)
+              f"because {path} is from a run that {why}.")
+        train_quick_captioner(cfg, kind, progress=progress, resume=True, time_budget_s=cfg.time_budget_s)
         saved = ckpt.load_checkpoint(path)
     return decoder_from_checkpoint(saved).to(cfg.device), Vocabulary.from_dict(saved["vocab"]), saved
 
@@ -643,7 +703,7 @@ def check_topk_accuracy(fn) -> bool:
 
 __all__ = [
     "LabData", "TrainResult", "TrainingInterrupted", "assert_learned", "bleu4", "caption_loader",
-    "check_topk_accuracy", "checkpoint_path_for", "decoder_from_checkpoint", "decoder_spec", "evaluate_bleu4",
-    "greedy_ids", "load_trained", "plot_history", "prepare_data", "sampling_probability", "seed_everything",
-    "topk_accuracy", "topk_correct", "train", "train_quick_captioner",
+    "check_topk_accuracy", "checkpoint_path_for", "cpu_threads", "decoder_from_checkpoint", "decoder_spec",
+    "evaluate_bleu4", "greedy_ids", "load_trained", "plot_history", "prepare_data", "result_of_checkpoint",
+    "sampling_probability", "seed_everything", "topk_accuracy", "topk_correct", "train", "train_quick_captioner",
 ]

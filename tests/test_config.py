@@ -43,3 +43,21 @@ def test_overrides_and_plain_dict(tmp_path):
 def test_find_lab_root_from_a_notebook_folder():
     root = config.find_lab_root()
     assert config.find_lab_root(root / "notebooks") == root
+
+
+def test_quick_training_is_bounded_by_epochs_and_its_time_limit_is_only_a_safety():
+    """The safety must stay far above a quiet machine's time for all epochs (or it would cut normal runs short and
+    make the numbers depend on the machine again) and below nbval's cell timeout (so a cut says why in one
+    sentence, rather than nbval killing the cell without one)."""
+    import json
+    import re
+
+    root = config.find_lab_root()
+    cfg = get_config("quick")
+    recorded = json.loads((root / "benchmarks" / "results" / "quick_training.json").read_text(encoding="utf-8"))
+    quiet_all_epochs_s = max(run["as_is"]["fastest_epoch_s"] for run in recorded["runs"].values()) * cfg.epochs
+    cell_timeout = int(re.search(r"--nbval-cell-timeout=(\d+)", (root / "Makefile").read_text()).group(1))
+    assert 4 * quiet_all_epochs_s <= cfg.time_budget_s < cell_timeout
+    assert cfg.cpu_threads, "without a fixed CPU thread count the same seed trains other weights on other machines"
+    assert get_config("full").time_budget_s is None
+    assert all(all(run["identical"].values()) for run in recorded["runs"].values()), "rerun the benchmark"

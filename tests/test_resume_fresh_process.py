@@ -19,7 +19,7 @@ from labutils import checkpoint as ckpt
 
 EPOCHS, KILLED_AFTER = 4, 2
 # Tiny model and batches, so that each process spends its few seconds mostly importing torch.
-MODEL = dict(embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.1, batch_size=8, decoder_lr=1e-2,
+MODEL = dict(cpu_threads=1, embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.1, batch_size=8, decoder_lr=1e-2,
              time_budget_s=None, max_caption_len=16, grid_size=4, alpha_c=1.0)
 TRAIN = dict(epochs=EPOCHS, patience=None, restore_best=False, progress=False, scheduled_sampling=0.3,
              ss_ramp_epochs=2)

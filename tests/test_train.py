@@ -25,8 +25,10 @@ def _colour_grid_source(cfg):
 @pytest.fixture(scope="module")
 def lab(tiny_cfg):
     # grid_size matches the 4x4 stand-in grid; alpha_c=1 keeps the attention penalty's path under test.
+    # One CPU thread: tiny tensors gain nothing from a second, which only adds synchronisation.
     cfg = tiny_cfg.replace(embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.1, batch_size=8,
-                           decoder_lr=1e-2, time_budget_s=None, max_caption_len=16, grid_size=4, alpha_c=1.0)
+                           decoder_lr=1e-2, time_budget_s=None, max_caption_len=16, grid_size=4, alpha_c=1.0,
+                           cpu_threads=1)
     return T.prepare_data(cfg, source=_colour_grid_source(cfg), feature_dim=3, progress=False)
 
 
@@ -115,13 +117,33 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(lab, tmp_path):
     assert all(torch.equal(saved_full["model_state"][k], v) for k, v in saved_resumed["model_state"].items())
 
 
-def test_early_stopping_and_time_budget(lab):
+def test_training_runs_on_the_configured_thread_count_and_gives_it_back(lab):
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        T.train(lab.cfg.replace(cpu_threads=2), _decoder(lab, "show_and_tell"), lab.loaders, lab.vocab, epochs=2,
+                patience=None, progress=False, callbacks=[lambda epoch, row: seen.append(torch.get_num_threads())])
+        assert seen == [2, 2] and torch.get_num_threads() == 3
+        T.train(lab.cfg.replace(cpu_threads=None), _decoder(lab, "show_and_tell"), lab.loaders, lab.vocab,
+                epochs=1, patience=None, progress=False,
+                callbacks=[lambda epoch, row: seen.append(torch.get_num_threads())])
+        assert seen[-1] == 3  # None: torch's own count, untouched
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_early_stopping_and_the_safety_time_limit_that_says_so(lab, capsys):
     frozen = T.train(lab.cfg, _decoder(lab), lab.loaders, lab.vocab, epochs=6, decoder_lr=0.0, patience=2,
                      progress=False)
     assert frozen.stopped == "early_stopping" and len(frozen.history) == 3 and frozen.best_epoch == 1
+    assert capsys.readouterr().out == ""  # only a cut by the clock is announced
     rushed = T.train(lab.cfg, _decoder(lab, "show_and_tell"), lab.loaders, lab.vocab, epochs=6,
                      time_budget_s=0.0, progress=False)
     assert rushed.stopped == "time_budget" and len(rushed.history) == 1
+    assert capsys.readouterr().out.strip() == (
+        "Training stopped after 1 of 6 epochs because the 0 s safety limit (time_budget_s) was reached; results "
+        "will differ from the reference.")
 
 
 def test_best_checkpoint_rebuilds_the_decoder(lab, tmp_path):
@@ -135,14 +157,20 @@ def test_best_checkpoint_rebuilds_the_decoder(lab, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(decoder.state_dict().values(), loaded.state_dict().values(),
                                                   strict=True))
     assert not loaded.training
+    T.assert_learned(saved, result.test_metric)  # notebooks 08 and 09 check the checkpoint they load
+    with pytest.raises(AssertionError, match=rf"test BLEU-4 = {result.test_metric:.3f} < .* after 2 epochs"):
+        T.assert_learned(saved, result.test_metric + 0.01)
 
 
 def test_assert_learned_explains_what_to_do():
     import pandas as pd
 
     result = T.TrainResult(history=pd.DataFrame([{"epoch": 1}]), best_epoch=1, best_metric=0.42,
-                           stopped="time_budget", seconds=10.0)
+                           stopped="early_stopping", seconds=10.0)
     with pytest.raises(AssertionError, match=r"validation BLEU-4 = 0.420 < 0.80.*Train longer"):
+        T.assert_learned(result, 0.8)
+    result.stopped = "time_budget"
+    with pytest.raises(AssertionError, match=r"safety time limit cut training short: raise time_budget_s"):
         T.assert_learned(result, 0.8)
     result.test_metric = 0.85
     T.assert_learned(result, 0.8)
@@ -264,6 +292,43 @@ def test_load_trained_resumes_a_cut_short_run_and_says_so(lab, tmp_path, monkeyp
                                 legacy.pop("vocab"), legacy.pop("config"), **legacy)
     _, _, retrained = T.load_trained(cut, "show_and_tell", progress=False)
     said = capsys.readouterr().out
-    assert said.startswith("Training the show_and_tell captioner first (the checkpoint does not say whether its "
-                           "run finished") and str(path) in said
+    assert said.startswith("Training the show_and_tell captioner first, for at most 3 epochs as notebook 07 does "
+                           "(the checkpoint does not say whether its run finished") and str(path) in said
     assert retrained["finished"]
+
+
+def test_load_trained_says_it_trains_before_it_starts(lab, tmp_path, monkeypatch, capsys):
+    cfg = lab.cfg.replace(epochs=2, build_dir=tmp_path)
+    monkeypatch.setattr(T, "prepare_data", lambda *args, **kwargs: lab)
+    said_before_training = []
+    real_train = T.train
+
+    def train_and_note(*args, **kwargs):
+        said_before_training.append(capsys.readouterr().out)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train", train_and_note)
+    T.load_trained(cfg, "show_and_tell", progress=False)
+    path = T.checkpoint_path_for(cfg, "show_and_tell")
+    assert said_before_training == [
+        f"Training the show_and_tell captioner first, for at most 2 epochs as notebook 07 does (no checkpoint yet: "
+        f"{path}).\n"]
+
+
+def test_load_trained_resumes_a_run_the_safety_limit_cut_short(lab, tmp_path, monkeypatch, capsys):
+    cfg = lab.cfg.replace(epochs=3)
+    monkeypatch.setattr(T, "prepare_data", lambda *args, **kwargs: lab)
+    straight = ckpt.load_checkpoint(T.train_quick_captioner(cfg.replace(build_dir=tmp_path / "straight"),
+                                                            "show_and_tell", progress=False, patience=None)[3])
+    cut = cfg.replace(build_dir=tmp_path / "cut")
+    T.train_quick_captioner(cut, "show_and_tell", progress=False, patience=None, time_budget_s=0.0)
+    path = T.checkpoint_path_for(cut, "show_and_tell")
+    assert ckpt.load_checkpoint(path)["stopped"] == "time_budget"
+    capsys.readouterr()
+    _, _, saved = T.load_trained(cut, "show_and_tell", progress=False)  # cut's safety limit: None
+    assert capsys.readouterr().out.strip() == (
+        f"Resuming the show_and_tell captioner's training at epoch 2 of at most 3, because {path} is from a run "
+        "that the safety time limit cut short.")
+    assert saved["stopped"] == "epochs" and saved["settings"]["time_budget_s"] is None
+    assert _metrics(pd.DataFrame(saved["history"])) == _metrics(pd.DataFrame(straight["history"]))
+    assert all(torch.equal(w, saved["model_state"][k]) for k, w in straight["model_state"].items())
