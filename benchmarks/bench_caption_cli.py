@@ -147,7 +147,7 @@ def run_child(args) -> None:
         caption_cli.load_captioner = timed_load
         draw = caption_cli.attention_figure
 
-        def timed_figure(*a, **k):  # the drawing, on the main thread (encoding and writing run beside it)
+        def timed_figure(*a, **k):  # the drawing and encoding, on the main thread (the file write is not)
             started = time.perf_counter()
             data = draw(*a, **k)
             marks.setdefault("figures", []).append(time.perf_counter() - started)

@@ -147,23 +147,18 @@ def caption_stream(captioner: Captioner, keyed_images: Iterable[tuple[object, ob
         del batch, captions  # free this batch's images before the next one is read
 
 
-def attention_figure(captioner: Captioner, image, caption, title: str):
-    """The word-by-word attention of one caption over the view of the photo that the encoder had (a PIL image)."""
+def attention_figure(captioner: Captioner, image, caption, suffix: str, title: str) -> bytes:
+    """The word-by-word attention of one caption over the view of the photo that the encoder had, encoded."""
     from PIL import Image, ImageOps
 
-    from .viz import attention_mosaic
+    from .viz import attention_mosaic, encode_image
 
     # ImageOps.fit = shorter side to size + centre crop: the same view the encoder got (bilinear: Pillow's
     # resize filters all antialias, and bicubic cost a tenth of the figure's time for no visible difference).
     seen = ImageOps.fit(image, (captioner.input_size, captioner.input_size), method=Image.BILINEAR)
-    return attention_mosaic(seen, list(caption.words), caption.alphas.cpu().numpy(), captioner.encoder.grid_size,
-                            title=title)
-
-
-def _encode_and_write(path: Path, figure) -> Path:
-    from .viz import encode_image
-
-    return atomic_write_bytes(path, encode_image(figure, path.suffix), f"the attention figure {path.name}")
+    mosaic = attention_mosaic(seen, list(caption.words), caption.alphas.cpu().numpy(), captioner.encoder.grid_size,
+                              title=title)
+    return encode_image(mosaic, suffix)
 
 
 def _attention_path(base: Path, index: int, total: int) -> Path:
@@ -171,9 +166,8 @@ def _attention_path(base: Path, index: int, total: int) -> Path:
 
 
 class FigureFiles:
-    """Encodes and writes figures on one background thread, so that PNG's compression (about 20 ms a figure; Pillow
-    releases the GIL while it encodes) and the disk's wait (the atomic write's fsync: 1-5 ms) overlap with
-    captioning the next photos; at most `ahead` figures wait.
+    """Writes figures on one background thread, so the disk's wait (the atomic write's fsync: 1-5 ms, more than
+    drawing the figure) overlaps with captioning the next photos; at most `ahead` files wait.
 
     Each "attention figure: PATH" line is printed, in order, once its file is complete; a file that cannot be
     written is one sentence on stderr and counts in `close()`'s result.
@@ -186,8 +180,9 @@ class FigureFiles:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="figure-files")
         self._pending: deque = deque()
 
-    def write(self, path: Path, figure) -> None:
-        self._pending.append((path, self._pool.submit(_encode_and_write, path, figure)))
+    def write(self, path: Path, data: bytes) -> None:
+        self._pending.append((path, self._pool.submit(atomic_write_bytes, path, data,
+                                                      f"the attention figure {path.name}")))
         self._report(keep=self.ahead)
 
     def close(self) -> int:
@@ -314,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             if figures:
                 # Numbered by position among all the arguments: an unreadable file before it shifts nothing.
                 out = _attention_path(Path(args.attention_out), position, len(args.images))
-                figures.write(out, attention_figure(captioner, image, caption, Path(name).name))
+                figures.write(out, attention_figure(captioner, image, caption, out.suffix, Path(name).name))
     finally:
         unwritten = figures.close() if figures else 0
     return 1 if failed or unwritten else 0
