@@ -54,7 +54,7 @@ class Caption:
 
 # -- small shared helpers ---------------------------------------------------------------------------------------
 @contextmanager
-def _inference(decoder):
+def decoding_mode(decoder):
     """Eval mode + inference mode for the duration, restoring every submodule's training flag afterwards."""
     # Per module, not decoder.train(flag): that would also flip submodules that were deliberately in another mode.
     modes = [(m, m.training) for m in decoder.modules()] if hasattr(decoder, "modules") else []
@@ -75,7 +75,8 @@ def _device_of(decoder) -> torch.device | None:
         return None
 
 
-def _prepare(decoder, features: Tensor, max_len: int) -> Tensor:
+def as_batch(decoder, features: Tensor, max_len: int) -> Tensor:
+    """Features as a batch [B, P, C] on the decoder's device (one image's [P, C] becomes [1, P, C])."""
     if not isinstance(features, Tensor):
         raise TypeError(f"features must be a tensor [batch, positions, channels], got {type(features).__name__}.")
     if features.dim() == 2:  # one image's grid [P, C]
@@ -100,8 +101,9 @@ def _word(vocab, index: int) -> str:
     return vocab.lookup_tokens([index])[0]
 
 
-def _make_caption(vocab, tokens: list[int], log_prob: float, score: float, alphas: Tensor | None,
+def make_caption(vocab, tokens: list[int], log_prob: float, score: float, alphas: Tensor | None,
                   finished: bool) -> Caption:
+    """A Caption from generated token ids (words and text looked up in `vocab`)."""
     return Caption(tokens=tokens, words=[_word(vocab, i) for i in tokens], text=vocab.decode(tokens),
                    log_prob=float(log_prob), score=float(score),
                    alphas=None if alphas is None else alphas.detach().float().cpu(), finished=finished)
@@ -124,8 +126,8 @@ def greedy(decoder, features: Tensor, vocab, max_len: int = DEFAULT_MAX_LEN) -> 
 def _run_sequential(decoder, features: Tensor, vocab, max_len: int,
                     choose: Callable[[Tensor, int], Tensor]) -> list[Caption]:
     """Shared loop of greedy search and sampling: one token per image per step, finished rows dropped."""
-    with _inference(decoder):
-        features = _prepare(decoder, features, max_len)
+    with decoding_mode(decoder):
+        features = as_batch(decoder, features, max_len)
         batch = features.size(0)
         state = tuple(decoder.init_state(features))
         tokens = torch.full((batch,), vocab.start_id, dtype=torch.long, device=features.device)
@@ -154,7 +156,7 @@ def _run_sequential(decoder, features: Tensor, vocab, max_len: int,
             if bool(ended.any()):  # drop finished rows so later steps cost only what is still running
                 keep = (~ended).nonzero().squeeze(1)
                 state, tokens, rows = _select(state, keep), tokens.index_select(0, keep), rows.index_select(0, keep)
-    return [_make_caption(vocab, history[i], log_probs[i], log_probs[i],
+    return [make_caption(vocab, history[i], log_probs[i], log_probs[i],
                           torch.stack(alpha_history[i]) if alpha_history[i] else None, finished[i])
             for i in range(batch)]
 
@@ -274,8 +276,8 @@ def beam_search(decoder, features: Tensor, vocab, beam_size: int = 5, max_len: i
     def penalised(raw: float, length: int) -> float:
         return raw / _wu_penalty(length, alpha_lp) if alpha_lp else raw
 
-    with _inference(decoder):
-        features = _prepare(decoder, features, max_len)
+    with decoding_mode(decoder):
+        features = as_batch(decoder, features, max_len)
         n_images = features.size(0)
         device = features.device
         state = tuple(decoder.init_state(features))
@@ -399,13 +401,61 @@ def beam_search(decoder, features: Tensor, vocab, beam_size: int = 5, max_len: i
     for img in range(n_images):
         # sorted() is stable: equal scores keep discovery order, as in the reference implementation.
         best = sorted(finished[img], key=lambda h: -h[0])[:return_k]
-        best_captions = [_make_caption(vocab, seq, raw, score, alphas, True) for score, raw, seq, alphas in best]
+        best_captions = [make_caption(vocab, seq, raw, score, alphas, True) for score, raw, seq, alphas in best]
         if len(best_captions) < return_k:
             extra = sorted(unfinished[img], key=lambda h: -h[0])[: return_k - len(best_captions)]
-            best_captions += [_make_caption(vocab, seq, raw, score, alphas, False)
+            best_captions += [make_caption(vocab, seq, raw, score, alphas, False)
                               for score, raw, seq, alphas in extra]
         results.append(best_captions)
     return results
+
+
+# -- one image at a time, written to be read (notebook 08 shows these; the batched functions are the fast ones) --
+def greedy_one_image(decoder, features: Tensor, vocab, max_len: int = DEFAULT_MAX_LEN) -> Caption:
+    """The caption of ONE image (features [P, C]) taking the most likely word at every step; same as `greedy`."""
+    with decoding_mode(decoder):
+        features = as_batch(decoder, features, max_len)  # [1, P, C]
+        state = decoder.init_state(features)  # the decoder's memory of this image
+        token, tokens, log_prob = vocab.start_id, [], 0.0
+        for _ in range(max_len):
+            logits, state, _ = decoder.step(torch.tensor([token], device=features.device), state)  # [1, V]
+            token = int(logits[0].argmax())  # the most likely next word
+            log_prob += float(F.log_softmax(logits[0].float(), dim=0)[token])
+            tokens.append(token)
+            if token == vocab.end_id:
+                break
+    return make_caption(vocab, tokens, log_prob, log_prob, None, finished=token == vocab.end_id)
+
+
+def beam_search_one_image(decoder, features: Tensor, vocab, beam_size: int = 5,
+                          max_len: int = DEFAULT_MAX_LEN) -> Caption:
+    """The best caption of ONE image (features [P, C]) by beam search on raw log-probabilities; same as the
+    best caption of `beam_search(..., length_penalty=0.0)`, which does all images and beams at once."""
+    with decoding_mode(decoder):
+        features = as_batch(decoder, features, max_len)  # [1, P, C]
+        state = decoder.init_state(features)  # one row per live beam: just one at the start
+        beams, scores = [[]], torch.zeros(1, device=features.device)  # token lists and log-probs [beams]
+        finished = []  # (log-prob, tokens) of the beams that emitted <end>
+        for _ in range(max_len):
+            last = torch.tensor([b[-1] if b else vocab.start_id for b in beams], device=features.device)
+            logits, state, _ = decoder.step(last, state)  # [beams, V]
+            candidates = scores.unsqueeze(1) + F.log_softmax(logits.float(), dim=1)  # [beams, V]
+            best, flat = candidates.view(-1).sort(descending=True, stable=True)  # ties: lower beam, then word
+            n = beam_size - len(finished)  # every finished beam retires its slot
+            best, flat = best[:n], flat[:n]
+            possible = torch.isfinite(best)  # a word of probability 0 starts no beam
+            best, parent, word = best[possible], flat[possible] // logits.size(1), flat[possible] % logits.size(1)
+            ends = word == vocab.end_id  # [n]: the candidates that finish here
+            for s, p in zip(best[ends].tolist(), parent[ends].tolist(), strict=True):
+                finished.append((s, beams[p] + [vocab.end_id]))
+            beams = [beams[p] + [w] for p, w in zip(parent[~ends].tolist(), word[~ends].tolist(), strict=True)]
+            if not beams:
+                break
+            scores, state = best[~ends], tuple(t.index_select(0, parent[~ends]) for t in state)
+    if finished:  # max() keeps the first of equal scores: the one found first
+        score, tokens = max(finished, key=lambda f: f[0])
+        return make_caption(vocab, tokens, score, score, None, finished=True)
+    return make_caption(vocab, beams[0], float(scores[0]), float(scores[0]), None, finished=False)
 
 
 # -- convenience ------------------------------------------------------------------------------------------------
@@ -463,5 +513,6 @@ def best_of(beams: list[list[Caption]]) -> list[Caption]:
     return [options[0] for options in beams]
 
 
-__all__ = ["Caption", "DEFAULT_MAX_LEN", "METHODS", "beam_search", "best_of", "caption_images", "filter_logits",
-           "greedy", "length_penalty", "predict", "sample", "wide_then_narrow"]
+__all__ = ["Caption", "DEFAULT_MAX_LEN", "METHODS", "beam_search", "beam_search_one_image", "best_of",
+           "caption_images", "filter_logits", "greedy", "greedy_one_image", "length_penalty", "predict", "sample",
+           "wide_then_narrow"]

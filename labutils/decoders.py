@@ -28,7 +28,8 @@ class DecoderOutput(NamedTuple):
     alphas: Tensor | None
 
 
-def _check_inputs(features: Tensor, captions: Tensor, lengths: Tensor) -> None:
+def check_inputs(features: Tensor, captions: Tensor, lengths: Tensor) -> None:
+    """Raise a one-sentence ValueError when features, captions and lengths do not fit together."""
     if features.dim() != 3:
         raise ValueError(f"Decoders take grid features shaped [batch, positions, channels], got {tuple(features.shape)};"
                          " add a positions axis with features.unsqueeze(1) if you have pooled vectors.")
@@ -66,15 +67,16 @@ class ShowAndTell(nn.Module):
 
     def forward(self, features: Tensor, captions: Tensor, lengths: Tensor) -> DecoderOutput:
         """Teacher-forced logits [B, T-1, V] for `captions[:, 1:]` (alphas is None: no attention)."""
-        _check_inputs(features, captions, lengths)
-        words = self.embedding(captions[:, :-1])  # <start> w1 ... : the inputs after the image
-        inputs = self.dropout(torch.cat([self.image_vector(features).unsqueeze(1), words], dim=1))
+        check_inputs(features, captions, lengths)
+        image = self.image_vector(features).unsqueeze(1)  # [B, 1, E]: the LSTM's input at time -1
+        words = self.embedding(captions[:, :-1])  # [B, T-1, E]: <start> w1 ... w_{T-2}
+        inputs = self.dropout(torch.cat([image, words], dim=1))  # [B, T, E]
         # Packing runs each caption for exactly its own length, so padding never reaches the valid steps.
         packed = pack_padded_sequence(inputs, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=inputs.size(1))
+        out, _ = self.rnn(packed)  # packed [sum(lengths), H]
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=inputs.size(1))  # [B, T, H]
         # Output 0 follows the image alone; outputs 1.. follow <start>, w1, ... and predict w1, w2, ...
-        return DecoderOutput(self.fc(self.dropout(out[:, 1:])), None)
+        return DecoderOutput(self.fc(self.dropout(out[:, 1:])), None)  # logits [B, T-1, V]
 
     def init_state(self, features: Tensor) -> State:
         """Feed the image vector; return the recurrent state batch-first: (h, c) [B, layers, H] (GRU: (h,))."""
@@ -151,33 +153,25 @@ class ShowAttendTell(nn.Module):
         return self.init_h(mean), self.init_c(mean)
 
     def attention_weights(self, enc_proj: Tensor, h: Tensor) -> Tensor:
-        """Attention weights alpha [B, P]: a softmax over positions of the additive scores for hidden state h."""
-        scores = self.full_att(torch.tanh(enc_proj + self.decoder_att(h).unsqueeze(1))).squeeze(2)
-        return torch.softmax(scores, dim=1)
+        """Bahdanau (additive) attention: where to look, alpha [B, P], for the previous hidden state h [B, H].
+
+        enc_proj [B, P, A] is W_enc a_i for every region a_i, computed once per image (`init_state`).
+        """
+        query = self.decoder_att(h).unsqueeze(1)  # [B, 1, A]: W_dec h, the same for every position
+        energy = torch.tanh(enc_proj + query)  # [B, P, A]: the query broadcast over the P positions
+        scores = self.full_att(energy).squeeze(2)  # [B, P]: e_i = w^T tanh(W_enc a_i + W_dec h)
+        return torch.softmax(scores, dim=1)  # [B, P]: over the positions, so each row sums to 1
 
     def attend(self, features: Tensor, enc_proj: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Gated context [B, C] and attention weights alpha [B, P] (softmax over positions) for hidden state h."""
-        alpha = self.attention_weights(enc_proj, h)
-        context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)
-        return torch.sigmoid(self.f_beta(h)) * context, alpha
-
-    def output_logits(self, embedded: Tensor, h: Tensor, context: Tensor) -> Tensor:
-        """Word scores [B, V] from the new hidden state (and, with `deep_output`, the context and previous word)."""
-        if self.deep_output:
-            return self.fc(self.dropout(torch.tanh(embedded + self.out_h(h) + self.out_z(context))))
-        return self.fc(self.dropout(h))
-
-    def _advance(self, embedded: Tensor, context: Tensor, h: Tensor, c: Tensor):
-        h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
-        return self.output_logits(embedded, h, context), h, c
-
-    def _cell(self, embedded: Tensor, features: Tensor, enc_proj: Tensor, h: Tensor, c: Tensor):
-        context, alpha = self.attend(features, enc_proj, h)
-        return (*self._advance(embedded, context, h, c), alpha)
+        """The gated context z [B, C] and the attention weights alpha [B, P] for hidden state h [B, H]."""
+        alpha = self.attention_weights(enc_proj, h)  # [B, P]
+        context = torch.bmm(alpha.unsqueeze(1), features).squeeze(1)  # [B, C]: sum_i alpha_i a_i
+        gate = torch.sigmoid(self.f_beta(h))  # [B, C]: beta, how much image this word needs (the paper's is a scalar)
+        return gate * context, alpha
 
     def forward(self, features: Tensor, captions: Tensor, lengths: Tensor) -> DecoderOutput:
         """Teacher-forced logits [B, T-1, V] and attention weights [B, T-1, P] (zero at padded steps)."""
-        _check_inputs(features, captions, lengths)
+        check_inputs(features, captions, lengths)
         steps = captions.size(1) - 1
         decode_lengths = (lengths - 1).to(captions.device)
         # Sort by length so that the captions still running at step t are the first b_t rows: each step then
@@ -209,10 +203,19 @@ class ShowAttendTell(nn.Module):
         h, c = self.initial_hidden(features)
         return h, c, features, self.encoder_att(features)
 
+    def output_logits(self, embedded: Tensor, h: Tensor, context: Tensor) -> Tensor:
+        """Word scores [B, V] from the new hidden state (and, with `deep_output`, the context and previous word)."""
+        if self.deep_output:  # paper eq. 7: L_o tanh(E y + L_h h + L_z z)
+            return self.fc(self.dropout(torch.tanh(embedded + self.out_h(h) + self.out_z(context))))  # [B, V]
+        return self.fc(self.dropout(h))  # [B, V]
+
     def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State, Tensor]:
         """Logits [B, V] for the word after `tokens` [B], the new state, and this step's attention alpha [B, P]."""
-        h, c, features, enc_proj = state
-        logits, h, c, alpha = self._cell(self.embedding(tokens), features, enc_proj, h, c)
+        h, c, features, enc_proj = state  # h, c [B, H]; features [B, P, C]; enc_proj [B, P, A]
+        embedded = self.embedding(tokens)  # [B, E]: the previous word
+        context, alpha = self.attend(features, enc_proj, h)  # [B, C], [B, P]: look before speaking
+        h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))  # [B, H] each
+        logits = self.output_logits(embedded, h, context)  # [B, V]: scores for the next word
         return logits, (h, c, features, enc_proj), alpha
 
     # State entries that are the same for every beam of an image (beam search keeps one copy per image).
@@ -233,7 +236,9 @@ class ShowAttendTell(nn.Module):
         weights = alpha.new_zeros(present.numel(), slots, alpha.size(1))
         weights[group, row_slot] = alpha
         context = torch.bmm(weights, grid)[group, row_slot]  # [R, C]: each row's weighted sum of its image's grid
-        logits, h, c = self._advance(embedded, torch.sigmoid(self.f_beta(h)) * context, h, c)
+        context = torch.sigmoid(self.f_beta(h)) * context  # the gate of `attend`
+        h, c = self.lstm(torch.cat([embedded, context], dim=1), (h, c))
+        logits = self.output_logits(embedded, h, context)
         return logits, (h, c, features, enc_proj), alpha
 
 

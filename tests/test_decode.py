@@ -429,3 +429,58 @@ def test_clear_errors_for_bad_arguments(real_decoder):
         decode.caption_images(decoder, feats, vocab, method="viterbi")
     with pytest.raises(ValueError, match="top_n_schedule"):
         decode.sample(decoder, feats, vocab, top_n_schedule=[])
+
+
+# -- the readable one-image versions notebook 08 shows ----------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_readable_beam_search_equals_the_batched_one(seed):
+    vocab = words_vocab(8)
+    table = random_table(vocab, seed=seed, end_bias=-1.0)
+    feats = image_features(12, len(vocab), seed=seed + 10)
+    # Endings at varied steps exercise retired slots; NeverEnds exercises the max_len fallback (unfinished).
+    for decoder in (TableDecoder(table, end_ramp=0.3), NeverEnds(table)):
+        batched = decode.best_of(decode.beam_search(decoder, feats, vocab, beam_size=5, max_len=9))
+        readable = [decode.beam_search_one_image(decoder, f, vocab, beam_size=5, max_len=9) for f in feats]
+        assert [c.tokens for c in readable] == [c.tokens for c in batched]
+        assert [c.score for c in readable] == [c.score for c in batched]
+        assert [c.finished for c in readable] == [c.finished for c in batched]
+        assert any(c.finished for c in batched) == (not isinstance(decoder, NeverEnds))
+
+
+def test_readable_decoders_equal_the_batched_ones_on_real_decoders(real_decoder):
+    decoder, vocab, feats = real_decoder
+    batched_beam = decode.best_of(decode.beam_search(decoder, feats, vocab, beam_size=4, max_len=12))
+    readable_beam = [decode.beam_search_one_image(decoder, f, vocab, beam_size=4, max_len=12) for f in feats]
+    assert [c.tokens for c in readable_beam] == [c.tokens for c in batched_beam]
+    assert [c.score for c in readable_beam] == pytest.approx([c.score for c in batched_beam], abs=1e-5)
+    batched_greedy = decode.greedy(decoder, feats, vocab, max_len=12)
+    readable_greedy = [decode.greedy_one_image(decoder, f, vocab, max_len=12) for f in feats]
+    assert [c.tokens for c in readable_greedy] == [c.tokens for c in batched_greedy]
+    assert [c.log_prob for c in readable_greedy] == pytest.approx([c.log_prob for c in batched_greedy], abs=1e-5)
+    assert [c.finished for c in readable_greedy] == [c.finished for c in batched_greedy]
+
+
+def test_readable_versions_on_the_hand_made_chain(chain):
+    decoder, vocab = chain
+    features = zero_features(1, len(vocab))[0]
+    greedy = decode.greedy_one_image(decoder, features, vocab)
+    assert (greedy.text, greedy.finished) == ("a c", True)  # the c/d tie goes to the lower id, as in `greedy`
+    assert greedy.log_prob == pytest.approx(math.log(0.5 * 0.35), abs=1e-6)
+    best = decode.beam_search_one_image(decoder, features, vocab, beam_size=2)
+    assert (best.text, best.finished) == ("b", True)  # the caption greedy misses
+    assert best.score == pytest.approx(math.log(0.4 * 0.9), abs=1e-6)
+    cut = decode.greedy_one_image(decoder, features, vocab, max_len=1)
+    assert (cut.words, cut.finished) == (["a"], False)
+
+
+def test_readable_beam_search_breaks_ties_like_the_batched_one():
+    """start -> a;  a -> c .5 | d .5;  c, d -> end: "a c" and "a d" tie, and the lower word id wins in both."""
+    vocab = Vocabulary(["a", "b", "c", "d"])
+    a, c, d = (vocab[w] for w in "acd")
+    table = log_table({vocab.start_id: {a: 1.0}, a: {c: 0.5, d: 0.5}, c: {vocab.end_id: 1.0},
+                       d: {vocab.end_id: 1.0}}, len(vocab))
+    decoder, features = TableDecoder(table), zero_features(1, len(vocab))
+    [batched] = decode.beam_search(decoder, features, vocab, beam_size=2)
+    readable = decode.beam_search_one_image(decoder, features[0], vocab, beam_size=2)
+    assert readable.text == batched[0].text == "a c"
+    assert readable.score == batched[0].score
