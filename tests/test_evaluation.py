@@ -158,7 +158,9 @@ def test_a_model_that_writes_a_reference_is_exact_both_ways():
     report = evaluation.teacher_forced_vs_free_running(decoder, vocab, {3: torch.zeros(1, 2)}.__getitem__,
                                                        {3: ["red circle", "blue circle"]})
     forced, free = report.table.loc["teacher forced"], report.table.loc["free running (greedy)"]
-    assert forced["token accuracy"] == pytest.approx(5 / 6) and free["token accuracy"] == 1.0
+    # One yardstick, the closest reference. Teacher forced: fed "red circle" it predicts all 3 words; fed "blue
+    # circle" it guesses "red" first (2 of 3). Free running writes "red circle" exactly.
+    assert forced["token accuracy"] == 1.0 and free["token accuracy"] == 1.0
     assert report.examples["exact"].all() and report.format_examples() == ""
     assert list(report.examples["teacher_forced"]) == ["red circle"]
 
