@@ -1,6 +1,8 @@
 """Training a captioner: teacher forcing, validation WITHOUT teacher forcing, early stopping, exact resume.
 
-The loop in `train` is the classic recipe of the seed tutorials, made robust for a workshop:
+One epoch of the seed tutorials' classic recipe is `train_one_epoch` (notebook 07 shows it); `train` runs it epoch
+after epoch, with resuming, checkpoints, early stopping, the time limit and mixed precision in named helpers
+beside it. Together:
 
 * teacher forcing: the decoder reads the ground-truth previous word and is scored with cross-entropy on the next
   one (`<pad>` ignored), plus the doubly stochastic attention penalty for attention decoders;
@@ -28,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from .decoders import DecoderOutput, build_decoder, canonical_kind, doubly_stochastic_penalty, valid_step_mask
@@ -110,7 +114,7 @@ def sampling_probability(epoch: int, max_prob: float = 0.25, ramp_epochs: int = 
     raise ValueError(f"Unknown scheduled-sampling schedule {schedule!r}; use 'linear' or 'inverse_sigmoid'.")
 
 
-def _forward_scheduled_sampling(decoder: nn.Module, features: Tensor, captions: Tensor, lengths: Tensor,
+def forward_scheduled_sampling(decoder: nn.Module, features: Tensor, captions: Tensor, lengths: Tensor,
                                 prob: float) -> DecoderOutput:
     """Like `decoder(features, captions, lengths)`, but each next input is the model's own argmax with `prob`."""
     state = decoder.init_state(features)
@@ -168,7 +172,7 @@ def bleu4(predictions: Mapping[int, str], references: Mapping[int, list[str]], e
     return float(score[3])
 
 
-def _batch_features(inputs: Tensor, encoder: nn.Module | None, device, non_blocking: bool,
+def batch_features(inputs: Tensor, encoder: nn.Module | None, device, non_blocking: bool,
                     grad: bool = False) -> Tensor:
     inputs = inputs.to(device, non_blocking=non_blocking)
     if encoder is None:
@@ -183,8 +187,6 @@ def caption_loader(decoder: nn.Module, loader, vocab, device="cpu", max_len: int
                    encoder: nn.Module | None = None, progress: bool = False,
                    desc: str = "caption") -> tuple[dict[int, str], dict[int, list[str]]]:
     """Greedy captions for every image of an evaluation loader: (predictions, references) keyed by image id."""
-    from tqdm.auto import tqdm
-
     was_training = decoder.training
     decoder.eval()
     if encoder is not None:
@@ -192,7 +194,7 @@ def caption_loader(decoder: nn.Module, loader, vocab, device="cpu", max_len: int
     predictions, references = {}, {}
     non_blocking = str(device).startswith("cuda")
     for inputs, refs, image_ids in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        features = _batch_features(inputs, encoder, device, non_blocking)
+        features = batch_features(inputs, encoder, device, non_blocking)
         ids = greedy_ids(decoder, features, vocab.start_id, vocab.end_id, max_len).cpu()
         for image_id, row, ref in zip(image_ids, ids, refs, strict=True):
             predictions[int(image_id)] = vocab.decode(row)
@@ -299,6 +301,173 @@ def _say_cut_short(epochs_done: int, epochs: int, budget: float) -> None:
           "(time_budget_s) was reached; results will differ from the reference.")
 
 
+def fine_tunes(encoder: nn.Module | None) -> bool:
+    """True when an encoder is given and some of its weights train along with the decoder."""
+    return encoder is not None and any(p.requires_grad for p in encoder.parameters())
+
+
+class MixedPrecision:
+    """float16 autocast and a GradScaler when `enabled` (CUDA with cfg.mixed_precision); otherwise plain float32.
+
+    The scaler multiplies the loss before `backward` so that small float16 gradients do not round to zero, and
+    divides them back before the optimizer step (which it skips when a gradient overflowed).
+    """
+
+    def __init__(self, enabled: bool, device_type: str):
+        self.enabled, self.device_type = enabled, device_type
+        self.scaler = torch.amp.GradScaler("cuda", enabled=enabled)
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=torch.float16, enabled=self.enabled)
+
+    def backward(self, loss: Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def unscale_(self, optimizer) -> None:
+        self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer) -> None:
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+def step_scheduler(lr_scheduler, val_metric: float) -> None:
+    """Advance the learning-rate schedule by one epoch; a plateau schedule watches the validation metric."""
+    if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        lr_scheduler.step(val_metric)
+    elif lr_scheduler is not None:
+        lr_scheduler.step()
+
+
+def validate(decoder, loader, vocab, device, max_len: int, encoder=None) -> float:
+    """Validation BLEU-4 WITHOUT teacher forcing: the decoder captions every image greedily from its own words."""
+    predictions, references = caption_loader(decoder, loader, vocab, device, max_len, encoder)
+    return bleu4(predictions, references, exact=False)  # the Python tokenizer: no Java start every epoch
+
+
+def train_one_epoch(decoder, loaders, vocab, optimizer, lr_scheduler, amp, cfg, *, encoder=None,
+                    ss_prob: float = 0.0, max_len: int = 24, progress: bool = False) -> dict:
+    """One epoch: a teacher-forced step on every training batch, then the validation BLEU-4 without teacher
+    forcing, which also drives the learning-rate schedule. Returns the epoch's numbers."""
+    device, fine_tune = torch.device(cfg.device), fine_tunes(encoder)
+    decoder.train()
+    if encoder is not None:
+        encoder.train(fine_tune)  # a frozen encoder stays in eval mode
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
+    loss_sum, tokens, hits = 0.0, 0, 0
+    for inputs, captions, lengths, *_ in tqdm(loaders["train"], desc="batches", leave=False, disable=not progress):
+        captions = captions.to(device, non_blocking=device.type == "cuda")  # [B, T]: <start> w1 ... <end> <pad>
+        with amp.autocast():
+            features = batch_features(inputs, encoder, device, device.type == "cuda", grad=fine_tune)  # [B, P, C]
+            out = (forward_scheduled_sampling(decoder, features, captions, lengths, ss_prob) if ss_prob > 0
+                   else decoder(features, captions, lengths))  # logits [B, T-1, V], alphas [B, T-1, P] or None
+            targets = captions[:, 1:]  # [B, T-1]: step t is scored on the word that follows word t
+            loss = F.cross_entropy(out.logits.reshape(-1, out.logits.size(-1)).float(), targets.reshape(-1),
+                                   ignore_index=vocab.pad_id)  # <pad> targets count for nothing
+            total = loss
+            if out.alphas is not None and cfg.alpha_c > 0:
+                total = loss + doubly_stochastic_penalty(out.alphas.float(), lengths, cfg.alpha_c)
+        optimizer.zero_grad(set_to_none=True)
+        amp.backward(total)  # total.backward(), scaled under mixed precision
+        if cfg.grad_clip:
+            amp.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+        amp.step(optimizer)  # optimizer.step()
+        hit, n = topk_correct(out.logits.detach(), targets, 5, vocab.pad_id)
+        loss_sum, tokens, hits = loss_sum + float(loss.detach()) * n, tokens + n, hits + hit
+    val_bleu4 = validate(decoder, loaders["val"], vocab, device, max_len, encoder)
+    lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
+    step_scheduler(lr_scheduler, val_bleu4)
+    return {"train_loss": loss_sum / max(tokens, 1), "top5": hits / max(tokens, 1), "val_bleu4": val_bleu4, "lr": lr}
+
+
+@dataclass
+class _Run:
+    """The state of a training run that outlives an epoch: history, best epoch and weights, early-stopping count."""
+
+    history: list = field(default_factory=list)
+    start_epoch: int = 1
+    best_metric: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    elapsed_before: float = 0.0
+    best_state: dict | None = None
+    best_encoder_state: dict | None = None
+
+    def record(self, row: dict, decoder: nn.Module, fine_tuned: nn.Module | None) -> bool:
+        """Add an epoch's row; keep the weights if its validation metric is the best so far (True then)."""
+        self.history.append(row)
+        if not row[f"val_{METRIC}"] > self.best_metric:
+            self.bad_epochs += 1
+            return False
+        self.best_metric, self.best_epoch, self.bad_epochs = row[f"val_{METRIC}"], row["epoch"], 0
+        self.best_state = _state_copy(decoder)
+        if fine_tuned is not None:
+            self.best_encoder_state = _state_copy(fine_tuned)
+        return True
+
+
+def _fresh_run(cfg, generators: Mapping[str, torch.Generator]) -> _Run:
+    seed_everything(cfg.seed)
+    for generator in generators.values():  # a loader used before must not shift this run's shuffle order
+        generator.manual_seed(int(cfg.seed))
+    return _Run()
+
+
+def _resumed_run(resume_from, decoder, encoder, fine_tune: bool, optimizer, lr_scheduler, amp: MixedPrecision,
+                 generators: Mapping[str, torch.Generator]) -> _Run:
+    """Put the weights, optimizer, schedule, scaler, loader order and RNGs back as a checkpoint saved them."""
+    saved = ckpt.load_checkpoint(resume_from)
+    resume = saved.get("resume")
+    if resume is None:
+        raise ckpt.CheckpointError(f"{resume_from} holds weights only (no training state); start a new run "
+                                   "or resume from a checkpoint written by train().")
+    decoder.load_state_dict(resume.get("model_state", saved["model_state"]))
+    run = _Run(history=list(saved.get("history", [])), start_epoch=int(saved["epoch"]) + 1,
+               best_metric=float(saved["best_metric"]), best_epoch=int(saved["best_epoch"]),
+               bad_epochs=int(resume["bad_epochs"]), elapsed_before=float(resume["elapsed_s"]),
+               best_state=saved["model_state"])
+    if fine_tune:
+        encoder.load_state_dict(resume.get("encoder_state", saved.get("encoder_state")))
+        run.best_encoder_state = saved.get("encoder_state")
+    optimizer.load_state_dict(resume["optimizer"])
+    if lr_scheduler is not None and resume.get("scheduler") is not None:
+        lr_scheduler.load_state_dict(resume["scheduler"])
+    if amp.enabled and resume.get("scaler"):
+        amp.scaler.load_state_dict(resume["scaler"])
+    for name, state in resume.get("loader_generators", {}).items():
+        if name in generators:
+            generators[name].set_state(state)
+    ckpt.set_rng_state(resume["rng"])
+    return run
+
+
+def _save_epoch(path, run: _Run, cfg, vocab, decoder, encoder, fine_tune: bool, optimizer, lr_scheduler,
+                amp: MixedPrecision, generators, settings: dict, improved: bool, stop: str | None,
+                elapsed_s: float) -> None:
+    """The checkpoint after an epoch: the best weights, and everything needed to resume from this epoch."""
+    resume = {"optimizer": optimizer.state_dict(),
+              "scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
+              "scaler": amp.scaler.state_dict() if amp.enabled else {},
+              "rng": ckpt.rng_state(),
+              "loader_generators": {name: g.get_state() for name, g in generators.items()},
+              "bad_epochs": run.bad_epochs, "elapsed_s": elapsed_s}
+    if not improved:  # the file's model_state is the best epoch's; keep the latest weights to resume
+        resume["model_state"] = _state_copy(decoder)
+        if fine_tune:
+            resume["encoder_state"] = _state_copy(encoder)
+    extra = {"encoder_state": run.best_encoder_state} if fine_tune else {}
+    ckpt.save_checkpoint(path, run.best_state, vocab, cfg.to_dict(), decoder=decoder_spec(decoder),
+                         epoch=run.history[-1]["epoch"], best_epoch=run.best_epoch, best_metric=run.best_metric,
+                         metric=METRIC, history=run.history, resume=resume, settings=settings,
+                         finished=stop is not None, stopped=stop, **extra)
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)  # fresh caption picks, reproducible from (seed, epoch)
+
+
 @_on_cfg_threads
 def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Module | None = None,
           epochs: int | None = None, decoder_lr: float | None = None, encoder_lr: float | None = None,
@@ -318,10 +487,10 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
     to resume and these settings; `finished` is True only in the file of the run's last epoch, and `stopped`
     says why it ended); `resume_from`: such a file, to continue where it stopped. `callbacks` are called as
     `fn(epoch, row)` after each epoch's checkpoint; raise `TrainingInterrupted` there to stop. With
-    `restore_best`, the decoder ends with the weights of its best validation epoch.
+    `restore_best`, the decoder ends with the weights of its best validation epoch. Each epoch is
+    `train_one_epoch`; this function adds resuming, checkpoints, early stopping and the safety time limit.
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     if "train" not in loaders or "val" not in loaders:
         raise ValueError("train() needs loaders={'train': caption loader, 'val': evaluation loader}.")
@@ -330,135 +499,41 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
     encoder_lr = float(encoder_lr if encoder_lr is not None else cfg.encoder_lr)
     budget = cfg.time_budget_s if time_budget_s == "cfg" else time_budget_s
     max_len = int(max_len or cfg.max_caption_len)
-    device = torch.device(cfg.device)
-    use_amp = bool(cfg.mixed_precision) and device.type == "cuda"
-    non_blocking = device.type == "cuda"
-    pad_id = vocab.pad_id
-
-    decoder.to(device)
-    if encoder is not None:
-        encoder.to(device)
-    fine_tune = encoder is not None and any(p.requires_grad for p in encoder.parameters())
-    optimizer = _make_optimizer(decoder, encoder, decoder_lr, encoder_lr)
-    lr_scheduler = _make_scheduler(optimizer, scheduler, lr_factor, lr_patience, step_size, epochs)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    criterion = nn.CrossEntropyLoss(ignore_index=pad_id)
-    trainable = [p for group in optimizer.param_groups for p in group["params"]]
-    generators = _loader_generators(loaders)
     settings = {"epochs": epochs, "decoder_lr": decoder_lr, "encoder_lr": encoder_lr, "patience": patience,
                 "scheduler": scheduler, "lr_factor": lr_factor, "lr_patience": lr_patience, "step_size": step_size,
                 "scheduled_sampling": scheduled_sampling, "ss_ramp_epochs": ss_ramp_epochs,
                 "ss_schedule": ss_schedule, "time_budget_s": budget, "max_len": max_len, "restore_best": restore_best}
+    device = torch.device(cfg.device)
+    decoder.to(device)
+    if encoder is not None:
+        encoder.to(device)
+    fine_tune = fine_tunes(encoder)
+    optimizer = _make_optimizer(decoder, encoder, decoder_lr, encoder_lr)
+    lr_scheduler = _make_scheduler(optimizer, scheduler, lr_factor, lr_patience, step_size, epochs)
+    amp = MixedPrecision(bool(cfg.mixed_precision) and device.type == "cuda", device.type)
+    generators = _loader_generators(loaders)
+    run = (_fresh_run(cfg, generators) if resume_from is None else
+           _resumed_run(resume_from, decoder, encoder, fine_tune, optimizer, lr_scheduler, amp, generators))
 
-    history: list[dict] = []
-    start_epoch, best_metric, best_epoch, bad_epochs, elapsed_before = 1, -math.inf, 0, 0, 0.0
-    best_state = None
-    best_encoder_state = None
-    if resume_from is not None:
-        saved = ckpt.load_checkpoint(resume_from)
-        resume = saved.get("resume")
-        if resume is None:
-            raise ckpt.CheckpointError(f"{resume_from} holds weights only (no training state); start a new run "
-                                       "or resume from a checkpoint written by train().")
-        decoder.load_state_dict(resume.get("model_state", saved["model_state"]))
-        best_state = saved["model_state"]
-        if fine_tune:
-            encoder.load_state_dict(resume.get("encoder_state", saved.get("encoder_state")))
-            best_encoder_state = saved.get("encoder_state")
-        optimizer.load_state_dict(resume["optimizer"])
-        if lr_scheduler is not None and resume.get("scheduler") is not None:
-            lr_scheduler.load_state_dict(resume["scheduler"])
-        if use_amp and resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
-        for name, state in resume.get("loader_generators", {}).items():
-            if name in generators:
-                generators[name].set_state(state)
-        ckpt.set_rng_state(resume["rng"])
-        history = list(saved.get("history", []))
-        start_epoch = int(saved["epoch"]) + 1
-        best_metric, best_epoch = float(saved["best_metric"]), int(saved["best_epoch"])
-        bad_epochs, elapsed_before = int(resume["bad_epochs"]), float(resume["elapsed_s"])
-    else:
-        seed_everything(cfg.seed)
-        for generator in generators.values():  # a loader used before must not shift this run's shuffle order
-            generator.manual_seed(int(cfg.seed))
-
-    started = time.perf_counter() - elapsed_before
-    stopped, last_epoch_s = "epochs", 0.0
-    epoch_bar = tqdm(range(start_epoch, epochs + 1), desc="epochs", disable=not progress,
-                     initial=start_epoch - 1, total=epochs)
+    started = time.perf_counter() - run.elapsed_before
+    stopped = "epochs"
+    epoch_bar = tqdm(range(run.start_epoch, epochs + 1), desc="epochs", disable=not progress,
+                     initial=run.start_epoch - 1, total=epochs)
     for epoch in epoch_bar:
         epoch_started = time.perf_counter()
-        train_loader = loaders["train"]
-        if hasattr(train_loader.dataset, "set_epoch"):
-            train_loader.dataset.set_epoch(epoch)  # fresh caption picks, reproducible from (seed, epoch)
+        _set_epoch(loaders["train"], epoch)
         ss_prob = sampling_probability(epoch - 1, scheduled_sampling, ss_ramp_epochs, ss_schedule)
-        decoder.train()
-        if encoder is not None:
-            encoder.train(fine_tune)
-        loss_sum, tokens, hits = 0.0, 0, 0
-        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not progress):
-            inputs, captions, lengths = batch[0], batch[1], batch[2]
-            captions = captions.to(device, non_blocking=non_blocking)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                features = _batch_features(inputs, encoder, device, non_blocking, grad=fine_tune)
-                if ss_prob > 0:
-                    out = _forward_scheduled_sampling(decoder, features, captions, lengths, ss_prob)
-                else:
-                    out = decoder(features, captions, lengths)
-                targets = captions[:, 1:]
-                loss = criterion(out.logits.reshape(-1, out.logits.size(-1)).float(), targets.reshape(-1))
-                total = loss
-                if out.alphas is not None and cfg.alpha_c > 0:
-                    total = loss + doubly_stochastic_penalty(out.alphas.float(), lengths, cfg.alpha_c)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            hit, n = topk_correct(out.logits.detach(), targets, 5, pad_id)
-            loss_sum, tokens, hits = loss_sum + float(loss.detach()) * n, tokens + n, hits + hit
-
-        val_metric = evaluate_bleu4(decoder, loaders["val"], vocab, device, max_len, encoder, exact=False)
-        lr = optimizer.param_groups[0]["lr"]
-        if isinstance(lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            lr_scheduler.step(val_metric)
-        elif lr_scheduler is not None:
-            lr_scheduler.step()
-        last_epoch_s = time.perf_counter() - epoch_started
-        row = {"epoch": epoch, "train_loss": loss_sum / max(tokens, 1), "top5": hits / max(tokens, 1),
-               f"val_{METRIC}": val_metric, "lr": lr, "ss_prob": ss_prob, "seconds": last_epoch_s}
-        history.append(row)
-        improved = val_metric > best_metric
-        if improved:
-            best_metric, best_epoch, bad_epochs = val_metric, epoch, 0
-            best_state = _state_copy(decoder)
-            if fine_tune:
-                best_encoder_state = _state_copy(encoder)
-        else:
-            bad_epochs += 1
-        epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_bleu4=f"{val_metric:.3f}")
+        numbers = train_one_epoch(decoder, loaders, vocab, optimizer, lr_scheduler, amp, cfg, encoder=encoder,
+                                  ss_prob=ss_prob, max_len=max_len, progress=progress)
+        row = {"epoch": epoch, **numbers, "ss_prob": ss_prob, "seconds": time.perf_counter() - epoch_started}
+        improved = run.record(row, decoder, encoder if fine_tune else None)
+        epoch_bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_bleu4=f"{row['val_bleu4']:.3f}")
         # Decided before the save, so that only the file of the last epoch says the run finished.
-        stop = _stop_reason(epoch, epochs, bad_epochs, patience, budget, time.perf_counter() - started,
-                            last_epoch_s)
+        stop = _stop_reason(epoch, epochs, run.bad_epochs, patience, budget, time.perf_counter() - started,
+                            row["seconds"])
         if checkpoint_path is not None:
-            resume = {"optimizer": optimizer.state_dict(),
-                      "scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
-                      "scaler": scaler.state_dict() if use_amp else {},
-                      "rng": ckpt.rng_state(),
-                      "loader_generators": {name: g.get_state() for name, g in generators.items()},
-                      "bad_epochs": bad_epochs, "elapsed_s": time.perf_counter() - started}
-            if not improved:  # the file's model_state is the best epoch's; keep the latest weights to resume
-                resume["model_state"] = _state_copy(decoder)
-                if fine_tune:
-                    resume["encoder_state"] = _state_copy(encoder)
-            extra = {"encoder_state": best_encoder_state} if fine_tune else {}
-            ckpt.save_checkpoint(checkpoint_path, best_state, vocab, cfg.to_dict(), decoder=decoder_spec(decoder),
-                                 epoch=epoch, best_epoch=best_epoch, best_metric=best_metric, metric=METRIC,
-                                 history=history, resume=resume, settings=settings, finished=stop is not None,
-                                 stopped=stop, **extra)
+            _save_epoch(checkpoint_path, run, cfg, vocab, decoder, encoder, fine_tune, optimizer, lr_scheduler,
+                        amp, generators, settings, improved, stop, time.perf_counter() - started)
         for callback in callbacks:
             callback(epoch, row)
         if stop is not None:
@@ -466,13 +541,13 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
             break
     epoch_bar.close()
     if stopped == "time_budget":
-        _say_cut_short(len(history), epochs, budget)
+        _say_cut_short(len(run.history), epochs, budget)
 
-    if restore_best and best_state is not None:
-        decoder.load_state_dict(best_state)
-        if fine_tune and best_encoder_state is not None:
-            encoder.load_state_dict(best_encoder_state)
-    return TrainResult(history=pd.DataFrame(history), best_epoch=best_epoch, best_metric=best_metric,
+    if restore_best and run.best_state is not None:
+        decoder.load_state_dict(run.best_state)
+        if fine_tune and run.best_encoder_state is not None:
+            encoder.load_state_dict(run.best_encoder_state)
+    return TrainResult(history=pd.DataFrame(run.history), best_epoch=run.best_epoch, best_metric=run.best_metric,
                        stopped=stopped, seconds=time.perf_counter() - started,
                        checkpoint_path=Path(checkpoint_path) if checkpoint_path is not None else None)
 
@@ -702,8 +777,10 @@ def check_topk_accuracy(fn) -> bool:
 
 
 __all__ = [
-    "LabData", "TrainResult", "TrainingInterrupted", "assert_learned", "bleu4", "caption_loader",
-    "check_topk_accuracy", "checkpoint_path_for", "cpu_threads", "decoder_from_checkpoint", "decoder_spec",
-    "evaluate_bleu4", "greedy_ids", "load_trained", "plot_history", "prepare_data", "result_of_checkpoint",
-    "sampling_probability", "seed_everything", "topk_accuracy", "topk_correct", "train", "train_quick_captioner",
+    "LabData", "MixedPrecision", "TrainResult", "TrainingInterrupted", "assert_learned", "batch_features", "bleu4",
+    "caption_loader", "check_topk_accuracy", "checkpoint_path_for", "cpu_threads", "decoder_from_checkpoint",
+    "decoder_spec", "evaluate_bleu4", "fine_tunes", "forward_scheduled_sampling", "greedy_ids", "load_trained",
+    "plot_history", "prepare_data", "result_of_checkpoint", "sampling_probability", "seed_everything",
+    "step_scheduler", "topk_accuracy", "topk_correct", "train", "train_one_epoch", "train_quick_captioner",
+    "validate",
 ]

@@ -1,4 +1,4 @@
-"""What the learner reads is what runs: the `#@save` cells of notebooks 06 and 08 are the library's own code."""
+"""What the learner reads is what runs: the `#@save` cells of notebooks 06, 07 and 08 are the library's own code."""
 
 import json
 import shutil
@@ -16,6 +16,7 @@ SHOWN = {
     "06_decoder.ipynb": {"labutils.decoders.ShowAndTell.forward", "labutils.decoders.ShowAttendTell.attention_weights",
                          "labutils.decoders.ShowAttendTell.attend", "labutils.decoders.ShowAttendTell.output_logits",
                          "labutils.decoders.ShowAttendTell.step"},
+    "07_training.ipynb": {"labutils.train.train_one_epoch", "labutils.train.validate"},
     "08_evaluation.ipynb": {"labutils.decode.greedy_one_image", "labutils.decode.beam_search_one_image"},
 }
 
@@ -32,6 +33,20 @@ def test_each_shown_piece_is_plugged_in_by_its_own_cell():
         cls = target.rsplit(".", 1)[1]
         for function in notebook_code.cell_functions(source):
             assert f"decoders.{cls}.{function} = {function}" in source
+    # 07's cell replaces the module's functions, which train.train looks up at every epoch (test_train.py).
+    for _target, source in notebook_code.saved_cells(NOTEBOOKS / "07_training.ipynb"):
+        for function in notebook_code.cell_functions(source):
+            assert f"\ntrain.{function} = {function}\n" in source + "\n"
+
+
+def test_the_training_epoch_fits_on_one_screen():
+    # Issue 11: the loop a learner reads is one function of about a screen, not the whole orchestration.
+    (_target, source), = notebook_code.saved_cells(NOTEBOOKS / "07_training.ipynb")
+    epoch = notebook_code.cell_functions(source)["train_one_epoch"]
+    assert len(epoch.splitlines()) <= 40
+    for step in ("optimizer.zero_grad", "amp.backward(total)", "clip_grad_norm_", "amp.step(optimizer)",
+                 "validate(", "step_scheduler("):
+        assert step in epoch
 
 
 def edit_cell(notebook: Path, old: str, new: str) -> None:

@@ -332,3 +332,35 @@ def test_load_trained_resumes_a_run_the_safety_limit_cut_short(lab, tmp_path, mo
     assert saved["stopped"] == "epochs" and saved["settings"]["time_budget_s"] is None
     assert _metrics(pd.DataFrame(saved["history"])) == _metrics(pd.DataFrame(straight["history"]))
     assert all(torch.equal(w, saved["model_state"][k]) for k, w in straight["model_state"].items())
+
+
+def test_train_runs_the_module_level_epoch_function(lab, monkeypatch):
+    # Notebook 07 plugs its own train_one_epoch into the module; train must run that one, once per epoch.
+    calls = []
+
+    def no_learning(decoder, loaders, vocab, optimizer, lr_scheduler, amp, cfg, **options):
+        calls.append(options["ss_prob"])
+        return {"train_loss": 1.0, "top5": 0.0, "val_bleu4": 0.0, "lr": 0.0}
+
+    monkeypatch.setattr(T, "train_one_epoch", no_learning)
+    decoder = _decoder(lab, seed=3)
+    before = {name: value.clone() for name, value in decoder.state_dict().items()}
+    result = T.train(lab.cfg, decoder, lab.loaders, lab.vocab, epochs=3, patience=None, progress=False)
+    assert len(calls) == 3 and result.history["train_loss"].tolist() == [1.0, 1.0, 1.0]
+    assert all(torch.equal(before[name], value) for name, value in decoder.state_dict().items())
+
+
+def test_one_epoch_trains_and_validates_without_teacher_forcing(lab):
+    # The epoch function on its own: weights move, the loss is a real cross-entropy, and its validation number is
+    # the BLEU-4 of the decoder's own greedy captions (what evaluate_bleu4 measures), taken after the updates.
+    cfg = lab.cfg
+    T.seed_everything(0)
+    decoder = _decoder(lab, seed=4)
+    before = {name: value.clone() for name, value in decoder.state_dict().items()}
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=cfg.decoder_lr)
+    amp = T.MixedPrecision(False, "cpu")
+    numbers = T.train_one_epoch(decoder, lab.loaders, lab.vocab, optimizer, None, amp, cfg, max_len=16)
+    assert set(numbers) == {"train_loss", "top5", "val_bleu4", "lr"}
+    assert 0 < numbers["train_loss"] < math.log(len(lab.vocab)) + 1 and numbers["lr"] == cfg.decoder_lr
+    assert not all(torch.equal(before[name], value) for name, value in decoder.state_dict().items())
+    assert numbers["val_bleu4"] == T.evaluate_bleu4(decoder, lab.loaders["val"], lab.vocab, max_len=16, exact=False)
