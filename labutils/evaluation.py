@@ -7,7 +7,6 @@
 * `attention_for_split`, `uniform_attention`, `grounding_ceiling`, `plot_grounding`, `show_mass_inside`: attention
   maps for `grounding.grounding_score`, its two reference points (uniform, best possible) and figures.
 * `caption_photo`: caption your own photo with a `caption_cli.Captioner`, keeping the view the encoder had.
-* `clipped_precision` / `check_bleu1_precision`: the exercise of notebook 08.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import textwrap
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -377,43 +375,6 @@ def caption_photo(captioner, image, beam: int = 3, max_len: int = decode.DEFAULT
     return seen, caption
 
 
-# -- exercise: BLEU-1 precision by hand -----------------------------------------------------------------------
-def clipped_precision(candidate: str, references: Sequence[str], n: int = 1) -> float:
-    """BLEU's modified n-gram precision of one caption: each n-gram counts at most as often as in any one reference."""
-    def grams(words: list[str]) -> Counter:
-        return Counter(tuple(words[k:k + n]) for k in range(len(words) - n + 1))
-
-    cand = grams(candidate.split())
-    if not cand:
-        return 0.0
-    most = Counter()
-    for ref in references:
-        for gram, count in grams(ref.split()).items():
-            most[gram] = max(most[gram], count)
-    return sum(min(count, most[gram]) for gram, count in cand.items()) / sum(cand.values())
-
-
-def check_bleu1_precision(answer: float, candidate: str, references: Sequence[str]) -> bool:
-    """Check a learner's BLEU-1 (clipped unigram) precision of `candidate`; print right or wrong with a hint."""
-    expected = clipped_precision(candidate, references, 1)
-    try:
-        answer = float(answer)
-    except (TypeError, ValueError):
-        print(f"❌ The answer must be a number (a fraction between 0 and 1), got {answer!r}.")
-        return False
-    if abs(answer - expected) < 1e-9:
-        print(f"✅ Right: BLEU-1 precision = {expected:.4f}.")
-        return True
-    words = candidate.split()
-    unclipped = sum(any(w in ref.split() for ref in references) for w in words) / max(len(words), 1)
-    hint = ""
-    if abs(answer - unclipped) < 1e-9:
-        hint = (" You counted every candidate word found in some reference; clip each word's count to the most "
-                "times it appears in any ONE reference.")
-    print(f"❌ Not yet: you got {answer:.4f}, expected {expected:.4f}.{hint}")
-    return False
-
-
 __all__ = ["DEFAULT_METHODS", "ExposureReport", "MethodComparison", "attention_for_split", "bleu_breakdown",
-           "caption_photo", "check_bleu1_precision", "clipped_precision", "evaluate_methods", "grounding_ceiling",
+           "caption_photo", "evaluate_methods", "grounding_ceiling",
            "plot_grounding", "show_mass_inside", "teacher_forced_vs_free_running", "uniform_attention"]

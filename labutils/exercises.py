@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from . import solutions
 from .augment import transform_points
 from .data import collate_captions
+from .decoders import ShowAttendTell
+from .grounding import cell_coverage, mass_inside
 from .models import grid_features
 from .vocab import Vocabulary
 
@@ -246,3 +248,123 @@ def _grid_hint(got, fmap: torch.Tensor, g: int) -> None:
                     "flatten the grid to [B, C, P] and then transpose(1, 2)")
     raise Wrong("right shape, wrong values: average-pool the map to grid_size x grid_size with "
                 "F.adaptive_avg_pool2d first")
+
+
+# ---------------------------------------------------------------------------------------------- 06 attention
+def check_attention(fn: Callable, fallback: Callable = solutions.attention_weights) -> Callable:
+    """06 · `fn(self, enc_proj [B, P, A], h [B, H]) -> alpha [B, P]`, a ShowAttendTell's `attention_weights`.
+
+    The notebook passes its own shown `attention_weights` as `fallback`, so a learner's edit of that cell is not
+    undone by an exercise they have not attempted yet."""
+    torch_state = torch.get_rng_state()  # the notebook's own random stream stays as it was
+    torch.manual_seed(0)
+    decoder = ShowAttendTell(vocab_size=20, feature_dim=12, embed_dim=8, hidden_dim=10, attention_dim=6, dropout=0.0)
+    with torch.no_grad():
+        enc_proj, h = decoder.encoder_att(torch.randn(3, 5, 12)), torch.randn(3, 10)  # 3 images, 5 positions
+    torch.set_rng_state(torch_state)
+
+    def attempt() -> str:
+        with torch.no_grad():
+            got = _call(fn, decoder, enc_proj.clone(), h.clone())
+            _attention_hint(got, decoder, enc_proj, h)
+        return "Right: your attention weights match the decoder's own; every ShowAttendTell can now use them."
+    return _verdict(fn, fallback, attempt)
+
+
+def _attention_hint(alpha, decoder, enc_proj: torch.Tensor, h: torch.Tensor) -> None:
+    B, P = enc_proj.shape[:2]
+    if not isinstance(alpha, torch.Tensor):
+        raise Wrong(f"return one tensor alpha [B, P], not {type(alpha).__name__}")
+    if tuple(alpha.shape) == (B, P, 1):
+        raise Wrong("alpha has a trailing axis of size 1: squeeze full_att's output to [B, P] before the softmax")
+    if tuple(alpha.shape) != (B, P):
+        raise Wrong(f"for {B} images and {P} positions alpha has shape {tuple(alpha.shape)}; it should be [B, P]")
+    if torch.allclose(alpha.sum(dim=0), torch.ones(P), atol=1e-5):
+        raise Wrong("your weights sum to 1 over the batch: the softmax runs over the positions, dim=1")
+    if not torch.allclose(alpha.sum(dim=1), torch.ones(B), atol=1e-5):
+        raise Wrong("each row of alpha should sum to 1 over the positions: finish with a softmax along dim=1")
+    if torch.allclose(alpha, solutions.attention_weights(decoder, enc_proj, h), atol=1e-5):
+        return
+    no_tanh = torch.softmax(decoder.full_att(enc_proj + decoder.decoder_att(h).unsqueeze(1)).squeeze(2), dim=1)
+    if torch.allclose(alpha, no_tanh, atol=1e-5):
+        raise Wrong("the scores miss the non-linearity: full_att reads tanh(enc_proj + the projected query)")
+    raise Wrong("alpha is a distribution but not the decoder's: score each position with "
+                "full_att(tanh(enc_proj + decoder_att(h) broadcast over the positions)), then softmax")
+
+
+# ---------------------------------------------------------------------------------------------- 08 BLEU-1
+BLEU1_CASES = [  # the first tells unclipped, pooled and right apart
+    ("a a a red circle on", ["a red circle", "a blue square"]),
+    ("a red circle and a red circle", ["a red circle", "one red circle next to a blue square"]),
+    ("red red red circle", ["a red circle", "one red circle and a red square"]),
+    ("two blue squares above a triangle", ["a triangle below two blue squares", "blue squares and a triangle"]),
+]
+
+
+def check_bleu1_precision(fn: Callable) -> Callable:
+    """08 · `fn(candidate, references) -> BLEU-1 precision`: clipped unigram matches / number of candidate words."""
+    def attempt() -> str:
+        for candidate, references in BLEU1_CASES:
+            _bleu1_hint(_call(fn, candidate, list(references)), candidate, references)
+        return f"Right: your clipped precision matches BLEU's on all {len(BLEU1_CASES)} test captions."
+    return _verdict(fn, solutions.bleu1_precision, attempt)
+
+
+def _bleu1_hint(got, candidate: str, references: Sequence[str]) -> None:
+    try:
+        got = float(got)
+    except (TypeError, ValueError):
+        raise Wrong(f"return a number (a fraction between 0 and 1), not a {type(got).__name__}") from None
+    if abs(got - solutions.bleu1_precision(candidate, references)) < 1e-9:
+        return
+    words, ref_words = candidate.split(), [r.split() for r in references]
+    if got > 1:
+        raise Wrong("a precision is at most 1: divide the matches by the number of candidate words")
+    if abs(got - sum(any(w in r for r in ref_words) for w in words) / len(words)) < 1e-9:
+        raise Wrong("you counted every candidate word found in some reference; clip each word's count to the "
+                    "most times it appears in any ONE reference")
+    distinct = set(words)
+    if abs(got - sum(any(w in r for r in ref_words) for w in distinct) / len(distinct)) < 1e-9:
+        raise Wrong("you counted each distinct word once; BLEU counts every occurrence (clipped) and divides by the "
+                    "number of candidate words, repeats included")
+    pooled = sum(min(words.count(w), sum(r.count(w) for r in ref_words)) for w in set(words)) / len(words)
+    if abs(got - pooled) < 1e-9:
+        raise Wrong("you clipped to the references' counts added together; clip to the most in any ONE reference")
+    raise Wrong("count each distinct candidate word min(its count, its most in one reference) times, and divide "
+                "the sum by the number of candidate words (repeats included)")
+
+
+# ---------------------------------------------------------------------------------------------- 09 grounding
+def check_mass_inside(fn: Callable, alpha, mask, grid_size: int) -> Callable:
+    """09 · `fn(alpha [grid_size**2], mask [H, W] bool, grid_size) -> share of the attention inside the mask`."""
+    rng = np.random.default_rng(0)
+    corner = np.zeros((8, 8), dtype=bool)
+    corner[:3, :5] = True  # cuts regions in part, and is wider than tall: catches a transposed grid
+    cases = [(np.asarray(alpha, dtype=np.float64), np.asarray(mask, dtype=bool), grid_size),
+             (rng.dirichlet(np.ones(16)), corner, 4)]
+
+    def attempt() -> str:
+        for a, m, g in cases:
+            _mass_hint(_call(fn, a.copy(), m.copy(), g), a, m, g)
+        return "Right: each region's weight times the share of its pixels inside the box, summed."
+    return _verdict(fn, solutions.mass_inside, attempt)
+
+
+def _mass_hint(got, alpha: np.ndarray, mask: np.ndarray, g: int) -> None:
+    try:
+        got = float(got)
+    except (TypeError, ValueError):
+        raise Wrong(f"return one number (a share between 0 and 1), not a {type(got).__name__}") from None
+    if abs(got - mass_inside(alpha, mask, g)) < 1e-6:
+        return
+    coverage = cell_coverage(mask, g)
+    if abs(got - float(alpha @ (coverage > 0))) < 1e-6:
+        raise Wrong("you gave every region the box touches its whole weight; weight each region by the FRACTION "
+                    "of its pixels inside the mask")
+    if abs(got - float(mask.mean())) < 1e-6 or abs(got - float(coverage.mean())) < 1e-6:
+        raise Wrong("that is the share of the image inside the box; weight each region's share by its alpha")
+    if abs(got - float(alpha @ coverage.reshape(g, g).T.reshape(-1))) < 1e-6:
+        raise Wrong("your regions are in column order; the grid's positions run row by row, as reshape(g, ...) "
+                    "of an [H, W] mask gives them")
+    raise Wrong("for each of the grid_size**2 regions take the fraction of its pixels inside the mask, multiply "
+                "by that region's alpha, and sum")

@@ -101,14 +101,3 @@ def grounding_score(captions: dict[int, tuple[list[str], np.ndarray]], coco_inst
     if table.empty:
         return GroundingResult(float("nan"), float("nan"), 0, table)
     return GroundingResult(float(table["model"].mean()), float(table["uniform"].mean()), len(table), table)
-
-
-def check_mass_inside(answer: float, alpha, mask, grid_size: int) -> bool:
-    """Exercise check for notebook 09: the learner's share of attention inside a mask."""
-    expected = mass_inside(np.asarray(alpha), np.asarray(mask, dtype=bool), grid_size)
-    if abs(float(answer) - expected) < 1e-6:
-        print(f"Right: {expected:.3f} of the attention lies inside the box.")
-        return True
-    print(f"Not yet: you got {float(answer):.3f}, expected {expected:.3f}. Weight each cell by the share of its "
-          "pixels inside the box, then sum.")
-    return False

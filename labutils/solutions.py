@@ -50,3 +50,29 @@ def to_grid(feature_map, grid_size):
     """05 · [B, C, H, W] feature map -> [B, grid_size**2, C], one C-vector per region."""
     pooled = F.adaptive_avg_pool2d(feature_map, grid_size)  # [B, C, g, g]
     return pooled.flatten(2).transpose(1, 2)  # [B, C, P] -> [B, P, C]
+
+
+def attention_weights(self, enc_proj, h):
+    """06 · Additive attention of a ShowAttendTell: alpha [B, P] = softmax over positions of
+    full_att(tanh(W_enc a_i + W_dec h)), for enc_proj [B, P, A] = encoder_att(regions) and h [B, H]."""
+    query = self.decoder_att(h).unsqueeze(1)  # [B, 1, A]: the same for every position
+    scores = self.full_att(torch.tanh(enc_proj + query)).squeeze(2)  # [B, P]
+    return torch.softmax(scores, dim=1)
+
+
+def bleu1_precision(candidate, references):
+    """08 · Clipped unigram precision: each candidate word counts at most as often as in any ONE reference."""
+    words = candidate.split()
+    if not words:
+        return 0.0
+    most = {w: max(ref.split().count(w) for ref in references) for w in set(words)}
+    return sum(min(words.count(w), most[w]) for w in set(words)) / len(words)
+
+
+def mass_inside(alpha, mask, grid_size):
+    """09 · Share of the attention (flat [grid_size**2], row by row) inside the boolean mask [H, W]: each region's
+    weight times the fraction of its pixels inside, summed (H and W multiples of grid_size)."""
+    g = grid_size
+    H, W = mask.shape
+    inside = np.asarray(mask, dtype=np.float64).reshape(g, H // g, g, W // g).mean(axis=(1, 3)).reshape(-1)
+    return float((np.asarray(alpha, dtype=np.float64).reshape(-1) * inside).sum())

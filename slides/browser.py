@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 WIDTH, HEIGHT = 1280, 720
@@ -231,6 +231,8 @@ class SlideCheck:
     overflow_px: int  # how far the content runs into the bottom padding (footer band) or beyond; <= 0 fits
     has_notes: bool
     png: bytes
+    # Text drawn under MIN_TEXT_PX: {"what": the text or figure, "px": its size on screen, "figure": name or None}
+    small_text: list[dict] = field(default_factory=list)
 
     @property
     def blank(self) -> bool:
@@ -238,12 +240,15 @@ class SlideCheck:
         return self.ink < MIN_INK
 
 
+# Smallest text, in screen pixels at 1280x720, that reads from the back of a room on a projector (issue 11).
+MIN_TEXT_PX = 20.0
 MIN_INK = 0.003  # at least 0.3% of the slide area must differ from the background (real slides: 1.3% and up)
 
 _HIDE_CONTROLS = """(() => { const s = document.createElement('style');
   s.textContent = '.bespoke-marp-osc{display:none !important}'; document.head.appendChild(s); return true; })()"""
 
 _SLIDE_STATE = """(() => {
+  %s
   const slides = [...document.querySelectorAll('svg[data-marpit-svg]')];
   const svg = slides[%d];
   const section = svg.querySelector('section');
@@ -255,8 +260,63 @@ _SLIDE_STATE = """(() => {
   const notesText = [...notes].map(n => n.textContent.trim()).join(' ');
   return {active: svg.classList.contains('bespoke-marp-active'), broken: broken,
           overflow: Math.round(bottom - (section.clientHeight - parseFloat(getComputedStyle(section).paddingBottom))),
-          notes: notesText.length};
+          notes: notesText.length, small: smallText(svg, section, images)};
 })()"""
+
+# Every piece of visible text on a slide, with the size it is drawn at on screen (CSS font size times the scale
+# of Marp's SVG). Text nodes cover headings, bullets, tables, code, footers; the page number is a ::after pseudo-
+# element; MathJax draws formulas as paths, sized by their container's font size; a PNG figure carries its
+# smallest label in a `MinTextPx` PNG text chunk (slides/diagrams.py), scaled here by displayed / natural width.
+_SMALL_TEXT = """function pngText(bytes) {  // the tEXt chunks before the image data, as {keyword: text}
+  const text = {};
+  const u32 = at => [0, 1, 2, 3].reduce((n, i) => n * 256 + bytes.charCodeAt(at + i), 0);
+  for (let at = 8; at + 8 <= bytes.length; ) {
+    const length = u32(at), type = bytes.slice(at + 4, at + 8);
+    if (type === 'IDAT' || at + 12 + length > bytes.length) break;
+    if (type === 'tEXt') {
+      const data = bytes.slice(at + 8, at + 8 + length), nul = data.indexOf('\\0');
+      text[data.slice(0, nul)] = data.slice(nul + 1);
+    }
+    at += 12 + length;
+  }
+  return text;
+}
+function smallText(svg, section, images) {
+  const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+  const found = [];
+  const visible = el => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden';
+  const walker = document.createTreeWalker(section, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const text = node.textContent.trim();
+    const el = node.parentElement;
+    if (!text || el.closest('mjx-assistive-mml, mjx-container') || !visible(el)) continue;
+    found.push({what: text.slice(0, 50), px: parseFloat(getComputedStyle(el).fontSize) * scale});
+  }
+  for (const math of section.querySelectorAll('mjx-container')) {
+    if (visible(math)) found.push({what: 'formula ' + (math.textContent || '').trim().slice(0, 40),
+                                   px: parseFloat(getComputedStyle(math).fontSize) * scale});
+  }
+  const after = getComputedStyle(section, '::after');
+  if (section.hasAttribute('data-marpit-pagination') && after.content !== 'none' && after.display !== 'none') {
+    found.push({what: 'page number', px: parseFloat(after.fontSize) * scale});
+  }
+  for (const img of images) {
+    if (!(img.complete && img.naturalWidth > 0)) continue;  // reported as broken instead
+    const src = img.getAttribute('src') || '';
+    const text = src.startsWith('data:image/png;base64,') ? pngText(atob(src.slice(22, 22 + 8000))) : {};
+    const record = (text.MinTextPx || '').match(/^[0-9.]+$/);
+    const figure = text.Figure || src.slice(0, 30);
+    if (!record) {
+      found.push({what: `figure ${figure}: no MinTextPx record (draw it with slides/diagrams.py)`, px: 0, figure});
+      continue;
+    }
+    found.push({what: `figure ${figure}: smallest label`, figure,
+                px: parseFloat(record[0]) * img.getBoundingClientRect().width / img.naturalWidth});
+  }
+  return found.filter(f => f.px < %(min_px)s)
+              .map(f => ({what: f.what, px: Math.round(f.px * 10) / 10, figure: f.figure || null}));
+}"""
+_SLIDE_STATE = _SLIDE_STATE.replace("%s", _SMALL_TEXT.replace("%(min_px)s", repr(MIN_TEXT_PX)), 1)
 
 
 def slide_count(browser: Chromium) -> int:
@@ -294,5 +354,5 @@ def check_deck(browser: Chromium, html: Path, settle: float = 0.05, activate_wai
         time.sleep(settle)
         png = browser.screenshot()
         results.append(SlideCheck(html.name, index, ink_fraction(png), bool(state["active"]), state["broken"],
-                                  int(state["overflow"]), state["notes"] > 0, png))
+                                  int(state["overflow"]), state["notes"] > 0, png, state["small"]))
     return results

@@ -46,9 +46,28 @@ def _save(fig, path: Path) -> Path:
     """Save as PNG with a white background and close the figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    fig.savefig(path, dpi=DPI, facecolor="white", metadata=text_size_metadata(fig, DPI, path.stem))
     plt.close(fig)
     return path
+
+
+MIN_TEXT_KEY = "MinTextPx"  # PNG text chunk: the smallest label's font size in the PNG's own pixels
+
+
+def text_size_metadata(fig, dpi: float, name: str) -> dict[str, str]:
+    """PNG metadata: the figure's name and its smallest visible label's font size in image pixels (pt x dpi / 72).
+
+    A PNG on a slide cannot be measured by the browser, so the render test reads this and scales it by the
+    image's displayed width over its natural width to get the size a projector shows.
+    """
+    from matplotlib.text import Text
+
+    fig.canvas.draw()  # tick labels get their text only when drawn
+    hidden = {id(t) for ax in fig.axes if not (ax.axison and ax.get_visible())
+              for axis in (ax.xaxis, ax.yaxis) for t in axis.findobj(Text)}
+    sizes = [t.get_fontsize() for t in fig.findobj(Text)
+             if id(t) not in hidden and t.get_visible() and t.get_text().strip()]
+    return {"Figure": name, MIN_TEXT_KEY: f"{min(sizes) * dpi / 72 if sizes else 999:.2f}"}
 
 
 def box(ax, x, y, w, h, text="", color=LIGHT, fontsize=13, edge=INK, weight="normal", style="round,pad=0.02",
@@ -394,12 +413,16 @@ def toy_greedy(steps: int = 4):
 
 
 def beam_tree(path: Path, upto: int, k: int = 2) -> Path:
-    """The beam-search tree up to step `upto` (1..4): kept beams green and bold, pruned candidates grey."""
+    """The beam-search tree up to step `upto` (1..4): kept beams green and bold, pruned candidates grey.
+
+    Type is 16 pt on an 11.5-inch canvas, so that shown 1060 px wide every label is at least 20 px.
+    """
     history = toy_beam_search(k=k, steps=4)
-    fig, ax = _canvas(12, 5.2)
-    top, bottom, col0, dx, w = 4.85, 1.55, 0.75, 2.55, 1.75
+    size = 16
+    fig, ax = _canvas(11.5, 4.9)
+    top, bottom, col0, dx, w, h = 4.44, 1.62, 0.65, 2.42, 1.9, 0.42
     node_y: dict[tuple[str, ...], float] = {(): (top + bottom) / 2}
-    box(ax, col0, node_y[()], 1.1, 0.42, "<start>", color=OUTPUT, fontsize=10)
+    box(ax, col0, node_y[()], 1.15, h, "<start>", color=OUTPUT, fontsize=size)
     for step in range(upto):
         candidates, kept = history[step]
         kept_tokens = {tokens for tokens, _ in kept}
@@ -415,22 +438,22 @@ def beam_tree(path: Path, upto: int, k: int = 2) -> Path:
             parent = tokens[:-1]
             px = col0 + step * dx
             p_word = toy_next(parent)[tokens[-1]]
-            arrow(ax, (px + (0.55 if not parent else w / 2), node_y[parent]), (x - w / 2, y),
-                  color=INK if alive else GREY, lw=2.0 if alive else 0.9)
-            ax.text(x - w / 2 - 0.08, y + 0.2, f"p={p_word:.2f}", fontsize=8.5, ha="right",
-                    color=INK if alive else GREY)
-            box(ax, x, y, w, 0.42, f"{tokens[-1]}   {score:+.2f}", color=DECODER if alive else LIGHT, fontsize=10,
-                edge=INK if alive else GREY, text_color=INK if alive else GREY, lw=2.0 if alive else 1.0)
+            shade = INK if alive else GREY
+            arrow(ax, (px + (0.58 if not parent else w / 2), node_y[parent]), (x - w / 2, y),
+                  color=shade, lw=2.0 if alive else 0.9)
+            ax.text(x - w / 2 + 0.05, y + h / 2 + 0.02, f"p={p_word:.2f}", fontsize=size, color=shade, va="bottom")
+            box(ax, x, y, w, h, f"{tokens[-1]}  {score:+.2f}", color=DECODER if alive else LIGHT, fontsize=size,
+                edge=shade, text_color=shade, lw=2.0 if alive else 1.0)
     candidates, best = history[upto - 1]
-    lines = [(f"step {upto}: {len(candidates)} candidates, keep the k={k} with the highest total log-probability "
-              "(the number in each box)", INK),
+    lines = [(f"step {upto}: {len(candidates)} candidates; keep the k={k} with the highest total log-probability",
+              INK),
              ("   ".join(f"beam {i + 1}: {' '.join(t)} ({s:+.2f})" for i, (t, s) in enumerate(best)), "#166534")]
     if upto == 4:
         g_tokens, g_score = toy_greedy()
-        lines.append((f"greedy takes the best word each step: {' '.join(g_tokens)} ({g_score:+.2f}); "
-                      "the beam kept 'two' alive and found a likelier caption", ACCENT))
+        lines += [(f"greedy takes the best word each step: {' '.join(g_tokens)} ({g_score:+.2f})", ACCENT),
+                  ("the beam kept 'two' alive and found a likelier caption", ACCENT)]
     for i, (line, color) in enumerate(lines):
-        ax.text(0.2, 1.0 - i * 0.33, line, fontsize=11, color=color)
+        ax.text(0.15, 1.1 - i * 0.27, line, fontsize=size, color=color, va="center")
     return _save(fig, path)
 
 

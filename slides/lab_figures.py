@@ -17,6 +17,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import diagrams  # noqa: E402  (beside this file: its PNG text-size metadata is shared)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
@@ -77,7 +78,9 @@ class FigureUnavailable(RuntimeError):
 
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, facecolor="white", bbox_inches="tight", pad_inches=0.1)
+    # Cropping to the tight box changes the PNG's size, not the pixel size of its text.
+    fig.savefig(path, dpi=DPI, facecolor="white", bbox_inches="tight", pad_inches=0.1,
+                metadata=diagrams.text_size_metadata(fig, DPI, Path(path).stem))
     plt.close(fig)
     return path
 
@@ -113,7 +116,8 @@ def placeholder(path: Path, title: str, reason: str, how: str) -> Path:
     ax.text(0.5, 0.52, "\n".join(textwrap.wrap(f"Not available when these slides were built: {reason}", 80)),
             ha="center", va="center", fontsize=12, color="#b91c1c")
     ax.text(0.5, 0.24, "\n".join(textwrap.wrap(how, 85)), ha="center", va="center", fontsize=12, color="#374151")
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    fig.savefig(path, dpi=DPI, facecolor="white",
+                metadata=diagrams.text_size_metadata(fig, DPI, Path(path).stem))
     plt.close(fig)
     return path
 

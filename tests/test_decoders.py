@@ -192,28 +192,6 @@ def test_bad_inputs_give_one_clear_error():
         ShowAndTell(V, C, rnn="transformer")
 
 
-def test_check_attention_accepts_a_right_answer_and_rejects_wrong_ones(capsys):
-    def right(decoder, features, h):
-        scores = decoder.full_att(torch.tanh(decoder.encoder_att(features) + decoder.decoder_att(h)[:, None]))
-        alpha = torch.softmax(scores.squeeze(2), dim=1)
-        return alpha, (alpha[:, :, None] * features).sum(dim=1)
-
-    def wrong_dim(decoder, features, h):
-        alpha, context = right(decoder, features, h)
-        return torch.softmax(alpha, dim=0), context
-
-    def gated(decoder, features, h):
-        alpha, context = right(decoder, features, h)
-        return alpha, torch.sigmoid(decoder.f_beta(h)) * context
-
-    assert decoders.check_attention(right)
-    assert "✅" in capsys.readouterr().out
-    assert not decoders.check_attention(wrong_dim)
-    assert "sum to 1" in capsys.readouterr().out
-    assert not decoders.check_attention(gated)
-    assert "without the f_beta gate" in capsys.readouterr().out
-
-
 def test_position_embedding_makes_the_decoder_see_where_things_are():
     features, captions, lengths = _inputs()
     swap = torch.arange(P).flip(0)  # the same grid vectors, mirrored

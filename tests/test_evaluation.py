@@ -201,24 +201,6 @@ def test_caption_photo_returns_the_encoders_view_and_attention(tmp_path):
     assert evaluation.caption_photo(captioner, path, beam=2, max_len=4)[1].text == caption.text
 
 
-def test_clipped_precision_clips_to_the_most_in_one_reference():
-    refs = ["the cat is on the mat", "there is a cat on the mat"]
-    assert evaluation.clipped_precision("the the the the the the the", refs) == pytest.approx(2 / 7)
-    assert evaluation.clipped_precision("the cat the cat", refs, n=2) == pytest.approx(1 / 3)
-    assert evaluation.clipped_precision("", refs) == 0.0
-
-
-def test_check_bleu1_precision_messages(capsys):
-    refs = ["a red circle", "one red circle and a red square"]
-    candidate = "red red red circle"
-    assert evaluation.check_bleu1_precision(3 / 4, candidate, refs)
-    assert "✅" in capsys.readouterr().out
-    assert not evaluation.check_bleu1_precision(1.0, candidate, refs)  # unclipped
-    assert "clip" in capsys.readouterr().out
-    assert not evaluation.check_bleu1_precision("three quarters", candidate, refs)
-    assert "number" in capsys.readouterr().out
-
-
 def test_grounding_ceiling_is_reached_by_attention_on_the_most_covered_cell(tiny_cfg, tmp_path):
     import matplotlib
 

@@ -276,7 +276,8 @@ def test_grid_features_rejects_wrong_answers_without_the_answer(capsys, wrong, k
 
 @pytest.mark.parametrize("check, args", [
     (exercises.check_split_sizes, (SPLITS,)), (exercises.check_flip_matrix, (WIDTH,)),
-    (exercises.check_pad, ()), (exercises.check_grid_features, ()),
+    (exercises.check_pad, ()), (exercises.check_grid_features, ()), (exercises.check_attention, ()),
+    (exercises.check_bleu1_precision, ()), (exercises.check_mass_inside, (np.full(16, 1 / 16), np.eye(8, dtype=bool), 4)),
 ])
 def test_rerunning_the_check_cell_alone_is_not_praised(capsys, check, args):
     """After a fallback the notebook's name holds the reference; checking it again must not say ✓ to the learner."""
@@ -288,7 +289,8 @@ def test_rerunning_the_check_cell_alone_is_not_praised(capsys, check, args):
 # ---------------------------------------------------------------------------------------------- the notebooks
 CHECKED = {"00_setup": "check_split_sizes", "01_coco_api": "check_images_with_all",
            "02_augmentation": "check_flip_matrix", "03_vocabulary": "check_encode", "04_dataset": "check_pad",
-           "05_encoder": "check_grid_features"}
+           "05_encoder": "check_grid_features", "06_decoder": "check_attention",
+           "08_evaluation": "check_bleu1_precision", "09_attention": "check_mass_inside"}
 
 
 @pytest.mark.parametrize("name, checker", sorted(CHECKED.items()))
@@ -308,3 +310,165 @@ def test_notebook_exercise_is_a_stub_the_checker_replaces(name, checker):
     body = [n for n in stub_fn.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
     assert len(body) == 1 and isinstance(body[0], ast.Raise) and body[0].exc.id == "NotImplementedError"
     assert ast.get_docstring(stub_fn) and "# TODO" in defining[-1]
+
+
+# ---------------------------------------------------------------------------------------------- 06 attention
+ATTENTION_SECRETS = ["tensor(", "0."]
+
+
+def test_attention_accepts_the_reference_and_a_stub_falls_back(capsys):
+    def mine(self, enc_proj, h):
+        scores = self.full_att(torch.tanh(enc_proj + self.decoder_att(h)[:, None, :]))[..., 0]
+        return F.softmax(scores, dim=-1)
+
+    accepted(capsys, exercises.check_attention(mine), mine)
+    not_attempted(capsys, exercises.check_attention(stub), solutions.attention_weights)
+
+
+def test_the_kept_attention_runs_inside_the_decoder(capsys):
+    """What the check returns is plugged into ShowAttendTell, and the decoder's forward then runs it."""
+    from labutils import decoders
+
+    calls = []
+
+    def mine(self, enc_proj, h):
+        calls.append(enc_proj.shape)
+        return solutions.attention_weights(self, enc_proj, h)
+
+    kept = exercises.check_attention(mine)
+    capsys.readouterr()
+    torch.manual_seed(0)
+    model = decoders.ShowAttendTell(vocab_size=20, feature_dim=12, embed_dim=8, hidden_dim=10, attention_dim=6).eval()
+    inputs = torch.randn(2, 5, 12), torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0]]), torch.tensor([4, 3])
+    reference = model(*inputs)
+    original = decoders.ShowAttendTell.attention_weights
+    try:
+        decoders.ShowAttendTell.attention_weights = kept  # what notebook 06's check cell does
+        calls.clear()
+        again = model(*inputs)
+    finally:
+        decoders.ShowAttendTell.attention_weights = original
+    assert calls and torch.allclose(again.logits, reference.logits)
+
+
+def _attention_parts(self, enc_proj, h):
+    return self.full_att(torch.tanh(enc_proj + self.decoder_att(h).unsqueeze(1)))  # [B, P, 1]
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (lambda self, enc_proj, h: torch.softmax(_attention_parts(self, enc_proj, h).squeeze(2), dim=0), "dim=1"),
+    (lambda self, enc_proj, h: _attention_parts(self, enc_proj, h).squeeze(2), "softmax along dim=1"),  # raw scores
+    (lambda self, enc_proj, h: torch.softmax(_attention_parts(self, enc_proj, h), dim=1), "squeeze"),
+    (lambda self, enc_proj, h: torch.softmax(self.full_att(enc_proj + self.decoder_att(h).unsqueeze(1)).squeeze(2),
+                                             dim=1), "tanh"),
+    (lambda self, enc_proj, h: torch.softmax(self.full_att(torch.tanh(enc_proj)).squeeze(2), dim=1),
+     "broadcast over the positions"),  # forgot the query: attention that ignores what was said
+    (lambda self, enc_proj, h: torch.softmax(self.full_att(torch.tanh(enc_proj + self.decoder_att(h))).squeeze(2),
+                                             dim=1), "RuntimeError"),  # no unsqueeze: [B, A] does not broadcast
+    (lambda self, enc_proj, h: (solutions.attention_weights(self, enc_proj, h), None), "one tensor alpha"),
+])
+def test_attention_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    result = exercises.check_attention(wrong)
+    rejected(capsys, result, solutions.attention_weights, ATTENTION_SECRETS, keyword)
+
+
+# ---------------------------------------------------------------------------------------------- 08 BLEU-1
+BLEU1_SECRETS = ["3/7", "0.42", "0.43", "0.75", "0.5", "3 / 7"]
+
+
+def test_bleu1_precision_reference_clips_to_the_most_in_one_reference():
+    refs = ["the cat is on the mat", "there is a cat on the mat"]
+    assert solutions.bleu1_precision("the the the the the the the", refs) == pytest.approx(2 / 7)
+    assert solutions.bleu1_precision("a red circle and a red circle", exercises.BLEU1_CASES[0][1]) == pytest.approx(3 / 7)
+    assert solutions.bleu1_precision("", refs) == 0.0
+
+
+def test_bleu1_precision_accepts_the_reference_and_a_stub_falls_back(capsys):
+    from collections import Counter
+
+    def mine(candidate, references):
+        counts = Counter(candidate.split())
+        most = Counter()
+        for ref in references:
+            most |= Counter(ref.split())  # | keeps the larger count of each word
+        return sum((counts & most).values()) / sum(counts.values())
+
+    accepted(capsys, exercises.check_bleu1_precision(mine), mine)
+    not_attempted(capsys, exercises.check_bleu1_precision(stub), solutions.bleu1_precision)
+
+
+def _unclipped(candidate, references):
+    words = candidate.split()
+    return sum(any(w in r.split() for r in references) for w in words) / len(words)
+
+
+def _pooled(candidate, references):
+    words, pooled = candidate.split(), " ".join(references).split()
+    return sum(min(words.count(w), pooled.count(w)) for w in set(words)) / len(words)
+
+
+def _distinct_words(candidate, references):
+    words = set(candidate.split())
+    return sum(any(w in r.split() for r in references) for w in words) / len(words)
+
+
+def _matches_not_divided(candidate, references):
+    return solutions.bleu1_precision(candidate, references) * len(candidate.split())
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (_unclipped, "ONE reference"),
+    (_pooled, "added together"),
+    (_distinct_words, "repeats included"),
+    (_matches_not_divided, "at most 1"),
+    (lambda candidate, references: "three sevenths", "return a number"),
+    (lambda candidate, references: references[5], "IndexError"),
+])
+def test_bleu1_precision_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    result = exercises.check_bleu1_precision(wrong)
+    rejected(capsys, result, solutions.bleu1_precision, BLEU1_SECRETS, keyword)
+
+
+# ---------------------------------------------------------------------------------------------- 09 mass inside
+def _grounding_case():
+    mask = np.zeros((16, 16), dtype=bool)
+    mask[2:9, 4:13] = True  # cuts through regions, so whole-region counting is wrong
+    alpha = np.random.default_rng(1).dirichlet(np.ones(16))
+    return alpha, mask
+
+
+def test_mass_inside_accepts_the_reference_and_a_stub_falls_back(capsys):
+    from labutils import grounding
+
+    alpha, mask = _grounding_case()
+
+    def mine(alpha, mask, grid_size):
+        return float(np.dot(alpha, grounding.cell_coverage(mask, grid_size)))
+
+    accepted(capsys, exercises.check_mass_inside(mine, alpha, mask, 4), mine)
+    not_attempted(capsys, exercises.check_mass_inside(stub, alpha, mask, 4), solutions.mass_inside)
+    assert solutions.mass_inside(alpha, mask, 4) == pytest.approx(grounding.mass_inside(alpha, mask, 4))
+
+
+def _whole_regions(alpha, mask, g):
+    H, W = mask.shape
+    return float((alpha * mask.reshape(g, H // g, g, W // g).any(axis=(1, 3)).reshape(-1)).sum())
+
+
+def _column_order(alpha, mask, g):
+    H, W = mask.shape
+    return float((alpha * mask.reshape(g, H // g, g, W // g).mean(axis=(1, 3)).T.reshape(-1)).sum())
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (_whole_regions, "FRACTION"),
+    (lambda alpha, mask, g: float(mask.mean()), "weight each region's share by its alpha"),
+    (_column_order, "row by row"),
+    (lambda alpha, mask, g: float(alpha[mask.reshape(-1)[: len(alpha)]].sum()), "for each of the grid_size**2"),
+    (lambda alpha, mask, g: [0.1, 0.2], "return one number"),
+])
+def test_mass_inside_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    alpha, mask = _grounding_case()
+    secrets = [f"{solutions.mass_inside(alpha, mask, 4):.2f}", f"{solutions.mass_inside(alpha, mask, 4):.3f}"]
+    result = exercises.check_mass_inside(wrong, alpha, mask, 4)
+    rejected(capsys, result, solutions.mass_inside, secrets, keyword)

@@ -55,14 +55,6 @@ def test_grounding_score_on_the_synthetic_dataset(tiny_cfg):
     assert "model" in str(result)
 
 
-def test_check_mass_inside(capsys):
-    mask = grounding.box_mask([[0, 0, 32, 32]], 128, 128)
-    alpha = np.full(16, 1 / 16)
-    assert grounding.check_mass_inside(1 / 16, alpha, mask, 4)
-    assert not grounding.check_mass_inside(0.5, alpha, mask, 4)
-    assert "Not yet" in capsys.readouterr().out
-
-
 def _instances(objects: list[tuple[str, str, list[float]]], size: int = 128) -> COCO:
     """A synthetic-format instances file in memory: one `size` x `size` image holding (colour, shape, box)."""
     shapes = sorted({shape for _, shape, _ in objects})
