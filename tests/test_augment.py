@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from waiting import start_and_see_it_wait
 
 from labutils import augment as A
 from labutils.data import load_image
@@ -338,14 +339,8 @@ def test_resize_all_waits_for_another_writer_of_the_same_folder(tmp_path, capsys
     src, dst = make_folder(tmp_path), tmp_path / "dst"
     done = threading.Event()
     with folder_lock(dst, "resized images"):  # another writer (a flock conflicts across open files, as across processes)
-        worker = threading.Thread(target=lambda: (A.resize_all(src, dst, 20, progress=False), done.set()))
-        worker.start()
-        for _ in range(100):
-            if "Waiting for" in capsys.readouterr().err:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail("resize_all did not wait for the folder's lock")
+        worker = start_and_see_it_wait(lambda: (A.resize_all(src, dst, 20, progress=False), done.set()), capsys,
+                                       "resize_all")
         assert not done.is_set() and not dst.exists()
     worker.join(30)
     assert done.is_set() and (dst / "wide.jpg").is_file()

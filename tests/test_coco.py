@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from loopback import closed_port_url
 from PIL import Image
+from waiting import start_and_see_it_wait
 
 from labutils import coco, get_config
 
@@ -719,7 +720,6 @@ def test_a_resized_copy_from_an_older_labutils_is_recognised_by_its_record(tmp_p
 
 
 def test_a_second_resize_waits_for_the_first_and_writes_its_record_last(tmp_path, capsys):
-    import time
 
     from labutils.infra.files import folder_lock
 
@@ -729,14 +729,8 @@ def test_a_second_resize_waits_for_the_first_and_writes_its_record_last(tmp_path
                         resize=False)
     result = {}
     with folder_lock(coco.resized_image_dir(cfg), "the resized images"):  # another process is resizing
-        worker = threading.Thread(target=lambda: result.update(record=coco.resize_images(cfg, progress=False)))
-        worker.start()
-        for _ in range(200):
-            if "Waiting for" in capsys.readouterr().err:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("resize_images did not wait for the folder's lock")
+        worker = start_and_see_it_wait(lambda: result.update(record=coco.resize_images(cfg, progress=False)),
+                                       capsys, "resize_images")
         assert not coco.resized_image_dir(cfg).exists()
     worker.join(30)
     assert result["record"]["complete"] and coco.image_root(cfg) == coco.resized_image_dir(cfg)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from pycocotools.coco import COCO
+from waiting import start_and_see_it_wait
 
 from labutils import synthetic
 from labutils.infra import files
@@ -205,22 +206,14 @@ def test_a_dataset_from_an_older_labutils_is_recognised_by_its_generator_json(tm
 
 
 def test_a_second_writer_waits_for_the_first_and_then_reuses_its_dataset(tmp_path, capsys):
-    import threading
-    import time
 
     from labutils import get_config
 
     cfg = get_config("quick", data_root=tmp_path, n_images=6)
     result = {}
     with files.folder_lock(cfg.dataset_dir, "the synthetic dataset"):  # the first writer (flock: as another process)
-        worker = threading.Thread(target=lambda: result.update(path=synthetic.ensure_synthetic(cfg, progress=False)))
-        worker.start()
-        for _ in range(200):
-            if "Waiting for" in capsys.readouterr().err:
-                break
-            time.sleep(0.02)
-        else:
-            pytest.fail("ensure_synthetic did not wait for the folder's lock")
+        worker = start_and_see_it_wait(lambda: result.update(path=synthetic.ensure_synthetic(cfg, progress=False)),
+                                       capsys, "ensure_synthetic")
         # what the first writer does meanwhile: generate the same dataset
         synthetic._generate(cfg.dataset_dir, synthetic._params(6, cfg.image_size, cfg.seed, cfg.split_fractions),
                             progress=False)
