@@ -292,6 +292,38 @@ def _attention_hint(alpha, decoder, enc_proj: torch.Tensor, h: torch.Tensor) -> 
                 "full_att(tanh(enc_proj + decoder_att(h) broadcast over the positions)), then softmax")
 
 
+# ---------------------------------------------------------------------------------------------- 07 training
+def check_topk_accuracy(fn: Callable) -> Callable:
+    """07 · `fn(logits [B, T, V], targets [B, T], k, pad_id) -> float`: top-k accuracy over non-<pad> targets."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 6, 12, generator=gen)  # [B, T, V]
+    targets = torch.randint(1, 12, (4, 6), generator=gen)  # [B, T], no <pad> yet
+    targets[1, 4:], targets[3, 2:] = 0, 0  # two shorter captions, padded with <pad> = 0
+
+    def attempt() -> str:
+        for k in (1, 5):
+            got = _call(fn, logits.clone(), targets.clone(), k, 0)
+            if not isinstance(got, (float, int)) and not (torch.is_tensor(got) and got.numel() == 1):
+                raise Wrong("return one number, the share of hits (e.g. with .item())")
+            expected = solutions.topk_accuracy(logits, targets, k, 0)
+            if abs(float(got) - expected) > 1e-6:
+                raise Wrong(_topk_hint(float(got), logits, targets, k))
+        return "Right: your top-k accuracy matches on k=1 and k=5, <pad> positions left out."
+    return _verdict(fn, solutions.topk_accuracy, attempt)
+
+
+def _topk_hint(got: float, logits, targets, k: int) -> str:
+    counts_pad = solutions.topk_accuracy(logits, targets, k, -1)
+    hits = solutions.topk_accuracy(logits, targets, k, 0) * int((targets != 0).sum())
+    if abs(got - counts_pad) < 1e-6:
+        return "the <pad> positions are counted: leave out every position whose target is pad_id"
+    if abs(got - hits) < 1e-6:
+        return "that is a count of hits: divide by the number of real (non-<pad>) target words"
+    if k > 1 and abs(got - solutions.topk_accuracy(logits, targets, 1, 0)) < 1e-6:
+        return "only the single best word is compared: look at the k highest-scoring words (topk along the last axis)"
+    return "compare each target with the indices of its k highest logits (the last axis holds the vocabulary)"
+
+
 # ---------------------------------------------------------------------------------------------- 08 BLEU-1
 BLEU1_CASES = [  # the first tells unclipped, pooled and right apart
     ("a a a red circle on", ["a red circle", "a blue square"]),

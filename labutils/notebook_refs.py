@@ -91,10 +91,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import find_lab_root
 
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m labutils refs",
+                                     description="Execute notebooks and re-record the reference outputs of their "
+                                                 "# NBVAL_CHECK_OUTPUT cells (all numbered notebooks by default).")
+    parser.add_argument("notebooks", nargs="*", type=Path, help="notebooks to record (default: all of notebooks/)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("LAB_PROFILE", "quick")
-    args = list(sys.argv[1:] if argv is None else argv)
     folder = find_lab_root() / "notebooks"
-    paths = [Path(a) for a in args] or sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or sorted(folder.glob("[0-9][0-9]_*.ipynb"))
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        parser.error(f"no notebook at {missing[0]}; give paths such as notebooks/07_training.ipynb")
     for path in paths:
         out = record_references(path)
         print(f"{path.name}: {out}")

@@ -46,6 +46,14 @@ def pad(captions):
     return padded, lengths
 
 
+def topk_accuracy(logits, targets, k, pad_id):
+    """07 · Share of the non-<pad> target words [B, T] that are among the k highest logits [B, T, V]."""
+    top = logits.topk(k, dim=-1).indices  # [B, T, k]
+    hit = (top == targets.unsqueeze(-1)).any(dim=-1)  # [B, T]
+    real = targets != pad_id  # [B, T]
+    return (hit & real).sum().item() / real.sum().item()
+
+
 def to_grid(feature_map, grid_size):
     """05 · [B, C, H, W] feature map -> [B, grid_size**2, C], one C-vector per region."""
     pooled = F.adaptive_avg_pool2d(feature_map, grid_size)  # [B, C, g, g]

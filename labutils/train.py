@@ -753,32 +753,9 @@ def load_trained(cfg, kind: str = "attention", progress: bool = True):
 # ---------------------------------------------------------------------------------------------------------------
 # Notebook 07 exercise
 # ---------------------------------------------------------------------------------------------------------------
-def check_topk_accuracy(fn) -> bool:
-    """Check a learner's `fn(logits [B, T, V], targets [B, T], k, pad_id) -> float`; print right or wrong."""
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(4, 6, 12, generator=gen)
-    targets = torch.randint(1, 12, (4, 6), generator=gen)
-    targets[1, 4:] = 0
-    targets[3, 2:] = 0
-    for k in (1, 5):
-        expected = topk_accuracy(logits, targets, k, 0)
-        try:
-            got = float(fn(logits.clone(), targets.clone(), k, 0))
-        except Exception as exc:  # the learner's code: report, never crash the notebook
-            print(f"❌ Your function raised {type(exc).__name__}: {exc}.")
-            return False
-        if abs(got - expected) > 1e-6:
-            wrong_pad = topk_accuracy(logits, targets, k, -1)
-            hint = " Leave out the <pad> positions (target == pad_id)." if abs(got - wrong_pad) < 1e-6 else ""
-            print(f"❌ For k={k} expected {expected:.4f}, got {got:.4f}.{hint}")
-            return False
-    print("✅ Correct: your top-k accuracy matches labutils.train.topk_accuracy (pad positions ignored).")
-    return True
-
-
 __all__ = [
     "LabData", "MixedPrecision", "TrainResult", "TrainingInterrupted", "assert_learned", "batch_features", "bleu4",
-    "caption_loader", "check_topk_accuracy", "checkpoint_path_for", "cpu_threads", "decoder_from_checkpoint",
+    "caption_loader", "checkpoint_path_for", "cpu_threads", "decoder_from_checkpoint",
     "decoder_spec", "evaluate_bleu4", "fine_tunes", "forward_scheduled_sampling", "greedy_ids", "load_trained",
     "plot_history", "prepare_data", "result_of_checkpoint", "sampling_probability", "seed_everything",
     "step_scheduler", "topk_accuracy", "topk_correct", "train", "train_one_epoch", "train_quick_captioner",

@@ -274,9 +274,61 @@ def test_grid_features_rejects_wrong_answers_without_the_answer(capsys, wrong, k
     rejected(capsys, result, solutions.to_grid, GRID_SECRETS, keyword)
 
 
+# ---------------------------------------------------------------------------------------------- 07 top-k accuracy
+def _topk_secrets():
+    gen = torch.Generator().manual_seed(0)
+    logits, targets = torch.randn(4, 6, 12, generator=gen), torch.randint(1, 12, (4, 6), generator=gen)
+    targets[1, 4:], targets[3, 2:] = 0, 0
+    return [f"{solutions.topk_accuracy(logits, targets, k, 0):.{d}f}" for k in (1, 5) for d in (2, 3, 4)]
+
+
+def test_topk_accuracy_accepts_the_reference_and_a_stub_falls_back(capsys):
+    def mine(logits, targets, k, pad_id):
+        real = targets != pad_id
+        hit = (logits.argsort(dim=-1, descending=True)[..., :k] == targets[..., None]).any(-1)
+        return float(hit[real].float().mean())
+
+    accepted(capsys, exercises.check_topk_accuracy(mine), mine)
+    not_attempted(capsys, exercises.check_topk_accuracy(stub), solutions.topk_accuracy)
+
+
+def _counts_pad(logits, targets, k, pad_id):
+    return (logits.topk(k, dim=-1).indices == targets[..., None]).any(-1).float().mean().item()
+
+
+def _hit_count(logits, targets, k, pad_id):
+    hit = (logits.topk(k, dim=-1).indices == targets[..., None]).any(-1)
+    return int((hit & (targets != pad_id)).sum())
+
+
+def _top1_only(logits, targets, k, pad_id):
+    return solutions.topk_accuracy(logits, targets, 1, pad_id)
+
+
+def _over_time_axis(logits, targets, k, pad_id):
+    top = logits.topk(k, dim=1).indices  # [B, k, V]: the k best POSITIONS per word, not the k best words
+    real = targets != pad_id
+    hit = (top[..., :1].squeeze(-1)[:, :1] == targets).float()
+    return float(hit[real].mean())
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (_counts_pad, "<pad> positions are counted"),
+    (_hit_count, "count of hits"),
+    (_top1_only, "single best word"),
+    (_over_time_axis, "last axis"),
+    (lambda logits, targets, k, pad_id: [0.5], "one number"),
+    (lambda logits, targets, k, pad_id: logits.topk(k, dim=3), "IndexError"),
+])
+def test_topk_accuracy_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    result = exercises.check_topk_accuracy(wrong)
+    rejected(capsys, result, solutions.topk_accuracy, _topk_secrets(), keyword)
+
+
 @pytest.mark.parametrize("check, args", [
     (exercises.check_split_sizes, (SPLITS,)), (exercises.check_flip_matrix, (WIDTH,)),
     (exercises.check_pad, ()), (exercises.check_grid_features, ()), (exercises.check_attention, ()),
+    (exercises.check_topk_accuracy, ()),
     (exercises.check_bleu1_precision, ()), (exercises.check_mass_inside, (np.full(16, 1 / 16), np.eye(8, dtype=bool), 4)),
 ])
 def test_rerunning_the_check_cell_alone_is_not_praised(capsys, check, args):
@@ -289,7 +341,7 @@ def test_rerunning_the_check_cell_alone_is_not_praised(capsys, check, args):
 # ---------------------------------------------------------------------------------------------- the notebooks
 CHECKED = {"00_setup": "check_split_sizes", "01_coco_api": "check_images_with_all",
            "02_augmentation": "check_flip_matrix", "03_vocabulary": "check_encode", "04_dataset": "check_pad",
-           "05_encoder": "check_grid_features", "06_decoder": "check_attention",
+           "05_encoder": "check_grid_features", "06_decoder": "check_attention", "07_training": "check_topk_accuracy",
            "08_evaluation": "check_bleu1_precision", "09_attention": "check_mass_inside"}
 
 

@@ -36,3 +36,13 @@ def test_record_then_attach_round_trip(tmp_path):
     assert attached.cells[0].execution_count == 1 and attached.cells[0].outputs[0]["text"] == "42\n"
     assert attached.cells[1].outputs == []
     assert notebook_refs.missing_references(path) == []
+
+
+def test_refs_command_refuses_a_missing_notebook_with_one_sentence(capsys):
+    from labutils.notebook_refs import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["notebooks/no_such.ipynb"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no notebook at notebooks/no_such.ipynb" in err and "Traceback" not in err

@@ -199,19 +199,6 @@ def test_plot_history_draws_loss_and_metric(lab):
     assert list(left.lines[0].get_ydata()) == [2.0, 1.0] and list(right.lines[1].get_ydata()) == [0.1, 0.4]
 
 
-def test_check_topk_accuracy(capsys):
-    def right(logits, targets, k, pad_id):
-        valid = targets != pad_id
-        hit = (logits.topk(k, dim=-1).indices == targets[..., None]).any(-1)
-        return (hit & valid).sum().item() / valid.sum().item()
-
-    def counts_pad(logits, targets, k, pad_id):
-        return (logits.topk(k, dim=-1).indices == targets[..., None]).any(-1).float().mean().item()
-
-    assert T.check_topk_accuracy(right) and "✅" in capsys.readouterr().out
-    assert not T.check_topk_accuracy(counts_pad) and "<pad>" in capsys.readouterr().out
-
-
 def test_checkpoints_of_the_plain_paper_model_still_load():
     plain = ShowAttendTell(11, 6, 4, 8, 5, 0.0)
     spec = {"kind": "attention", "vocab_size": 11, "feature_dim": 6, "embed_dim": 4, "hidden_dim": 8,
