@@ -87,11 +87,10 @@ def record_references(notebook_path: str | Path, timeout: int = 1800) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m labutils refs [NOTEBOOK...]`: re-record reference outputs (all numbered notebooks by default)."""
+    import argparse
     import os
 
     from .config import find_lab_root
-
-    import argparse
 
     parser = argparse.ArgumentParser(prog="python -m labutils refs",
                                      description="Execute notebooks and re-record the reference outputs of their "
