@@ -229,8 +229,8 @@ def folder_lock(folder: str | Path, what: str, wait: bool = True, timeout: float
 
     Another process holding it: with `wait`, wait (up to `timeout` seconds, None = as long as it takes), calling
     `notify` once with a sentence that says so (default: print it); without `wait` or after the timeout, raise
-    `FolderBusyError`. The lock is re-entrant per process only in the sense that nested use on the SAME folder
-    from one process deadlocks: take it once, at the outermost writer.
+    `FolderBusyError`. It is not re-entrant (a second open file is a second writer, even in the same process):
+    take it once, at the outermost writer.
     """
     path = lock_path(folder)
     path.parent.mkdir(parents=True, exist_ok=True)
