@@ -7,7 +7,7 @@
     python slides/build.py --record-times build/notebooks/summary.txt   # after `make run`: the agenda's run times
 
 Steps: (1) make sure Node/npm, Marp CLI (npm ci from package-lock.json), Chromium and the fonts are present
-(`make setup` installs them through slides/setup_tools.py; this command runs the same installer first, while
+(`make slide-tools` (run by `make test`) installs them through slides/setup_tools.py; this command runs the same installer first, while
 `build()`, which the tests call, only checks and stops with one sentence); (2) draw the diagrams and regenerate the lab figures (required ones must succeed; optional
 ones fall back to a labelled placeholder); (3) check the decks against the notebooks and their figure links;
 (4) render every deck to HTML (images inlined as data URIs, so one file works offline) and to PDF (speaker
@@ -38,7 +38,6 @@ DECKS = SLIDES / "decks"
 THEME = SLIDES / "theme" / "lab.css"
 NOTEBOOKS = ROOT / "notebooks"
 DEFAULT_OUT = SLIDES / "dist"
-MARP = SLIDES / "node_modules" / ".bin" / "marp"
 # Each notebook's run time from a recorded `make run`, filled into the agenda at build time (never typed by hand).
 NOTEBOOK_TIMES = ROOT / "benchmarks" / "results" / "notebook_times.json"
 RUN_TIME_RE = re.compile(r"\{\{run:([A-Za-z0-9_]+)\}\}")
@@ -52,6 +51,8 @@ sys.path.insert(0, str(ROOT))
 import setup_tools  # noqa: E402  (beside this file, found through the path set just above)
 
 from labutils.infra.files import atomic_write_text  # noqa: E402
+
+MARP = setup_tools.MARP  # where `make slide-tools` installs Marp CLI
 
 NOTEBOOK_RE = re.compile(r"notebooks/(\d\d_[A-Za-z0-9_\-]+)\.ipynb")
 FIGURE_RE = re.compile(r"!\[[^\]]*\]\((figures/[A-Za-z0-9_\-]+\.png)\)")
@@ -251,7 +252,7 @@ def fill_run_times(text: str, record_path: Path = NOTEBOOK_TIMES) -> str:
 def require_tools(pdf: bool = True) -> str | None:
     """Check that Marp CLI (and Chromium and the fonts, for PDF) are installed; returns the Chromium to use.
 
-    Never installs anything: `make setup` (slides/setup_tools.py) does, so a test never stalls on a download.
+    Never installs anything: `make slide-tools` (slides/setup_tools.py) does, so a test never stalls on a download.
     """
     try:
         return setup_tools.require(chromium=pdf)
@@ -570,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Recorded {len(record['seconds'])} notebook times ({record['conditions']}) in {NOTEBOOK_TIMES}")
         return 0
     try:
-        setup_tools.install()  # run on its own, the build installs what `make setup` would have
+        setup_tools.install()  # run on its own, the build installs what `make slide-tools` would have
     except setup_tools.ToolsMissing as exc:
         print(f"slides build failed: {exc}", file=sys.stderr)
         return 1

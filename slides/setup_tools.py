@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Install what the slide build and its render check need, at set-up time (`make setup` runs this).
+"""Install what the slide build and its render check need, at set-up time (`make slide-tools`, which `make test` runs, calls this).
 
     .venv/bin/python slides/setup_tools.py           # install what is missing; silent, well under a second, when nothing is
     .venv/bin/python slides/setup_tools.py --check   # only say what is missing (exit 1); installs nothing
@@ -33,7 +33,7 @@ PACKAGE_LOCK = SLIDES / "package-lock.json"
 # interrupted install, or one from an older package-lock.json, never counts as done.
 STAMP = NODE_MODULES / ".lab-package-lock.sha256"
 FONT_PACKAGES = ("fonts-liberation", "fonts-dejavu-core")
-SETUP_COMMAND = "make setup"
+SETUP_COMMAND = "make slide-tools"
 
 for _folder in (SLIDES, ROOT):  # browser.py beside this file; labutils when run as a script
     if str(_folder) not in sys.path:
@@ -136,7 +136,7 @@ def apt_install(packages: list[str]) -> None:
                            f"and apt-get: run `sudo apt-get install -y {' '.join(packages)}` (or set CHROME_PATH to "
                            "a Chrome/Chromium), then try again.")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    # Another apt run (unattended upgrades, a second `make setup`) holds dpkg's lock for a while: wait for it.
+    # Another apt run (unattended upgrades, a second `make slide-tools`) holds dpkg's lock for a while: wait for it.
     wait = ["-o", "DPkg::Lock::Timeout=600"]
     _say(f"installing {' '.join(packages)} with apt-get (once; a minute or two)")
     _quiet(["apt-get", *wait, "update", "-qq"], "apt-get could not update its package lists", env=env)

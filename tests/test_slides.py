@@ -3,7 +3,7 @@ slide renders non-blank at 1280x720 in headless Chromium with no text under 20 p
 
 The deck/notebook and speaker-note checks are fast. The build and browser tests are marked slow: the build draws
 every figure (torch, the pretrained encoder), runs Marp for HTML and PDF, and the render test screenshots ~100
-slides, about a minute in all on 2 cores. Marp, Chromium and the fonts are installed by `make setup`
+slides, about a minute in all on 2 cores. Marp, Chromium and the fonts are installed by `make slide-tools`
 (slides/setup_tools.py); these tests only check for them and fail with one sentence when they are missing.
 """
 
@@ -171,7 +171,7 @@ def test_a_missing_optional_figure_becomes_a_labelled_placeholder(tmp_path, monk
 # ------------------------------------------------------------------------------------ tools: installed by setup
 def test_a_missing_tool_stops_the_build_with_one_sentence_and_installs_nothing(tmp_path, monkeypatch):
     def no_installing(*args, **kwargs):
-        raise AssertionError("the build tried to install a tool; only `make setup` may")
+        raise AssertionError("the build tried to install a tool; only `make slide-tools` may")
 
     monkeypatch.setattr(setup_tools, "apt_install", no_installing)
     monkeypatch.setattr(setup_tools, "npm_ci", no_installing)
@@ -180,7 +180,7 @@ def test_a_missing_tool_stops_the_build_with_one_sentence_and_installs_nothing(t
     with pytest.raises(build.BuildError) as caught:
         build.build(tmp_path / "dist", pdf=True)
     message = str(caught.value)
-    assert "\n" not in message and message.endswith("run `make setup` (it installs them), then try again.")
+    assert "\n" not in message and message.endswith("run `make slide-tools` (it installs them), then try again.")
     assert "Chromium" in message and "node" in message
 
 
@@ -247,7 +247,7 @@ def test_installing_without_root_gives_the_command_to_run(monkeypatch):
 def test_setup_has_installed_every_tool_and_rerunning_it_is_quiet_and_fast():
     script = str(SLIDES / "setup_tools.py")
     check = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr  # `make setup` must have installed everything the slides need
+    assert check.returncode == 0, check.stderr  # `make slide-tools` must have installed everything the slides need
     started = time.perf_counter()
     again = subprocess.run([sys.executable, script], capture_output=True, text=True)
     assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
