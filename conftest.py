@@ -1,4 +1,4 @@
-"""Repository-wide pytest hook: give nbval the notebooks' reference outputs (see labutils/notebook_refs.py).
+"""Repository-wide pytest hook: give nbval the notebooks' reference outputs (see labutils/infra/notebook_refs.py).
 
 The notebooks are committed without outputs; the expected outputs of `# NBVAL_CHECK_OUTPUT` cells live in
 notebooks/reference_outputs/. Without this hook nbval would treat those cells as never run and compare nothing.
@@ -17,7 +17,7 @@ except ImportError:  # nbval not installed: plain unit-test runs still work
     _nbval_plugin = None
 
 if _nbval_plugin is not None:
-    from labutils.notebook_refs import attach_references
+    from labutils.infra.notebook_refs import attach_references
 
     class _NbformatWithReferences:
         """nbformat, except that `read` attaches the stored reference outputs."""

@@ -1,15 +1,22 @@
-"""Batched beam search (labutils.decode.beam_search) vs a per-image reference written the way seed 002 does it.
+"""Batched beam search (labutils.decode.beam_search) vs the library's per-image search (beam_search_one_image).
 
-Seed 002 (sgrvinod's a-PyTorch-Tutorial-to-Image-Captioning, caption.py) captions ONE image at a time: the k beams
-of that image are the batch, the search shrinks k as beams emit <end>, and finished sequences are kept in Python
-lists. `reference_beam_search` below re-implements that structure on the decoders' step interface (written here,
-not copied). `labutils.decode.beam_search` runs the same search for all images and all beams at once: one
-`decoder.step` call per time step for everything.
+`labutils.decode.beam_search_one_image` is the readable search notebook 08 shows, structured like seed 002
+(sgrvinod's a-PyTorch-Tutorial-to-Image-Captioning, caption.py): ONE image at a time, its live beams are the batch,
+the beam count shrinks as beams emit <end>, finished captions are kept in a Python list.
+`labutils.decode.beam_search` runs the same search for all images and all beams at once: one `decoder.step` call
+per time step for everything. Both break score ties the same way (a stable descending sort: lower beam, then lower
+word) and rank by raw log-prob (length_penalty=0), so they must pick the same best caption for every image.
 
-Both break score ties the same way (a stable descending sort: lowest flat index first) and rank by raw log-prob
-(length_penalty=0), so they must pick the same best caption for every image.
+Each repeat times both searches back to back; the speed-up's median and spread (min, max) over the repeats are
+recorded with the torch thread count, OMP_WAIT_POLICY and the load average, one run per thread setting. A run
+replaces the recorded run of the same model variant and thread count and keeps the others, so the thread settings
+can be measured one process each (OpenMP reads OMP_WAIT_POLICY when torch starts):
 
-Run from the repository root:  python benchmarks/bench_beam_search.py [--images 256] [--beam 5] [--repeats 3]
+  OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_beam_search.py --threads 2
+  OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_beam_search.py --threads 1
+  python benchmarks/bench_beam_search.py --images 8 --repeats 1 --out /tmp/bs.json   # a quick try, nothing recorded
+
+Run from the repository root.
 """
 
 from __future__ import annotations
@@ -24,7 +31,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -38,77 +44,8 @@ from labutils.vocab import Vocabulary  # noqa: E402
 
 CHECKPOINT = ROOT / "build" / "checkpoints" / "quick" / "attention.pt"
 RESULTS = ROOT / "benchmarks" / "results" / "beam_search.json"
-
-
-def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of a 1-D tensor with ties broken by the lower index (topk's own tie order is unspecified)."""
-    values, indices = scores.sort(descending=True, stable=True)
-    return values[:k], indices[:k]
-
-
-def reference_beam_search(decoder, features: torch.Tensor, vocab, beam_size: int, max_len: int):
-    """Seed-002-style beam search for ONE image (features [1, P, C]); call it with the decoder in eval mode.
-
-    Returns (tokens, raw log-prob, finished, attention [len, P] or None) of the best caption.
-    """
-    k = beam_size
-    vocab_size = decoder.vocab_size
-    # Treat the problem as a batch of k identical images, as the seed does.
-    encoder_out = features.expand(k, *features.shape[1:])
-    state = decoder.init_state(encoder_out)
-    k_prev_words = torch.full((k,), vocab.start_id, dtype=torch.long)
-    seqs = torch.empty(k, 0, dtype=torch.long)
-    seqs_alpha = None
-    top_k_scores = torch.zeros(k, 1)
-    complete_seqs, complete_seqs_alpha, complete_seqs_scores = [], [], []
-    step = 1
-    recompute_projection = hasattr(decoder, "encoder_att")
-    while True:
-        if recompute_projection:
-            # Seed 002's Attention.forward applies encoder_att to the features at EVERY step; so does this
-            # reference (same numbers, the seed's cost). labutils computes it once, in init_state.
-            h, c, feats, _ = state
-            state = (h, c, feats, decoder.encoder_att(feats))
-        logits, state, alpha = decoder.step(k_prev_words, state)
-        scores = top_k_scores.expand(-1, vocab_size) + F.log_softmax(logits.float(), dim=1)
-        if step == 1:  # all k rows are the same image with the same history: expand row 0 only
-            top_k_scores, top_k_words = stable_topk(scores[0], k)
-        else:
-            top_k_scores, top_k_words = stable_topk(scores.view(-1), k)
-        prev_word_inds = top_k_words // vocab_size
-        next_word_inds = top_k_words % vocab_size
-        seqs = torch.cat([seqs[prev_word_inds], next_word_inds.unsqueeze(1)], dim=1)
-        if alpha is not None:
-            new_alpha = alpha[prev_word_inds].unsqueeze(1)
-            seqs_alpha = new_alpha if seqs_alpha is None else torch.cat([seqs_alpha[prev_word_inds], new_alpha], 1)
-
-        incomplete_inds = [ind for ind, word in enumerate(next_word_inds) if word != vocab.end_id]
-        complete_inds = [ind for ind, word in enumerate(next_word_inds) if word == vocab.end_id]
-        if complete_inds:
-            complete_seqs.extend(seqs[complete_inds].tolist())
-            complete_seqs_scores.extend(top_k_scores[complete_inds].tolist())
-            if seqs_alpha is not None:
-                complete_seqs_alpha.extend(seqs_alpha[complete_inds])
-        k -= len(complete_inds)
-        if k == 0 or step >= max_len:
-            break
-        seqs = seqs[incomplete_inds]
-        if seqs_alpha is not None:
-            seqs_alpha = seqs_alpha[incomplete_inds]
-        keep = prev_word_inds[incomplete_inds]
-        state = tuple(t[keep] for t in state)
-        top_k_scores = top_k_scores[incomplete_inds].unsqueeze(1)
-        k_prev_words = next_word_inds[incomplete_inds]
-        step += 1
-
-    if complete_seqs:
-        best = complete_seqs_scores.index(max(complete_seqs_scores))
-        alphas = complete_seqs_alpha[best] if complete_seqs_alpha else None
-        return complete_seqs[best], complete_seqs_scores[best], True, alphas
-    # Nothing finished within max_len: the best unfinished beam (the sort keeps the live beams best first).
-    first = incomplete_inds[0]
-    alphas = seqs_alpha[first] if seqs_alpha is not None else None
-    return seqs[first].tolist(), float(top_k_scores[first]), False, alphas
+# What a recorded run must share with a new one for both to sit in one results file.
+SETUP_KEYS = ("model", "decoder_sizes", "features", "images", "beam_size", "max_len", "length_penalty")
 
 
 class LengthPrior(torch.nn.Module):
@@ -177,95 +114,123 @@ def load_features(n_images: int, seed: int, channels: int, trained: bool) -> tup
     return feats, f"random relu(N(0,1)) features, seed {seed}"
 
 
-def run_once(decoder, vocab, feats, beam: int, max_len: int, repeats: int) -> dict:
-    """Time the reference once and the batched search `repeats` times (median); compare their best captions."""
-    with torch.inference_mode():
-        reference_beam_search(decoder, feats[:1], vocab, beam, max_len)  # warm-up
-        start = time.perf_counter()
-        reference = [reference_beam_search(decoder, feats[i:i + 1], vocab, beam, max_len) for i in range(len(feats))]
-        reference_s = time.perf_counter() - start
+def time_searches(decoder, vocab, feats, beam: int, max_len: int, repeats: int):
+    """(per-image seconds, batched seconds) of every repeat, and the captions of the last one."""
+    decode.beam_search_one_image(decoder, feats[0], vocab, beam_size=beam, max_len=max_len)  # warm-up
     decode.beam_search(decoder, feats[:8], vocab, beam_size=beam, max_len=max_len)  # warm-up
-    times = []
-    for _ in range(repeats):
+    per_image_s, batched_s = [], []
+    for _ in range(repeats):  # back to back, so a load change hits both sides of a ratio alike
         start = time.perf_counter()
-        batched = decode.beam_search(decoder, feats, vocab, beam_size=beam, max_len=max_len)
-        times.append(time.perf_counter() - start)
-    best = [options[0] for options in batched]
-    same = [ref[0] == out.tokens for ref, out in zip(reference, best, strict=True)]
-    attention_agrees = all(ref[3] is None and out.alphas is None or torch.allclose(ref[3], out.alphas, atol=1e-5)
-                         for ref, out, ok in zip(reference, best, same, strict=True) if ok)
+        per_image = [decode.beam_search_one_image(decoder, f, vocab, beam_size=beam, max_len=max_len) for f in feats]
+        per_image_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        batched = decode.best_of(decode.beam_search(decoder, feats, vocab, beam_size=beam, max_len=max_len))
+        batched_s.append(time.perf_counter() - start)
+    return per_image_s, batched_s, per_image, batched
+
+
+def run_once(decoder, vocab, feats, beam: int, max_len: int, repeats: int) -> dict:
+    """Time both searches `repeats` times; the speed-up's median and spread; do their best captions agree?"""
+    load_before = os.getloadavg()
+    per_image_s, batched_s, per_image, batched = time_searches(decoder, vocab, feats, beam, max_len, repeats)
+    speedups = [p / b for p, b in zip(per_image_s, batched_s, strict=True)]
+    same = [one.tokens == out.tokens for one, out in zip(per_image, batched, strict=True)]
     return {
         "torch_threads": torch.get_num_threads(),
-        "reference_s": round(reference_s, 3),
-        "batched_s_median": round(statistics.median(times), 3),
-        "batched_s_all": [round(t, 3) for t in times],
-        "speedup": round(reference_s / statistics.median(times), 2),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (the OpenMP runtime's default)"),
+        "repeats": repeats,
+        "per_image_s_all": [round(t, 3) for t in per_image_s],
+        "batched_s_all": [round(t, 3) for t in batched_s],
+        "per_image_s_median": round(statistics.median(per_image_s), 3),
+        "batched_s_median": round(statistics.median(batched_s), 3),
+        "speedup_median": round(statistics.median(speedups), 2),
+        "speedup_min_max": [round(min(speedups), 2), round(max(speedups), 2)],
         "identical_best_captions": int(sum(same)),
         "images": len(same),
         "mismatched_images": [i for i, ok in enumerate(same) if not ok][:20],
-        "attention_maps_agree_atol_1e-5": bool(attention_agrees),
-        "max_abs_log_prob_difference": max(abs(ref[1] - out.log_prob) for ref, out in zip(reference, best, strict=True)),
-        "finished_captions": int(sum(out.finished for out in best)),
-        "mean_caption_tokens": round(sum(len(out) for out in best) / len(best), 2),
-        "load_average_1min_after": os.getloadavg()[0],
+        "max_abs_log_prob_difference": max(abs(one.log_prob - out.log_prob)
+                                           for one, out in zip(per_image, batched, strict=True)),
+        "finished_captions": int(sum(out.finished for out in batched)),
+        "mean_caption_tokens": round(sum(len(out) for out in batched) / len(batched), 2),
+        "load_average_1_5_15min_before": [round(x, 2) for x in load_before],
+        "load_average_1_5_15min_after": [round(x, 2) for x in os.getloadavg()],
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def main(argv=None) -> int:
+def merge_runs(out: Path, result: dict) -> dict:
+    """`result` with the runs already recorded in `out` for the same setup kept, unless this run redoes them."""
+    try:
+        recorded = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return result
+    if any(recorded.get(key) != result[key] for key in SETUP_KEYS):
+        print(f"({out} was recorded with another setup; its runs are replaced, not merged)")
+        return result
+    redone = {(run["model_variant"], run["torch_threads"]) for run in result["runs"]}
+    kept = [run for run in recorded.get("runs", [])
+            if (run.get("model_variant"), run.get("torch_threads")) not in redone]
+    return {**result, "runs": sorted(kept + result["runs"], key=lambda r: (r["model_variant"], r["torch_threads"]))}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--max-len", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of the batched search (median kept)")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU thread counts to run")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs of both searches (the speed-up's median and spread are recorded)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch CPU thread counts to run, one run each (e.g. --threads 2)")
     parser.add_argument("--prior-length", type=float, default=10.0,
                         help="for a random-init model, also run it wrapped in LengthPrior(length=this) so captions "
                              "end as a trained model's do (0 to skip)")
     parser.add_argument("--random-init", action="store_true",
                         help="ignore the trained checkpoint: random-init decoder with 1280-channel random features")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="results file; runs of the same setup already in it are kept (a tiny try: /tmp/...)")
+    return parser.parse_args(argv)
 
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     decoder, vocab, model_note = load_model(args.seed, args.random_init)
     trained = CHECKPOINT.is_file() and not args.random_init
     feats, feature_note = load_features(args.images, args.seed, decoder.feature_dim, trained=trained)
-    info = machine_info()
     variants = [("as is", decoder)]
     if not trained and args.prior_length:
         variants.append((f"random init + LengthPrior(length={args.prior_length}): <end> likely after about "
                          f"{args.prior_length:g} words, like a trained model",
                          LengthPrior(decoder, vocab.end_id, args.prior_length).eval()))
-
+    command = "python benchmarks/bench_beam_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
     runs = []
     for name, model in variants:
         for threads in args.threads:
             torch.set_num_threads(threads)
-            run = {"model_variant": name, **run_once(model, vocab, feats, args.beam, args.max_len, args.repeats)}
-            print(json.dumps({k: run[k] for k in ("model_variant", "torch_threads", "reference_s",
-                                                  "batched_s_median", "speedup", "identical_best_captions",
-                                                  "finished_captions", "load_average_1min_after")}))
+            run = {"model_variant": name, "command": command,
+                   **run_once(model, vocab, feats, args.beam, args.max_len, args.repeats)}
+            print(json.dumps({k: run[k] for k in ("model_variant", "torch_threads", "omp_wait_policy",
+                                                  "per_image_s_median", "batched_s_median", "speedup_median",
+                                                  "speedup_min_max", "identical_best_captions",
+                                                  "load_average_1_5_15min_after")}))
             runs.append(run)
-
     result = {
         "benchmark": f"beam search k={args.beam} over {args.images} images: batched labutils.decode.beam_search "
-                     "vs a per-image seed-002-style reference (benchmarks/bench_beam_search.py)",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/bench_beam_search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                     "vs the per-image labutils.decode.beam_search_one_image (benchmarks/bench_beam_search.py)",
         "model": model_note,
         "decoder_sizes": {"vocab": len(vocab), "positions": feats.shape[1], "channels": feats.shape[2],
                           "embed": decoder.embedding.embedding_dim, "hidden": decoder.hidden_dim,
                           "attention": decoder.full_att.in_features},
-        "features": feature_note,
+        "features": feature_note, "images": len(feats),
         "beam_size": args.beam, "max_len": args.max_len, "length_penalty": 0.0,
         "runs": runs,
-        "machine": {**{k: v for k, v in info.items() if k != "load_average_1_5_15min"},
-                    "load_average_1_5_15min_before": info["load_average_1_5_15min"]},
-        "note": "CPU only. The machine's 2 cores were shared with other jobs (see the load averages), so absolute "
-                "times are noisy; each ratio compares runs taken back to back in the same process.",
+        "machine": {k: v for k, v in machine_info().items() if k not in ("load_average_1_5_15min", "torch_threads")},
+        "note": "CPU only. Each run records its own load averages; each speed-up compares the two searches timed "
+                "back to back in the same process, and its spread over the repeats shows how noisy the machine was.",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.write_text(json.dumps(merge_runs(args.out, result), indent=2) + "\n")
     print(f"written to {args.out}")
     return 0 if all(r["identical_best_captions"] == r["images"] for r in runs) else 1
 

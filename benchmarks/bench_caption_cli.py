@@ -90,7 +90,7 @@ def reference_old_command(paths, checkpoint, figures: Path | None, marks: dict) 
     """The old `main`: decode every photo at full size, caption all in one batch, then print and draw."""
     from PIL import ImageOps
 
-    from labutils.caption_cli import load_captioner
+    from labutils.cli.caption import load_captioner
     from labutils.data import load_image
 
     captioner = load_captioner(checkpoint)
@@ -129,7 +129,7 @@ def run_child(args) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from labutils import caption_cli
+    from labutils.cli import caption as caption_cli
 
     paths = Path(args.list).read_text().split("\n")
     figures = Path(args.figures) if args.figures else None
@@ -263,7 +263,7 @@ def decoding_check(paths: list[Path], checkpoint: Path) -> dict:
     """
     from PIL import Image
 
-    from labutils.caption_cli import load_captioner
+    from labutils.cli.caption import load_captioner
     from labutils.data import load_image
 
     captioner = load_captioner(checkpoint)
@@ -370,7 +370,7 @@ def main() -> None:
 
     from machine import machine_info
 
-    from labutils.caption_cli import DEFAULT_BATCH_SIZE
+    from labutils.cli.caption import DEFAULT_BATCH_SIZE
 
     checkpoint, model = find_or_train_checkpoint(args.checkpoint)
     started = time.time()

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.p
 
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py, next to this script)
 
-from labutils import coco, data, features, models  # noqa: E402
+from labutils import coco, data, features, lab, models  # noqa: E402
 from labutils.config import get_config  # noqa: E402
 from labutils.decoders import build_decoder  # noqa: E402
 from labutils.vocab import Vocabulary  # noqa: E402
@@ -95,7 +95,7 @@ def run_variant(variant: str, kind: str, cache_dir: Path, device: str, max_batch
         cache = features.ensure_features(cfg, encoder, progress=False)  # built by the parent: a cache hit
         source, fwd = cache.source, None
     else:
-        file_names = features.file_names_from_captions(cfg.captions_file)
+        file_names = data.file_names_from_captions(cfg.captions_file)
         source = data.ImageFolderSource(cfg.image_dir, file_names, encoder.eval_transform(cfg.encoder_input_size))
         frozen = models.inference_copy(encoder) if variant == "reference_fast" else encoder.eval()
         frozen = frozen.to(device)
@@ -193,7 +193,7 @@ def main() -> None:
         return
 
     cfg = get_config("quick")
-    coco.ensure_dataset(cfg, progress=False)
+    lab.ensure_dataset(cfg, progress=False)
     info = machine_info()
     with tempfile.TemporaryDirectory(prefix="bench-feature-cache-") as tmp:
         build = child(args, "build_cache", Path(tmp))

@@ -40,9 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.p
 
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py, next to this script)
 
-from labutils import data, features, models, synthetic, train  # noqa: E402
+from labutils import data, features, models, train  # noqa: E402
 from labutils.config import get_config  # noqa: E402
 from labutils.decoders import build_decoder  # noqa: E402
+from labutils.infra import synthetic  # noqa: E402
 from labutils.vocab import Vocabulary  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -116,7 +117,7 @@ def make_images(folder: Path, n: int, size: int) -> Path:
 def bench_decode_jpeg(cfg, dataset_dir: Path, workers: int) -> dict:
     """JPEG read + encoder transform through a DataLoader with `workers` processes: images/s, no model."""
     encoder = models.build_encoder(cfg.encoder, pretrained=False, grid_size=cfg.grid_size, progress=False)
-    file_names = features.file_names_from_captions(dataset_dir / "annotations" / "captions.json")
+    file_names = data.file_names_from_captions(dataset_dir / "annotations" / "captions.json")
     source = data.ImageFolderSource(dataset_dir / "images", file_names, encoder.eval_transform(cfg.encoder_input_size))
     ids = sorted(file_names)
 
@@ -137,7 +138,7 @@ def bench_decode_jpeg(cfg, dataset_dir: Path, workers: int) -> dict:
 def bench_feature_cache(cfg, dataset_dir: Path, build_dir: Path) -> dict:
     """`features.build_feature_cache` end to end on the rendered JPEGs: images/s and cache bytes per image."""
     encoder = models.build_encoder(cfg.encoder, pretrained=False, grid_size=cfg.grid_size, progress=False)
-    file_names = features.file_names_from_captions(dataset_dir / "annotations" / "captions.json")
+    file_names = data.file_names_from_captions(dataset_dir / "annotations" / "captions.json")
     paths = {i: dataset_dir / "images" / name for i, name in file_names.items()}
     run_cfg = cfg.replace(build_dir=build_dir)
     start = time.perf_counter()
@@ -250,7 +251,7 @@ def time_budget(results: dict) -> dict:
     here_train = train_r["lab_captions_per_s_incl_validation"]
     rows = []
     for n in SUBSETS:
-        # Karpathy: 5k val + 5k test; a subset (coco.subset_split) gives a tenth each to val and test.
+        # Karpathy: 5k val + 5k test; a subset (mscoco.subset_split) gives a tenth each to val and test.
         n_train = n - 10_000 if n == SUBSETS[-1] else n - 2 * (n // 10)
         rows.append({"images": n, "train_captions_per_epoch": n_train,
                      "feature_cache_min_here": round(n / here_cache / 60, 1),

@@ -1,17 +1,27 @@
-"""labutils: the tested helpers behind the Image Captioning in PyTorch lab notebooks."""
+"""labutils: the tested helpers behind the Image Captioning in PyTorch lab notebooks.
+
+Three floors, imports pointing only downwards (`tests/test_layout.py` checks it):
+
+* `labutils.config` and `labutils.infra`: settings and plumbing (files, downloads, datasets on disk, resizing,
+  image loading, the notebook runner, reference outputs, the run summary). Nothing here imports a lesson.
+* the lessons, one module per notebook idea: `coco`, `augment`, `vocab`, `data`, `models` (the encoder),
+  `features`, `decoders`, `checkpoint`, `train`, `decode`, `metrics`, `grounding`, `evaluation`, `viz`.
+* the course: `lab` (the one-call path the notebooks use), `exercises` and `solutions`; and `labutils.cli`, the
+  commands (`python -m labutils ...`).
+"""
 
 from importlib import import_module
 
-from . import config, summary, synthetic
+from . import config
 from .config import LabConfig, get_config
+from .infra import summary  # every notebook records its numbers: labutils.summary.record(...)
 
 __version__ = "0.1.0"
 
 # Submodules load on first use (`labutils.coco`, `labutils.models`, ...) so `import labutils` stays fast and a
 # notebook that needs no torch does not pay for it.
 _LAZY = {"augment", "checkpoint", "coco", "data", "decode", "decoders", "features", "metrics", "models", "train",
-         "viz", "vocab", "grounding", "download", "environment", "runner", "notebook_refs", "evaluation", "caption_cli",
-         "prepare"}
+         "viz", "vocab", "grounding", "evaluation", "lab", "exercises", "solutions", "infra", "cli"}
 
 
 def __getattr__(name):
@@ -20,4 +30,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'labutils' has no attribute {name!r}")
 
 
-__all__ = ["LabConfig", "get_config", "config", "summary", "synthetic", *sorted(_LAZY)]
+__all__ = ["LabConfig", "get_config", "config", "summary", *sorted(_LAZY)]

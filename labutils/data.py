@@ -12,6 +12,7 @@ The pieces, in the order data flows through them:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,106 +21,18 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader, Dataset
 
+from . import coco
+from .infra.coco_format import SPLITS
+from .infra.images import ImageLoadError, load_image, shrink_to_min_side, to_rgb  # noqa: F401  (data.load_image etc.)
+from .infra.resize import image_root
 from .vocab import Vocabulary, tokenize_all
-
-SPLITS = ("train", "val", "test")
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Robust image loading
 # ---------------------------------------------------------------------------------------------------------------
-class ImageLoadError(ValueError):
-    """An image file that is missing, truncated or not an image; the message names the file and the fix."""
-
-
-WHITE = (255, 255, 255)
-
-
-def _composite_on_white(image: Image.Image) -> Image.Image:
-    # Plain .convert("RGB") just drops alpha and shows whatever colour sits under fully transparent pixels
-    # (often black, sometimes garbage), so a logo on a transparent background would become a black box.
-    # Blending over white shows the picture the way a viewer or a web page on white displays it.
-    rgba = image.convert("RGBA")
-    background = Image.new("RGBA", rgba.size, WHITE + (255,))
-    background.alpha_composite(rgba)
-    return background.convert("RGB")
-
-
-def _high_bit_depth_to_rgb(image: Image.Image) -> Image.Image:
-    # PIL's own convert("L"/"RGB") CLIPS 16-bit values at 255, so a 16-bit PNG comes out almost all white.
-    # Scale the full range instead: 0 -> 0, 65535 -> 255 (v / 257 is exactly 65535 -> 255).
-    values = np.asarray(image).astype(np.float64)
-    if image.mode.startswith("I;16") or (values.min() >= 0 and values.max() <= 65535 and image.mode == "I"):
-        scaled = values / 257.0
-    elif image.mode == "F" and values.min() >= 0 and values.max() <= 1:
-        scaled = values * 255.0  # float images stored in [0, 1]
-    else:  # other 32-bit integer or float data: stretch what is there to 0..255
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-    gray = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
-    return Image.fromarray(gray, mode="L").convert("RGB")
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL image mode to 8-bit RGB correctly (alpha over white, 16-bit scaled, CMYK, palettes)."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("RGBA", "LA", "La", "RGBa", "PA"):
-        return _composite_on_white(image)
-    if mode == "P":
-        # A palette image may mark one palette entry (or several, via a tRNS alpha table) as transparent.
-        return _composite_on_white(image) if "transparency" in image.info else image.convert("RGB")
-    if mode.startswith("I") or mode == "F":
-        return _high_bit_depth_to_rgb(image)
-    # L, 1, CMYK, YCbCr, LAB, HSV: PIL's conversions are right for these (CMYK JPEGs from Adobe software are
-    # stored inverted; PIL's JPEG reader already undoes that).
-    return image.convert("RGB")
-
-
-def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
-    """Open an image file as an upright 8-bit RGB `PIL.Image`, or raise `ImageLoadError` naming the file.
-
-    `min_side`: the caller only needs this many pixels on the shorter side, so a bigger image comes back smaller
-    (never below `min_side`): a JPEG is decoded at 1/2, 1/4 or 1/8 scale straight from its DCT coefficients
-    (Pillow's draft mode: a fraction of the time and memory), other formats are shrunk by an integer factor after
-    decoding. The caption command uses twice the encoder's input size, which keeps the encoder's view the same.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ImageLoadError(f"{path} is a folder, not an image file; pass the path of one image.")
-    if not path.is_file():
-        raise ImageLoadError(f"Image file {path} does not exist; check the path and that the dataset was "
-                             "downloaded/generated completely (labutils.coco.ensure_dataset).")
-    try:
-        with Image.open(path) as image:
-            if min_side:
-                # Before any pixel is decoded; a square request keeps the shorter side >= min_side in either
-                # orientation, so it stays right after the EXIF rotation below.
-                image.draft(None, (min_side, min_side))
-            # Phone cameras store the sensor's pixels plus an EXIF "Orientation" tag instead of rotating them.
-            # Viewers apply the tag, PIL does not; without this, portrait photos reach the model lying sideways.
-            upright = ImageOps.exif_transpose(image)
-            upright.load()  # decode now, inside the try: truncated data raises here, not later in a worker
-            rgb = to_rgb(upright)
-            return shrink_to_min_side(rgb, min_side) if min_side else rgb
-    except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"Image {path} is too large to decode safely ({exc}); resize it or remove it "
-                             "from the dataset.") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ImageLoadError(f"Image {path} is corrupt or not an image ({reason}); download or regenerate it, or "
-                             "leave it out (count_bad_images lists all such files).") from exc
-
-
-def shrink_to_min_side(image: Image.Image, min_side: int) -> Image.Image:
-    """Shrink by the largest whole factor that keeps the shorter side >= `min_side` (a box filter: no aliasing)."""
-    factor = min(image.size) // min_side
-    return image.reduce(factor) if factor >= 2 else image
 
 
 @dataclass
@@ -169,6 +82,15 @@ def count_bad_images(paths: Iterable[str | Path], progress: bool = False, worker
 # ---------------------------------------------------------------------------------------------------------------
 # Image sources
 # ---------------------------------------------------------------------------------------------------------------
+def file_names_from_captions(captions_file: str | Path) -> dict[int, str]:
+    """image id -> file_name from a COCO captions JSON (plain json: fast, no pycocotools index building)."""
+    path = Path(captions_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"No captions file at {path}; run labutils.lab.ensure_dataset(cfg) first.")
+    images = json.loads(path.read_text(encoding="utf-8"))["images"]
+    return {int(img["id"]): img["file_name"] for img in images}
+
+
 def _plain_to_tensor():
     from torchvision.transforms import v2
 
@@ -191,15 +113,8 @@ class ImageFolderSource:
     @classmethod
     def from_config(cls, cfg, transform: Callable | None = None) -> ImageFolderSource:
         """The source for `cfg`'s dataset: file names from its captions file, images from `coco.image_root(cfg)`."""
-        from .coco import image_root
-
         # The copy resized once by the preparation when it is complete, else cfg.image_dir (quick profile).
-        return cls(image_root(cfg), _read_file_names(cfg), transform)
-
-    @classmethod
-    def from_coco(cls, coco, image_dir: str | Path, transform: Callable | None = None) -> ImageFolderSource:
-        """The source for an already loaded `pycocotools.coco.COCO` (its `imgs` give the file names)."""
-        return cls(image_dir, {int(i): img["file_name"] for i, img in coco.imgs.items()}, transform)
+        return cls(image_root(cfg), file_names_from_captions(cfg.captions_file), transform)
 
     def path(self, image_id: int) -> Path:
         """File path of an image id."""
@@ -435,20 +350,12 @@ def make_loader(dataset: Dataset, cfg, train: bool, collate_fn: Callable | None 
 # Reading a COCO-format dataset (through labutils.coco: pycocotools plus the split leakage check)
 # ---------------------------------------------------------------------------------------------------------------
 def _read_captions(cfg) -> dict[int, list[str]]:
-    from . import coco
-
     return coco.captions_by_image(coco.load_captions(cfg))
 
 
-def _read_file_names(cfg) -> dict[int, str]:
-    from . import coco
-
-    return {int(i): img["file_name"] for i, img in coco.load_captions(cfg).imgs.items()}
 
 
 def _read_splits(cfg) -> dict[str, list[int]]:
-    from . import coco
-
     return coco.load_splits(cfg)
 
 

@@ -427,10 +427,21 @@ def greedy_one_image(decoder, features: Tensor, vocab, max_len: int = DEFAULT_MA
     return make_caption(vocab, tokens, log_prob, log_prob, None, finished=token == vocab.end_id)
 
 
-def beam_search_one_image(decoder, features: Tensor, vocab, beam_size: int = 5,
-                          max_len: int = DEFAULT_MAX_LEN) -> Caption:
+def expand_beams(scores: Tensor, log_probs: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One beam-search step: the n best one-word continuations of the live beams, best first, as (total log-prob,
+    parent beam, word), from the beams' log-probs so far `scores` [B] and this step's log-probs [B, V]."""
+    candidates = scores.unsqueeze(1) + log_probs  # [B, V]: every beam extended by every word
+    best, flat = candidates.reshape(-1).sort(descending=True, stable=True)  # ties: lower beam, then word
+    best, flat = best[:n], flat[:n]  # flat index = beam * V + word
+    possible = torch.isfinite(best)  # a word of probability 0 starts no beam
+    return best[possible], flat[possible] // log_probs.size(1), flat[possible] % log_probs.size(1)
+
+
+def beam_search_one_image(decoder, features: Tensor, vocab, beam_size: int = 5, max_len: int = DEFAULT_MAX_LEN,
+                          expand: Callable = expand_beams) -> Caption:
     """The best caption of ONE image (features [P, C]) by beam search on raw log-probabilities; same as the
-    best caption of `beam_search(..., length_penalty=0.0)`, which does all images and beams at once."""
+    best caption of `beam_search(..., length_penalty=0.0)`, which does all images and beams at once.
+    `expand` chooses each step's continuations (`expand_beams`, or your own with the same signature)."""
     with decoding_mode(decoder):
         features = as_batch(decoder, features, max_len)  # [1, P, C]
         state = decoder.init_state(features)  # one row per live beam: just one at the start
@@ -439,12 +450,8 @@ def beam_search_one_image(decoder, features: Tensor, vocab, beam_size: int = 5,
         for _ in range(max_len):
             last = torch.tensor([b[-1] if b else vocab.start_id for b in beams], device=features.device)
             logits, state, _ = decoder.step(last, state)  # [beams, V]
-            candidates = scores.unsqueeze(1) + F.log_softmax(logits.float(), dim=1)  # [beams, V]
-            best, flat = candidates.view(-1).sort(descending=True, stable=True)  # ties: lower beam, then word
             n = beam_size - len(finished)  # every finished beam retires its slot
-            best, flat = best[:n], flat[:n]
-            possible = torch.isfinite(best)  # a word of probability 0 starts no beam
-            best, parent, word = best[possible], flat[possible] // logits.size(1), flat[possible] % logits.size(1)
+            best, parent, word = expand(scores, F.log_softmax(logits.float(), dim=1), n)  # [<= n] each
             ends = word == vocab.end_id  # [n]: the candidates that finish here
             for s, p in zip(best[ends].tolist(), parent[ends].tolist(), strict=True):
                 finished.append((s, beams[p] + [vocab.end_id]))
@@ -514,5 +521,5 @@ def best_of(beams: list[list[Caption]]) -> list[Caption]:
 
 
 __all__ = ["Caption", "DEFAULT_MAX_LEN", "METHODS", "beam_search", "beam_search_one_image", "best_of",
-           "caption_images", "filter_logits", "greedy", "greedy_one_image", "length_penalty", "predict", "sample",
-           "wide_then_narrow"]
+           "caption_images", "expand_beams", "filter_logits", "greedy", "greedy_one_image", "length_penalty",
+           "predict", "sample", "wide_then_narrow"]

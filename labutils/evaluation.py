@@ -20,8 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
-from . import decode, metrics
+from . import decode, grounding, metrics
+from .data import load_image, to_rgb
+from .viz import as_array, save_figure, upsample_attention
 
 # The decoding methods notebook 08 compares: name -> keyword arguments of `decode.caption_images`.
 DEFAULT_METHODS: dict[str, dict] = {
@@ -299,8 +302,6 @@ def uniform_attention(captions: Mapping[int, tuple[list[str], np.ndarray]]) -> d
 def grounding_ceiling(result, coco_instances, grid_size: int) -> float:
     """The best grounding score any attention could reach on `result`'s words: all weight on the grid cell most
     covered by the named objects' boxes (cells are coarse, so even perfect attention includes background)."""
-    from . import grounding
-
     best = []
     for row in result.per_word.itertuples():
         info = coco_instances.loadImgs(row.image_id)[0]
@@ -329,8 +330,6 @@ def plot_grounding(result, ceiling: float | None = None, save_to=None, figsize=(
     ax.legend(fontsize="small", loc="upper left")
     fig.tight_layout()
     if save_to is not None:
-        from .viz import save_figure
-
         save_figure(fig, save_to)
     return fig
 
@@ -339,8 +338,6 @@ def show_mass_inside(image, alpha, boxes: Sequence[Sequence[float]], grid_size: 
     """The raw attention cells over an image with the boxes drawn: what `grounding.mass_inside` measures."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
-
-    from .viz import as_array, upsample_attention
 
     picture = as_array(image)
     height, width = picture.shape[:2]
@@ -362,14 +359,10 @@ def caption_photo(captioner, image, beam: int = 3, max_len: int = decode.DEFAULT
     `seen` is the square crop the encoder looked at (shorter side resized, centre crop), so attention maps can
     be drawn over exactly what the model saw.
     """
-    from PIL import Image, ImageOps
-
-    from .data import load_image
-
-    if not isinstance(image, Image.Image):
-        image = load_image(image) if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__") \
-            else Image.fromarray(np.asarray(image)).convert("RGB")
-    image = image.convert("RGB")
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        image = load_image(image)  # upright (EXIF) and RGB
+    else:
+        image = to_rgb(image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)))
     caption = captioner.caption([image], beam=beam, max_len=max_len)[0]
     seen = ImageOps.fit(image, (captioner.input_size, captioner.input_size))
     return seen, caption

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import solutions
+from . import decode, solutions
 from .augment import transform_points
 from .data import collate_captions
 from .decoders import ShowAttendTell
@@ -322,6 +322,77 @@ def _topk_hint(got: float, logits, targets, k: int) -> str:
     if k > 1 and abs(got - solutions.topk_accuracy(logits, targets, 1, 0)) < 1e-6:
         return "only the single best word is compared: look at the k highest-scoring words (topk along the last axis)"
     return "compare each target with the indices of its k highest logits (the last axis holds the vocabulary)"
+
+
+# ---------------------------------------------------------------------------------------------- 08 beam step
+def _beam_step_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, int]]:
+    """(what, scores [B], log_probs [B, V], n): each case tells one typical mistake from the right answer."""
+    gen = torch.Generator().manual_seed(0)
+    half, quarter = torch.log(torch.tensor(0.5)), torch.log(torch.tensor(0.25))
+    inf = float("-inf")
+    return [
+        ("the first step (one beam)", torch.zeros(1), F.log_softmax(torch.randn(1, 6, generator=gen), dim=1), 3),
+        ("three beams with different scores so far", torch.tensor([-0.4, -1.1, -2.3]),
+         F.log_softmax(torch.randn(3, 5, generator=gen), dim=1), 3),
+        ("two beams with tied candidates", torch.tensor([-1.0, -1.0]),
+         torch.tensor([[half, half, inf, inf], [quarter, quarter, half, inf]]), 4),  # equal totals across beams
+        ("fewer possible words than n", torch.tensor([-0.5, -2.0]),
+         torch.log(torch.tensor([[0.7, 0.3, 0.0], [0.0, 0.0, 1.0]])), 5),  # only 3 candidates are not -inf
+    ]
+
+
+def check_beam_step(fn: Callable) -> Callable:
+    """08 · `fn(scores [B], log_probs [B, V], n) -> (best_scores, parent, word)`, as decode.expand_beams."""
+    def attempt() -> str:
+        for what, scores, log_probs, n in _beam_step_cases():
+            got = _call(fn, scores.clone(), log_probs.clone(), n)
+            _beam_step_hint(got, scores, log_probs, n, what)
+        return "Right: your step picks the same continuations as the library's, ties and impossible words included."
+    return _verdict(fn, solutions.expand_beams, attempt)
+
+
+def _beam_step_hint(got, scores: torch.Tensor, log_probs: torch.Tensor, n: int, what: str) -> None:
+    try:
+        best, parent, word = (torch.as_tensor(x).flatten() for x in got)
+    except (TypeError, ValueError, RuntimeError):
+        raise Wrong("return three 1-D tensors (total scores, parent beams, words), best first") from None
+    if not len(best) == len(parent) == len(word):
+        raise Wrong(f"for {what}, your three tensors differ in length; give one score, parent and word per pick")
+    if parent.is_floating_point() or word.is_floating_point():
+        raise Wrong("parent and word are indices: use integer division // and %, not /")
+    expected = decode.expand_beams(scores, log_probs, n)
+    if torch.isinf(best).any():
+        raise Wrong(f"for {what}, you kept -inf candidates: a word of probability 0 starts no beam, drop them")
+    if len(best) != len(expected[0]):
+        raise Wrong(f"for {what}, you return the wrong number of candidates: the n best, fewer only where the rest "
+                    "are -inf")
+    if not torch.allclose(best.float(), expected[0], atol=1e-5):
+        raise Wrong(_beam_score_hint(best.float(), scores, log_probs, n, what))
+    if not (torch.equal(parent.long(), expected[1]) and torch.equal(word.long(), expected[2])):
+        raise Wrong(_beam_pair_hint(best.float(), parent.long(), word.long(), scores, log_probs, what))
+
+
+def _beam_pair_hint(best, parent, word, scores: torch.Tensor, log_probs: torch.Tensor, what: str) -> str:
+    """The scores are right but the (beam, word) pairs are not: wrong index arithmetic, or ties in the wrong order."""
+    beams, vocab_size = log_probs.shape
+    in_range = bool(((parent >= 0) & (parent < beams) & (word >= 0) & (word < vocab_size)).all())
+    totals = scores.unsqueeze(1) + log_probs  # [B, V]
+    if not in_range or not torch.allclose(totals[parent, word], best, atol=1e-5):  # pairs that lack their score
+        return (f"for {what}, the scores are right but not the (beam, word) pairs: the flat index is beam * V + word, "
+                "so the beam is flat // V and the word flat % V, with V = log_probs.size(1)")
+    return (f"for {what}, equal totals come out in the wrong order: ties go to the lower beam, then the lower word; "
+            "sort the flat candidates with sort(descending=True, stable=True), not topk")
+
+
+def _beam_score_hint(best: torch.Tensor, scores: torch.Tensor, log_probs: torch.Tensor, n: int, what: str) -> str:
+    step_only = decode.expand_beams(torch.zeros_like(scores), log_probs, n)[0]
+    if len(best) == len(step_only) and torch.allclose(best, step_only, atol=1e-5):
+        return (f"for {what}, you ranked this step's log-probs alone: add each beam's score so far to its row "
+                "first, so a beam is judged by its whole caption")
+    if len(best) > 1 and bool((best[1:] >= best[:-1]).all()):
+        return "your picks come worst first: sort in descending order, the most likely continuation first"
+    return (f"for {what}, the scores of your picks are off: rank all B x V totals (score so far + this step's "
+            "log-prob) as one flat list and keep the n best")
 
 
 # ---------------------------------------------------------------------------------------------- 08 BLEU-1

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import load_image
+from .data import ImageFolderSource, file_names_from_captions
 from .infra.files import (
     DiskFullError,
     atomic_write_json,
@@ -41,6 +41,8 @@ from .infra.files import (
     preallocate,
     remove_lab_folder,
 )
+from .infra.resize import image_root
+from .models import build_encoder, inference_copy
 
 CACHE_VERSION = 1
 META_FILE = "meta.json"
@@ -84,16 +86,12 @@ def dataset_fingerprint(cfg) -> dict:
     return {"dataset_dir": str(cfg.dataset_dir)}
 
 
-def file_names_from_captions(captions_file: str | Path) -> dict[int, str]:
-    """image id -> file_name from a COCO captions JSON (plain json: fast, no index building)."""
-    path = Path(captions_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"No captions file at {path}; run labutils.coco.ensure_dataset(cfg) first.")
-    return {int(img["id"]): img["file_name"] for img in _read_json(path)["images"]}
-
-
 class _ImageFiles(torch.utils.data.Dataset):
-    """Dataset of image ids -> transformed tensors, for a DataLoader (module-level so workers can pickle it)."""
+    """Dataset of image ids -> transformed tensors, for a DataLoader (module-level so workers can pickle it).
+
+    `loader` gives a ready tensor (an `ImageFolderSource` already applies the encoder's transform) or, for a
+    caller's own callable, a PIL image that `transform` turns into one.
+    """
 
     def __init__(self, image_ids: list[int], loader: Callable, transform: Callable):
         self.image_ids, self.loader, self.transform = image_ids, loader, transform
@@ -106,56 +104,51 @@ class _ImageFiles(torch.utils.data.Dataset):
         return item if isinstance(item, torch.Tensor) else self.transform(item)
 
 
-class _FolderLoader:
-    """image id -> PIL image from a folder and a file-name table."""
-
-    def __init__(self, image_dir: Path, file_names: Mapping[int, str]):
-        self.image_dir, self.file_names = Path(image_dir), file_names
-
-    def __call__(self, image_id: int):
-        try:
-            name = self.file_names[image_id]
-        except KeyError:
-            raise FeatureCacheError(f"Image id {image_id} is not in the captions file; "
-                                    "pass only ids from the dataset's split file.") from None
-        return load_image(self.image_dir / name)
+def _folder_source(image_dir: Path, file_names: Mapping[int, str], image_ids: list[int],
+                   transform: Callable) -> ImageFolderSource:
+    """The lesson's `ImageFolderSource`, after checking that every id to encode has a file name."""
+    missing = [i for i in image_ids if i not in file_names]
+    if missing:
+        raise FeatureCacheError(f"Image id {missing[0]} is not in the captions file; "
+                                "pass only ids from the dataset's split file.")
+    return ImageFolderSource(image_dir, file_names, transform)
 
 
-def _resolve_images(cfg, images, image_ids: list[int]) -> tuple[Callable[[], Callable], dict]:
-    """A factory for the loader `image_id -> PIL image or tensor`, and a fingerprint of where images come from.
+def _resolve_images(cfg, images, image_ids: list[int]) -> tuple[Callable[[Callable], Callable], dict]:
+    """A factory `transform -> loader` (image_id -> tensor or PIL image), and a fingerprint of the images' origin.
 
     The loader is made only when something must be encoded: a cache hit reads no captions file and needs no
     image folder (on Colab you may even delete the images once their features are cached). `images=None` reads
-    the dataset's images where `labutils.coco.image_root` says: the copy resized once by the preparation when it
+    the dataset's images where `labutils.infra.resize.image_root` says: the copy resized once by the preparation when it
     is complete (part of the cache key), else `cfg.image_dir`.
     """
     if images is None or isinstance(images, (str, Path)):
         fingerprint = {"kind": "folder"}
         if images is None:
-            from .coco import image_root
-
             image_dir = image_root(cfg)
             if image_dir != Path(cfg.image_dir):
                 fingerprint["resized"] = int(cfg.image_size)  # features of resized images differ slightly
         else:
             image_dir = Path(images)
 
-        def folder_loader():
+        def folder_loader(transform: Callable) -> ImageFolderSource:
             if not image_dir.is_dir():
-                raise FileNotFoundError(f"No image folder at {image_dir}; run labutils.coco.ensure_dataset(cfg) "
+                raise FileNotFoundError(f"No image folder at {image_dir}; run labutils.lab.ensure_dataset(cfg) "
                                         "first.")
-            return _FolderLoader(image_dir, file_names_from_captions(cfg.captions_file))
+            return _folder_source(image_dir, file_names_from_captions(cfg.captions_file), image_ids, transform)
 
         return folder_loader, fingerprint
     if isinstance(images, Mapping):
         names = {int(k): str(v) for k, v in images.items()}
         digest = hashlib.sha256(json.dumps(sorted((k, Path(names[k]).name) for k in image_ids if k in names))
                                 .encode()).hexdigest()[:16]
-        return (lambda: _FolderLoader(Path(), names)), {"kind": "files", "names": digest}
+        # The mapping holds whole paths, and Path() / "/a/b.jpg" is "/a/b.jpg".
+        fingerprint = {"kind": "files", "names": digest}
+        return (lambda transform: _folder_source(Path(), names, image_ids, transform)), fingerprint
     if callable(images):
         # A callable source decides its own images; it may expose `cache_fingerprint` to tell versions apart.
         tag = getattr(images, "cache_fingerprint", None) or type(images).__qualname__
-        return (lambda: images), {"kind": "callable", "tag": str(tag)}
+        return (lambda transform: images), {"kind": "callable", "tag": str(tag)}
     raise FeatureCacheError("`images` must be None (the dataset's image folder), a folder, a mapping "
                             "{image_id: path} or a callable image_id -> image.")
 
@@ -400,8 +393,6 @@ def build_feature_cache(cfg, encoder, image_ids: Iterable[int], images=None, bat
     `infra.files.DiskFullError` (one sentence) and keeps every committed row.
     """
     if encoder is None:
-        from .models import build_encoder
-
         encoder = build_encoder(cfg.encoder, pretrained=True, grid_size=cfg.grid_size, progress=progress)
     if any(p.requires_grad for p in encoder.parameters()):
         raise FeatureCacheError("A feature cache stores a FROZEN encoder's output; build the encoder with "
@@ -414,7 +405,8 @@ def build_feature_cache(cfg, encoder, image_ids: Iterable[int], images=None, bat
     cache = _reusable(folder, parts, ids)
     if cache is not None:
         return cache
-    loader_fn = make_loader()  # fails here, before any file is written, if the images are missing
+    # Fails here, before any file is written, if the images are missing.
+    loader_fn = make_loader(encoder.eval_transform(cfg.encoder_input_size))
     with folder_lock(folder, WHAT):
         cache = _reusable(folder, parts, ids)  # another process may have finished it while this one waited
         if cache is not None:
@@ -437,8 +429,6 @@ def _encode(cfg, encoder, ids: list[int], folder: Path, meta: dict, done: int, z
             on_chunk: Callable[[int, int], None] | None) -> FeatureCache:
     """Fill rows `done:` of the cache in `folder` (its lock held) and mark it complete once all are on disk."""
     from tqdm.auto import tqdm
-
-    from .models import inference_copy
 
     progress_path, feat_path = folder / PROGRESS_FILE, folder / FEATURES_FILE
     rows = np.load(feat_path, mmap_mode="r+")  # the memory-mapped [N, P, C] array we fill
@@ -516,7 +506,7 @@ def ensure_features(cfg, encoder=None, splits: Iterable[str] = ("train", "val", 
     """The profile's cache over the given splits: built once (pretrained `cfg.encoder`), then reused instantly."""
     split_file = Path(cfg.split_file)
     if not split_file.is_file():
-        raise FileNotFoundError(f"No split file at {split_file}; run labutils.coco.ensure_dataset(cfg) first.")
+        raise FileNotFoundError(f"No split file at {split_file}; run labutils.lab.ensure_dataset(cfg) first.")
     table = _read_json(split_file)
     unknown = [s for s in splits if s not in table]
     if unknown:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .synthetic import COLOURS, PLURALS, SHAPES
+from .infra.synthetic import COLOURS, PLURALS, SHAPES
 
 SINGULAR = {plural: shape for shape, plural in PLURALS.items()}
 

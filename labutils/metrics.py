@@ -1,4 +1,6 @@
-"""Caption metrics: the COCO evaluation (pycocoevalcap) and NLTK's BLEU side by side, per image and as tables.
+"""Caption metrics: the COCO evaluation (pycocoevalcap) per image and as tables, and NLTK's BLEU for comparison.
+
+`evaluation.bleu_breakdown` is the one table of BLEU computed several ways on the same captions.
 
 `coco_scores` gives exactly the numbers of pycocoevalcap's own `COCOEvalCap.evaluate` (tested): captions and
 references go through the same Stanford PTB tokenizer (Java; lower-cases, splits off punctuation and clitics,
@@ -147,7 +149,7 @@ def ptb_tokenize(captions: Mapping[object, Sequence[str]]) -> dict[object, list[
     remembered: scoring several decoding methods against the same references starts Java only for new text.
     """
     if not java_available():
-        return {key: [simple_ptb_tokenize(c) for c in caps] for key, caps in captions.items()}
+        return _python_tokenize(captions)
     new = list(dict.fromkeys(c for caps in captions.values() for c in caps
                              if c not in _ptb_cache and c.strip()))
     if new:
@@ -158,8 +160,13 @@ def ptb_tokenize(captions: Mapping[object, Sequence[str]]) -> dict[object, list[
     return {key: [_ptb_cache.get(c, "") if c.strip() else "" for c in caps] for key, caps in captions.items()}
 
 
-def _tokenized(ids, preds, refs) -> tuple[dict, dict]:
-    tokens = ptb_tokenize({("ref", i): refs[i] for i in ids} | {("pred", i): [preds[i]] for i in ids})
+def _python_tokenize(captions: Mapping[object, Sequence[str]]) -> dict[object, list[str]]:
+    return {key: [simple_ptb_tokenize(c) for c in caps] for key, caps in captions.items()}
+
+
+def _tokenized(ids, preds, refs, exact: bool = True) -> tuple[dict, dict]:
+    tokenize = ptb_tokenize if exact else _python_tokenize
+    tokens = tokenize({("ref", i): refs[i] for i in ids} | {("pred", i): [preds[i]] for i in ids})
     return {i: tokens[("ref", i)] for i in ids}, {i: tokens[("pred", i)] for i in ids}
 
 
@@ -287,18 +294,23 @@ def per_image_scores(predictions: Mapping, references: Mapping[int, Sequence[str
     return evaluate(predictions, references, spice=spice)[1]
 
 
-def coco_bleu(predictions: Mapping, references: Mapping[int, Sequence[str]]) -> list[float]:
-    """Corpus BLEU-1..4 exactly as `coco_scores` computes them, and nothing else (fast: no METEOR/ROUGE/CIDEr)."""
+def coco_bleu(predictions: Mapping, references: Mapping[int, Sequence[str]], exact: bool = True) -> list[float]:
+    """Corpus BLEU-1..4 exactly as `coco_scores` computes them, and nothing else (fast: no METEOR/ROUGE/CIDEr).
+
+    `exact=False` tokenises with `simple_ptb_tokenize`, the Python stand-in, even where java is installed: no
+    Java process per call, which is what validation after every training epoch wants, and the same tokens as
+    the PTB tokenizer for plain captions like the synthetic ones.
+    """
     from pycocoevalcap.bleu.bleu import Bleu
 
     ids, preds, refs = _aligned(predictions, references)
-    gts, res = _tokenized(ids, preds, refs)
+    gts, res = _tokenized(ids, preds, refs, exact)
     return [float(b) for b in Bleu(4).compute_score(gts, res, verbose=0)[0]]
 
 
-def bleu4(predictions: Mapping, references: Mapping[int, Sequence[str]]) -> float:
-    """Corpus BLEU-4 exactly as `coco_scores` computes it: the fast path for validation during training."""
-    return coco_bleu(predictions, references)[3]
+def bleu4(predictions: Mapping, references: Mapping[int, Sequence[str]], exact: bool = True) -> float:
+    """Corpus BLEU-4 exactly as `coco_scores` computes it (`exact=False`: the Python tokenizer, see `coco_bleu`)."""
+    return coco_bleu(predictions, references, exact)[3]
 
 
 def results_table(results: Mapping[str, Mapping[str, float]], percent: bool = False):
@@ -351,23 +363,3 @@ def nltk_corpus_bleu(predictions: Mapping, references: Mapping[int, Sequence[str
         warnings.simplefilter("ignore", UserWarning)  # NLTK's "0 counts of n-gram overlaps" warning
         values = corpus_bleu(reference_lists, hypotheses, weights=weights, smoothing_function=smoother)
     return {f"Bleu_{n}": float(v) for n, v in enumerate(values, start=1)}
-
-
-def compare_bleu(predictions: Mapping, references: Mapping[int, Sequence[str]], smoothing: str = "method1"):
-    """BLEU-1..4 four ways on the same captions: COCO corpus, COCO per-image mean, NLTK plain, NLTK smoothed."""
-    import pandas as pd
-    from pycocoevalcap.bleu.bleu import Bleu
-
-    ids, preds, refs = _aligned(predictions, references)
-    gts, res = _tokenized(ids, preds, refs)
-    corpus, per_image = Bleu(4).compute_score(gts, res, verbose=0)
-    rows = {
-        "pycocoevalcap (PTB tokens, corpus)": {f"Bleu_{n + 1}": corpus[n] for n in range(4)},
-        "pycocoevalcap per-image mean": {f"Bleu_{n + 1}": float(sum(per_image[n]) / len(ids)) for n in range(4)},
-        "NLTK corpus_bleu (whitespace)": nltk_corpus_bleu(preds, refs),
-        f"NLTK corpus_bleu + {smoothing}": nltk_corpus_bleu(preds, refs, smoothing=smoothing),
-    }
-    table = pd.DataFrame.from_dict(rows, orient="index").rename(columns=DISPLAY_NAMES)
-    table.index.name = "BLEU computed by"
-    return table
-

@@ -48,6 +48,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms import v2
+
+from . import augment
+from .infra.images import load_image
 
 TORCHVISION_ENCODERS = ("resnet18", "resnet50", "resnet101", "resnet152", "inception_v3")
 LITE_ENCODERS = ("efficientnet_lite0_multiscale", "efficientnet_lite0", "efficientnet_lite0_head")
@@ -96,6 +100,15 @@ IMAGENET = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 TF_LITE = Normalization((127 / 255,) * 3, (128 / 255,) * 3)
 # Google's Inception v3 weights expect [-1, 1]; torchvision's `transform_input` does this conversion internally.
 INCEPTION = Normalization((0.5,) * 3, (0.5,) * 3)
+
+
+def eval_transform_for(normalization: Normalization, size: int):
+    """`augment.eval_transform(size)` (notebook 02: shorter side to `size`, centre crop) with `normalization`."""
+    steps = augment.eval_transform(size).transforms
+    # Its last step is the ImageNet Normalize; an encoder trained with other statistics needs its own.
+    if not isinstance(steps[-1], v2.Normalize):
+        raise TypeError("augment.eval_transform no longer ends with its Normalize step; update eval_transform_for.")
+    return v2.Compose([*steps[:-1], v2.Normalize(list(normalization.mean), list(normalization.std))])
 
 
 def grid_features(feature_map: torch.Tensor, grid_size: int) -> torch.Tensor:
@@ -176,17 +189,7 @@ class Encoder(nn.Module):
 
     def eval_transform(self, size: int | None = None):
         """PIL image -> tensor [3, size, size] normalised for THIS encoder (shorter side to size, centre crop)."""
-        from torchvision.transforms import v2
-
-        size = size or self.input_size
-        # Same geometry as labutils.augment.eval_transform, but with the encoder's own mean/std.
-        return v2.Compose([
-            v2.ToImage(),
-            v2.Resize(size, antialias=True),
-            v2.CenterCrop(size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(self.normalization.mean), list(self.normalization.std)),
-        ])
+        return eval_transform_for(self.normalization, size or self.input_size)
 
     def count_parameters(self, trainable_only: bool = False) -> int:
         """Number of parameters in the feature path (the classifier head is not counted)."""
@@ -435,8 +438,6 @@ def _as_pil(image):
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, (str, Path)):
-        from .data import load_image
-
         return load_image(image)
     array = np.asarray(image)
     if array.dtype != np.uint8:
@@ -462,10 +463,7 @@ def topk_imagenet(encoder_or_classifier: nn.Module, image, k: int = 5,
         logits = model.classify(x.to(device))
         model.train(was_training)
     else:
-        from torchvision.transforms import v2
-
-        tf = v2.Compose([v2.ToImage(), v2.Resize(size or 224, antialias=True), v2.CenterCrop(size or 224),
-                         v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET.mean, IMAGENET.std)])
+        tf = eval_transform_for(IMAGENET, size or 224)
         was_training = model.training
         model.eval()
         logits = model(tf(pil)[None].to(next(model.parameters()).device))

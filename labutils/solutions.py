@@ -68,6 +68,18 @@ def attention_weights(self, enc_proj, h):
     return torch.softmax(scores, dim=1)
 
 
+def expand_beams(scores, log_probs, n):
+    """08 · One beam-search step: the n best (total log-prob, parent beam, word) of the live beams, best first.
+    Totals are the beams' scores so far [B] plus this step's log-probs [B, V]; ties go to the lower beam, then the
+    lower word (a stable sort of the flattened candidates); -inf candidates (impossible words) are dropped."""
+    totals = (scores.unsqueeze(1) + log_probs).flatten()  # [B * V]: index = beam * V + word
+    best, flat = totals.sort(descending=True, stable=True)
+    best, flat = best[:n], flat[:n]
+    keep = torch.isfinite(best)
+    vocab_size = log_probs.size(1)
+    return best[keep], flat[keep] // vocab_size, flat[keep] % vocab_size
+
+
 def bleu1_precision(candidate, references):
     """08 · Clipped unigram precision: each candidate word counts at most as often as in any ONE reference."""
     words = candidate.split()

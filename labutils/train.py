@@ -35,7 +35,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import decode, metrics
 from .decoders import DecoderOutput, build_decoder, canonical_kind, doubly_stochastic_penalty, valid_step_mask
+from .infra.datasets import ensure_dataset
 
 METRIC = "bleu4"
 
@@ -135,43 +137,6 @@ def forward_scheduled_sampling(decoder: nn.Module, features: Tensor, captions: T
     return DecoderOutput(logits, torch.stack(alphas, dim=1) * mask)
 
 
-@torch.no_grad()
-def greedy_ids(decoder: nn.Module, features: Tensor, start_id: int, end_id: int, max_len: int) -> Tensor:
-    """Greedy decoding over the step interface: token ids [B, <= max_len] (after <start>; <end> included)."""
-    state = decoder.init_state(features)
-    tokens = torch.full((features.size(0),), start_id, dtype=torch.long, device=features.device)
-    finished = torch.zeros_like(tokens, dtype=torch.bool)
-    out = []
-    for _ in range(max_len):
-        logits, state, _ = decoder.step(tokens, state)
-        tokens = logits.argmax(dim=-1)
-        out.append(tokens)
-        finished |= tokens == end_id
-        if bool(finished.all()):
-            break
-    return torch.stack(out, dim=1)
-
-
-def bleu4(predictions: Mapping[int, str], references: Mapping[int, list[str]], exact: bool = True) -> float:
-    """Corpus BLEU-4 as coco-caption computes it (pycocoevalcap's Bleu scorer on PTB-tokenized, lower-cased text).
-
-    `exact=True` uses `labutils.metrics.bleu4` (the Java PTB tokenizer, like the COCO evaluation server);
-    `exact=False` uses its pure-Python stand-in tokenizer, which avoids starting Java every epoch and gives
-    the same tokens for plain captions like the synthetic ones.
-    """
-    from . import metrics
-
-    if exact:
-        return float(metrics.bleu4(predictions, references))
-    from pycocoevalcap.bleu.bleu import Bleu
-
-    ids = list(predictions)
-    res = {i: [metrics.simple_ptb_tokenize(predictions[i])] for i in ids}
-    gts = {i: [metrics.simple_ptb_tokenize(r) for r in references[i]] for i in ids}
-    score, _ = Bleu(4).compute_score(gts, res, verbose=0)
-    return float(score[3])
-
-
 def batch_features(inputs: Tensor, encoder: nn.Module | None, device, non_blocking: bool,
                     grad: bool = False) -> Tensor:
     inputs = inputs.to(device, non_blocking=non_blocking)
@@ -194,20 +159,13 @@ def caption_loader(decoder: nn.Module, loader, vocab, device="cpu", max_len: int
     predictions, references = {}, {}
     non_blocking = str(device).startswith("cuda")
     for inputs, refs, image_ids in tqdm(loader, desc=desc, leave=False, disable=not progress):
-        features = batch_features(inputs, encoder, device, non_blocking)
-        ids = greedy_ids(decoder, features, vocab.start_id, vocab.end_id, max_len).cpu()
-        for image_id, row, ref in zip(image_ids, ids, refs, strict=True):
-            predictions[int(image_id)] = vocab.decode(row)
+        features = batch_features(inputs, encoder, device, non_blocking)  # [B, P, C]
+        captions = decode.greedy(decoder, features, vocab, max_len)
+        for image_id, caption, ref in zip(image_ids, captions, refs, strict=True):
+            predictions[int(image_id)] = caption.text
             references[int(image_id)] = list(ref)
     decoder.train(was_training)
     return predictions, references
-
-
-def evaluate_bleu4(decoder: nn.Module, loader, vocab, device="cpu", max_len: int = 24,
-                   encoder: nn.Module | None = None, progress: bool = False, exact: bool = True) -> float:
-    """Caption an evaluation loader greedily (no teacher forcing) and return its coco-caption BLEU-4."""
-    predictions, references = caption_loader(decoder, loader, vocab, device, max_len, encoder, progress)
-    return bleu4(predictions, references, exact=exact)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -342,7 +300,7 @@ def step_scheduler(lr_scheduler, val_metric: float) -> None:
 def validate(decoder, loader, vocab, device, max_len: int, encoder=None) -> float:
     """Validation BLEU-4 WITHOUT teacher forcing: the decoder captions every image greedily from its own words."""
     predictions, references = caption_loader(decoder, loader, vocab, device, max_len, encoder)
-    return bleu4(predictions, references, exact=False)  # the Python tokenizer: no Java start every epoch
+    return metrics.bleu4(predictions, references, exact=False)  # the Python tokenizer: no Java start every epoch
 
 
 def train_one_epoch(decoder, loaders, vocab, optimizer, lr_scheduler, amp, cfg, *, encoder=None,
@@ -626,7 +584,7 @@ def prepare_data(cfg, caption_mode: str = "sample", source: Callable | None = No
     from . import coco, data
     from .vocab import Vocabulary
 
-    coco.ensure_dataset(cfg, progress=progress)
+    ensure_dataset(cfg, progress=progress)
     captions = coco.captions_by_image(coco.load_captions(cfg))
     splits = coco.load_splits(cfg)
     vocab = Vocabulary.build((c for i in splits["train"] for c in captions[i]), min_freq=cfg.min_freq)
@@ -676,7 +634,7 @@ def train_quick_captioner(cfg, kind: str = "attention", progress: bool = True, l
                    **train_kwargs)
     predictions, references = caption_loader(decoder, lab_data.loaders["test"], lab_data.vocab, cfg.device,
                                              cfg.max_caption_len, progress=progress, desc="test captions")
-    result.test_metric = bleu4(predictions, references)
+    result.test_metric = metrics.bleu4(predictions, references)
     result.test_samples = dict(list(predictions.items())[:8])
     saved = ckpt.load_checkpoint(path)
     saved["test_metric"] = result.test_metric
@@ -754,9 +712,9 @@ def load_trained(cfg, kind: str = "attention", progress: bool = True):
 # Notebook 07 exercise
 # ---------------------------------------------------------------------------------------------------------------
 __all__ = [
-    "LabData", "MixedPrecision", "TrainResult", "TrainingInterrupted", "assert_learned", "batch_features", "bleu4",
+    "LabData", "MixedPrecision", "TrainResult", "TrainingInterrupted", "assert_learned", "batch_features",
     "caption_loader", "checkpoint_path_for", "cpu_threads", "decoder_from_checkpoint",
-    "decoder_spec", "evaluate_bleu4", "fine_tunes", "forward_scheduled_sampling", "greedy_ids", "load_trained",
+    "decoder_spec", "fine_tunes", "forward_scheduled_sampling", "load_trained",
     "plot_history", "prepare_data", "result_of_checkpoint", "sampling_probability", "seed_everything",
     "step_scheduler", "topk_accuracy", "topk_correct", "train", "train_one_epoch", "train_quick_captioner",
     "validate",

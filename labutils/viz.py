@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .infra.files import atomic_write_bytes
+from .infra.images import load_image, to_rgb
+
 
 def as_array(image) -> np.ndarray:
     """An RGB uint8 array from a PIL image, an array, or a path."""
     if isinstance(image, (str, Path)):
-        from .data import load_image
-
         image = load_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.asarray(to_rgb(image))
     array = np.asarray(image)
     if array.dtype != np.uint8:
         array = np.clip(array * (255 if array.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
@@ -190,8 +191,6 @@ def save_attention_mosaic(image, words: list[str], alphas, grid_size: int, path:
 
     A full disk raises `DiskFullError` and leaves no partial file.
     """
-    from .infra.files import atomic_write_bytes
-
     path = Path(path)
     data = encode_image(attention_mosaic(image, words, alphas, grid_size, **options), path.suffix)
     return atomic_write_bytes(path, data, what=f"the attention figure {path.name}")

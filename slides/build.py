@@ -218,7 +218,7 @@ def record_notebook_times(summary_txt: Path, out: Path = NOTEBOOK_TIMES) -> dict
     if not header or [name for name, _, _ in rows] != expected or any(status != "ok" for _, status, _ in rows):
         raise BuildError(f"{summary_txt} is not the summary of a complete, successful `make run` of all "
                          f"{len(expected)} notebooks; run `make run` and record its summary.")
-    record = {"what": "seconds each notebook took to execute top to bottom (labutils.runner), one `make run`",
+    record = {"what": "seconds each notebook took to execute top to bottom (labutils.infra.runner), one `make run`",
               "conditions": f"{header.group(1)} profile, {os.cpu_count()} CPU cores, "
                             f"{time.strftime('%Y-%m-%d', time.gmtime(Path(summary_txt).stat().st_mtime))}",
               "seconds": {name: float(seconds) for name, _, seconds in rows}}
@@ -498,20 +498,6 @@ def build(out: Path = DEFAULT_OUT, pdf: bool = True, strict: bool = False) -> Bu
     return BuildResult(out, html_files, pdf_files, figures, warnings, timings)
 
 
-# Figures whose smallest label is still under 20 px on a 1280x720 slide: their layouts must be redrawn with type
-# 1.5-2.8x larger (issue 11 item 6, not done yet). The render check reports them apart; any other text or figure
-# under 20 px fails, and the test fails when a listed figure is fixed but still listed, so this list only shrinks.
-FIGURES_UNDER_20PX = frozenset({
-    "encoder_decoder", "pipeline", "synthetic_samples", "augment_photo", "flip_pitfall", "affine_matrices",
-    "train_pipeline", "vocab_counts", "padding", "encoder_top5", "grid_vs_pooled", "lstm_cell", "packed_sequences",
-    "attention", "teacher_forcing", "training_curves", "sampling", "attention_maps", "timeline"})
-
-
-def small_listed_figures(slide) -> set[str]:
-    """The figures on this slide under 20 px that FIGURES_UNDER_20PX already lists (known, not yet redrawn)."""
-    return {s["figure"] for s in slide.small_text if s.get("figure") in FIGURES_UNDER_20PX}
-
-
 def slide_problems(slide) -> list[str]:
     """What is wrong with one rendered slide (not shown, blank, broken images, overflow, text under 20 px, no notes)."""
     where = f"{slide.deck} slide {slide.index}"
@@ -527,8 +513,6 @@ def slide_problems(slide) -> list[str]:
     if not slide.has_notes:
         problems.append(f"{where}: no speaker notes in the built deck")
     for small in slide.small_text:
-        if small.get("figure") in FIGURES_UNDER_20PX:
-            continue
         problems.append(f"{where}: {small['what']!r} is {small['px']}px, under the 20px a projector needs")
     return problems
 
@@ -537,7 +521,7 @@ def render_check(html_files: list[Path], save_dir: Path | None = None) -> list[s
     """Open every deck in headless Chromium and check each slide; returns the problems found."""
     from browser import Chromium, check_deck
 
-    problems, listed = [], set()
+    problems = []
     with Chromium() as browser:
         for html in html_files:
             for slide in check_deck(browser, html):
@@ -545,9 +529,6 @@ def render_check(html_files: list[Path], save_dir: Path | None = None) -> list[s
                     save_dir.mkdir(parents=True, exist_ok=True)
                     (save_dir / f"{html.stem}_{slide.index:02d}.png").write_bytes(slide.png)
                 problems += slide_problems(slide)
-                listed |= small_listed_figures(slide)
-    if listed:
-        log(f"{len(listed)} figures still have labels under 20 px (build.FIGURES_UNDER_20PX): {sorted(listed)}")
     return problems
 
 

@@ -118,246 +118,260 @@ def grid_icon(ax, x, y, size, n=4, color=FEATURE, highlight=None, alphas=None):
 
 # ------------------------------------------------------------------------------------------------- figures
 def pipeline(path: Path) -> Path:
-    """The lab's data flow, one box per notebook."""
-    fig, ax = _canvas(12, 4.2)
-    steps = [
-        ("01", "COCO-format\ndataset", IMAGE), ("02", "augment\n& resize", IMAGE), ("03", "vocabulary\n(JSON)", WORD),
-        ("04", "Dataset\n+ collate", LIGHT), ("05", "CNN encoder\n+ cache", ENCODER),
-        ("06", "RNN decoder\n(+ attention)", DECODER), ("07", "training", DECODER),
-        ("08", "decode +\nevaluate", OUTPUT), ("09", "attention\nmaps", ATTENTION),
-    ]
-    xs = [0.8 + i * 1.3 for i in range(len(steps))]
+    """The lab's data flow, one box per notebook (16 pt type: 20 px and more shown 1120 px wide)."""
+    fig, ax = _canvas(12, 4.4)
+    steps = [("01", "COCO data", IMAGE), ("02", "augment", IMAGE), ("03", "vocabulary", WORD),
+             ("04", "Dataset", LIGHT), ("05", "CNN encoder", ENCODER), ("06", "RNN decoder", DECODER),
+             ("07", "training", DECODER), ("08", "evaluate", OUTPUT), ("09", "attention", ATTENTION)]
+    xs = [1.05 + i * 1.24 for i in range(len(steps))]
+    rows = (2.85, 1.55)  # zigzag: neighbours sit on different rows, so each box may be twice as wide as a step
     for i, (x, (num, label, color)) in enumerate(zip(xs, steps, strict=True)):
-        y = 2.55 if i % 2 == 0 else 1.75
-        box(ax, x, y, 1.2, 0.95, label, color=color, fontsize=10.5)
-        ax.text(x, y + 0.63, f"notebook {num}", ha="center", va="center", fontsize=9.5, color="#4b5563")
+        y = rows[i % 2]
+        box(ax, x, y, 2.0, 0.9, f"{num}\n{label}", color=color, fontsize=16)
         if i:
-            px, py = xs[i - 1], 2.55 if (i - 1) % 2 == 0 else 1.75
-            arrow(ax, (px + 0.59, py), (x - 0.59, y))
-    ax.text(6, 3.85, "notebook 00: set-up, the two profiles (quick: CPU + synthetic shapes; full: CUDA + MS-COCO)",
-            ha="center", fontsize=12, color=INK)
-    ax.text(6, 0.55, "labutils: one tested module per step  ·  the notebooks only call it and explain why",
-            ha="center", fontsize=12, color="#4b5563", style="italic")
+            py = rows[(i - 1) % 2]
+            arrow(ax, (xs[i - 1] + 0.5, py + (-0.45 if py > y else 0.45)), (x - 0.5, y + (0.45 if py > y else -0.45)))
+    ax.text(6, 3.95, "00: set-up; quick profile (CPU, synthetic) or full (CUDA, MS-COCO)",
+            ha="center", fontsize=16, color=INK)
+    ax.text(6, 0.45, "labutils: one tested module per step; the notebooks call it and explain why",
+            ha="center", fontsize=16, color="#4b5563", style="italic")
     return _save(fig, path)
+
 
 
 def encoder_decoder(path: Path) -> Path:
-    """Show and Tell: CNN -> image vector -> LSTM unrolled over the caption."""
-    fig, ax = _canvas(12, 4.6)
-    photo_icon(ax, 0.9, 2.3, 1.3, 1.3)
-    ax.text(0.9, 1.35, "image", ha="center", fontsize=11)
-    ax.add_patch(plt.Polygon([(1.9, 3.3), (3.2, 2.75), (3.2, 1.85), (1.9, 1.3)], facecolor=ENCODER, edgecolor=INK, lw=1.5))
-    ax.text(2.55, 2.3, "CNN\nencoder", ha="center", va="center", fontsize=12)
-    arrow(ax, (1.6, 2.3), (1.9, 2.3))
-    box(ax, 3.85, 2.3, 0.5, 1.3, "", color=FEATURE)
-    ax.text(3.85, 2.3, "v", ha="center", va="center", fontsize=16, style="italic")
-    ax.text(3.85, 1.35, "image\nvector", ha="center", fontsize=10, va="top")
-    arrow(ax, (3.2, 2.3), (3.6, 2.3))
-    inputs = ["v", "<start>", "a", "red", "circle"]
-    outputs = ["", "a", "red", "circle", "<end>"]
-    x0, dx = 5.0, 1.5
+    """Show and Tell: CNN -> image vector -> LSTM unrolled over the caption (17 pt: 20 px shown 900 px wide)."""
+    fig, ax = _canvas(10, 4.25)
+    size, yl = 17, 2.35
+    photo_icon(ax, 0.65, yl, 1.0, 1.0)
+    ax.text(0.65, 1.45, "image", ha="center", va="top", fontsize=size)
+    ax.add_patch(plt.Polygon([(1.35, 3.1), (2.3, 2.7), (2.3, 2.0), (1.35, 1.6)], facecolor=ENCODER, edgecolor=INK,
+                             lw=1.5))
+    ax.text(1.82, yl, "CNN", ha="center", va="center", fontsize=size)
+    arrow(ax, (1.15, yl), (1.35, yl))
+    box(ax, 2.75, yl, 0.45, 1.1, "v", color=FEATURE, fontsize=size + 3)
+    arrow(ax, (2.3, yl), (2.52, yl))
+    inputs, outputs = ["v", "<start>", "a", "red", "circle"], ["", "a", "red", "circle", "<end>"]
+    x0, dx = 3.8, 1.35
     for i, (word_in, word_out) in enumerate(zip(inputs, outputs, strict=True)):
         x = x0 + i * dx
-        box(ax, x, 2.3, 1.0, 0.8, "LSTM", color=DECODER, fontsize=12)
-        label = word_in if i else "W·v"
-        box(ax, x, 0.85, 1.05, 0.5, label, color=FEATURE if i == 0 else WORD, fontsize=11)
-        arrow(ax, (x, 1.1), (x, 1.9))
+        box(ax, x, yl, 1.0, 0.75, "LSTM", color=DECODER, fontsize=size)
+        box(ax, x, 1.0, 1.2, 0.5, word_in if i else "W·v", color=FEATURE if i == 0 else WORD, fontsize=size)
+        arrow(ax, (x, 1.25), (x, yl - 0.38))
         if word_out:
-            box(ax, x, 3.85, 1.05, 0.5, word_out, color=OUTPUT, fontsize=11)
-            arrow(ax, (x, 2.7), (x, 3.6))
-            ax.text(x + 0.12, 3.15, "softmax", fontsize=8, color="#4b5563")
+            box(ax, x, 3.5, 1.2, 0.5, word_out, color=OUTPUT, fontsize=size)
+            arrow(ax, (x, yl + 0.38), (x, 3.25))
         if i:
-            arrow(ax, (x - dx + 0.5, 2.3), (x - 0.5, 2.3))
-            ax.text(x - dx / 2, 2.42, "h, c", ha="center", fontsize=9, color="#4b5563")
-    arrow(ax, (4.1, 2.0), (x0 - 0.2, 0.9), rad=0.25, color=GREY)
-    ax.text(x0 + 2 * dx, 4.45, "decoder: one LSTM, its weights shared across time steps", ha="center", fontsize=12)
-    ax.text(x0 + 2 * dx, 0.2, "inputs at training time: the true previous word (teacher forcing)",
-            ha="center", fontsize=10.5, color="#4b5563", style="italic")
+            arrow(ax, (x - dx + 0.5, yl), (x - 0.5, yl))
+    arrow(ax, (2.95, 1.85), (x0 - 0.7, 1.0), rad=0.25, color=GREY)
+    ax.text(6.5, 3.95, "one LSTM, weights shared over time; h, c carried →", ha="center", fontsize=size)
+    ax.text(x0 + dx + 0.1, 2.9, "softmax", ha="left", fontsize=size, color="#4b5563")
+    ax.text(5.0, 0.3, "training: feed the true previous word (teacher forcing)",
+            ha="center", fontsize=size, color="#4b5563", style="italic")
     return _save(fig, path)
+
 
 
 def lstm_cell(path: Path) -> Path:
-    """The LSTM cell: forget, input and output gates, candidate, cell state highway."""
-    fig, ax = _canvas(10, 5.2)
-    ax.add_patch(FancyBboxPatch((1.3, 0.9), 6.9, 3.5, boxstyle="round,pad=0.05", facecolor="#f0fdf4",
+    """The LSTM cell: forget, input and output gates, candidate, cell state highway.
+
+    Shown 640 px wide beside its equations, so its type is 23-24 pt on a 10-inch canvas (20 px and more).
+    """
+    fig, ax = _canvas(10, 5.6)
+    big, small = 24, 23
+    ax.add_patch(FancyBboxPatch((1.3, 0.9), 6.9, 3.6, boxstyle="round,pad=0.05", facecolor="#f0fdf4",
                                 edgecolor=INK, linewidth=1.6))
-    ytop, ybot = 3.85, 1.45
+    ytop, ybot = 3.95, 1.55
     # the cell-state highway
     arrow(ax, (0.3, ytop), (9.6, ytop), lw=2.4)
-    ax.text(0.3, ytop + 0.22, r"$c_{t-1}$", fontsize=15)
-    ax.text(9.25, ytop + 0.22, r"$c_t$", fontsize=15)
+    ax.text(0.2, ytop + 0.15, r"$c_{t-1}$", fontsize=big)
+    ax.text(9.0, ytop + 0.15, r"$c_t$", fontsize=big)
     # the hidden-state input path
-    ax.plot([0.3, 5.9], [ybot - 0.55, ybot - 0.55], color=INK, lw=1.6)
-    ax.text(0.3, ybot - 0.4, r"$h_{t-1}$", fontsize=15)
-    ax.text(1.5, 0.2, r"$x_t$", fontsize=15)
-    ax.text(3.0, 0.45, r"every gate sees $[h_{t-1}, x_t]$", fontsize=11, color="#4b5563")
-    arrow(ax, (1.7, 0.35), (1.7, ybot - 0.55), style="-")
-    gates = [(2.2, r"$\sigma$", r"$f_t$"), (3.4, r"$\sigma$", r"$i_t$"), (4.6, "tanh", r"$\tilde c_t$"),
+    ax.plot([0.3, 5.9], [ybot - 0.6, ybot - 0.6], color=INK, lw=1.6)
+    ax.text(0.2, ybot - 0.5, r"$h_{t-1}$", fontsize=big)
+    ax.text(1.15, 0.05, r"$x_t$", fontsize=big)
+    ax.text(2.3, 0.2, r"gates see $[h_{t-1}, x_t]$", fontsize=small, color="#4b5563")
+    arrow(ax, (1.7, 0.35), (1.7, ybot - 0.6), style="-")
+    gates = [(2.2, r"$\sigma$", r"$f_t$"), (3.4, r"$\sigma$", r"$i_t$"), (4.65, "tanh", r"$\tilde c_t$"),
              (5.9, r"$\sigma$", r"$o_t$")]
     for x, fn, name in gates:
-        arrow(ax, (x, ybot - 0.55), (x, ybot - 0.2), style="-")
-        box(ax, x, ybot + 0.05, 0.75, 0.5, fn, color=ATTENTION, fontsize=14)
-        ax.text(x - 0.62, ybot + 0.42, name, fontsize=14, color="#92400e")
+        arrow(ax, (x, ybot - 0.6), (x, ybot - 0.25), style="-")
+        box(ax, x, ybot + 0.05, 0.95 if fn == "tanh" else 0.6, 0.55, fn, color=ATTENTION, fontsize=small)
+        ax.text(x - 0.5, ybot + 0.45, name, fontsize=big, color="#92400e", ha="right")
     # forget: c_{t-1} * f
-    op(ax, 2.2, ytop, "×")
-    arrow(ax, (2.2, ybot + 0.3), (2.2, ytop - 0.17))
+    op(ax, 2.2, ytop, "×", r=0.22, fontsize=small)
+    arrow(ax, (2.2, ybot + 0.33), (2.2, ytop - 0.22))
     # input * candidate, then added
-    op(ax, 4.0, 2.65, "×")
-    arrow(ax, (3.4, ybot + 0.3), (3.9, 2.52), rad=-0.2)
-    arrow(ax, (4.6, ybot + 0.3), (4.1, 2.52), rad=0.2)
-    op(ax, 4.0, ytop, "+")
-    arrow(ax, (4.0, 2.82), (4.0, ytop - 0.17))
+    op(ax, 4.0, 2.8, "×", r=0.22, fontsize=small)
+    arrow(ax, (3.4, ybot + 0.33), (3.88, 2.6), rad=-0.2)
+    arrow(ax, (4.65, ybot + 0.33), (4.12, 2.6), rad=0.2)
+    op(ax, 4.0, ytop, "+", r=0.22, fontsize=small)
+    arrow(ax, (4.0, 3.02), (4.0, ytop - 0.22))
     # output: o * tanh(c_t)
-    op(ax, 7.0, 3.0, "tanh", r=0.26, fontsize=10)
-    arrow(ax, (7.0, ytop), (7.0, 3.26))
-    op(ax, 7.0, 2.0, "×")
-    arrow(ax, (7.0, 2.74), (7.0, 2.17))
-    arrow(ax, (5.9, ybot + 0.3), (6.83, 1.95), rad=-0.25)
-    arrow(ax, (7.17, 2.0), (9.6, 2.0), lw=2.0)
-    ax.text(9.25, 2.15, r"$h_t$", fontsize=15)
-    arrow(ax, (8.5, 2.0), (8.5, 4.85))
-    ax.text(7.0, 4.7, r"$h_t$ to the softmax", fontsize=11)
-    ax.text(4.75, 4.65, "cell state: a highway where gradients flow with little decay", ha="center",
-            fontsize=11, color="#166534", style="italic")
+    box(ax, 7.0, 3.15, 0.95, 0.5, "tanh", color="white", fontsize=small)
+    arrow(ax, (7.0, ytop), (7.0, 3.4))
+    op(ax, 7.0, 2.15, "×", r=0.22, fontsize=small)
+    arrow(ax, (7.0, 2.9), (7.0, 2.37))
+    arrow(ax, (5.9, ybot + 0.33), (6.78, 2.1), rad=-0.25)
+    arrow(ax, (7.22, 2.15), (9.6, 2.15), lw=2.0)
+    ax.text(9.0, 2.3, r"$h_t$", fontsize=big)
+    ax.text(4.75, 4.95, "cell state: the gradient highway", ha="center", fontsize=small, color="#166534",
+            style="italic")
     return _save(fig, path)
+
 
 
 def attention(path: Path) -> Path:
-    """Show, Attend and Tell: grid features scored against h, softmax weights, context vector into the LSTM."""
+    """Show, Attend and Tell: grid features scored against h, softmax weights, context vector into the LSTM.
+
+    16 pt type on a 12-inch canvas: 20 px and more when the slide shows it 1120 px wide.
+    """
     fig, ax = _canvas(12, 5.4)
-    photo_icon(ax, 0.9, 3.2, 1.3, 1.3)
-    arrow(ax, (1.6, 3.2), (2.0, 3.2))
-    ax.add_patch(plt.Polygon([(2.0, 3.9), (2.9, 3.6), (2.9, 2.8), (2.0, 2.5)], facecolor=ENCODER, edgecolor=INK))
-    ax.text(2.45, 3.2, "CNN", ha="center", va="center", fontsize=11)
-    arrow(ax, (2.9, 3.2), (3.2, 3.2))
-    grid_icon(ax, 3.95, 3.2, 1.3)
-    ax.text(3.95, 4.1, r"grid $a_1 \dots a_P$  [P, C]", ha="center", fontsize=11)
-    # scores
-    box(ax, 6.2, 3.2, 2.2, 0.9, r"$e_{t,i} = w^\top \tanh(W_a a_i + W_h h_{t-1})$", color=ATTENTION, fontsize=10.5)
-    arrow(ax, (4.65, 3.2), (5.1, 3.2))
-    ax.text(3.95, 2.3, r"$W_a a_i$: once per image", fontsize=9.5, color="#4b5563", ha="center")
-    box(ax, 8.6, 3.2, 1.7, 0.9, r"$\alpha_t = \mathrm{softmax}(e_t)$", color=ATTENTION, fontsize=11)
-    arrow(ax, (7.3, 3.2), (7.75, 3.2))
+    size = 16
+    photo_icon(ax, 0.65, 3.3, 1.0, 1.0)
+    arrow(ax, (1.15, 3.3), (1.4, 3.3))
+    ax.add_patch(plt.Polygon([(1.4, 3.9), (2.3, 3.6), (2.3, 3.0), (1.4, 2.7)], facecolor=ENCODER, edgecolor=INK))
+    ax.text(1.85, 3.3, "CNN", ha="center", va="center", fontsize=size)
+    arrow(ax, (2.3, 3.3), (2.55, 3.3))
+    grid_icon(ax, 3.2, 3.3, 1.2)
+    ax.text(3.2, 4.05, r"grid $a_1 \dots a_P$ [P, C]", ha="center", fontsize=size)
+    ax.text(3.2, 2.4, r"$W_a a_i$: once per image", fontsize=size, color="#4b5563", ha="center")
+    box(ax, 5.3, 3.3, 2.4, 1.0, "$e_{t,i} = w^\\top \\tanh($\n$W_a a_i + W_h h_{t-1})$", color=ATTENTION,
+        fontsize=size)
+    arrow(ax, (3.85, 3.3), (4.08, 3.3))
+    box(ax, 7.55, 3.3, 1.7, 1.0, "$\\alpha_t =$\n$\\mathrm{softmax}(e_t)$", color=ATTENTION, fontsize=size)
+    arrow(ax, (6.52, 3.3), (6.68, 3.3))
     weights = [[0.02, 0.05, 0.03, 0.01], [0.05, 0.4, 0.12, 0.02], [0.03, 0.15, 0.06, 0.01], [0.01, 0.02, 0.01, 0.01]]
     peak = max(max(r) for r in weights)
-    grid_icon(ax, 10.75, 3.2, 1.3, alphas=[[w / peak for w in r] for r in weights])
-    ax.text(10.75, 4.1, r"weights $\alpha_{t,i}$ (sum to 1)", ha="center", fontsize=11)
-    arrow(ax, (9.45, 3.2), (10.1, 3.2))
+    grid_icon(ax, 9.3, 3.3, 1.2, alphas=[[w / peak for w in r] for r in weights])
+    ax.text(9.3, 4.05, r"weights $\alpha_{t,i}$ (sum to 1)", ha="center", fontsize=size)
+    arrow(ax, (8.42, 3.3), (8.68, 3.3))
     # context and LSTM
-    box(ax, 10.75, 1.4, 1.9, 0.8, r"$z_t = \beta_t \sum_i \alpha_{t,i}\, a_i$", color=FEATURE, fontsize=11)
-    arrow(ax, (10.75, 2.55), (10.75, 1.8))
-    ax.text(10.6, 2.15, r"gate $\beta_t = \sigma(f_\beta(h_{t-1}))$", fontsize=9.5, color="#4b5563", ha="right")
-    box(ax, 7.2, 1.4, 1.6, 0.9, "LSTMCell", color=DECODER, fontsize=12)
-    arrow(ax, (9.8, 1.4), (8.0, 1.4))
-    box(ax, 4.4, 1.4, 1.9, 0.6, r"embed($y_{t-1}$)", color=WORD, fontsize=11)
-    arrow(ax, (5.35, 1.4), (6.4, 1.4))
-    box(ax, 7.2, 0.35, 1.5, 0.45, r"$p(y_t)$ softmax", color=OUTPUT, fontsize=10)
-    arrow(ax, (7.2, 0.95), (7.2, 0.58))
-    arrow(ax, (7.0, 1.85), (6.2, 2.75), rad=-0.2, color=ACCENT)
-    ax.text(5.45, 2.15, r"$h_{t-1}$ asks: where next?", fontsize=10, color=ACCENT)
-    ax.text(6, 5.05, "one decoding step of Show, Attend and Tell (soft, additive attention)", ha="center",
-            fontsize=13)
+    box(ax, 9.3, 1.3, 2.5, 0.7, r"$z_t = \beta_t \sum_i \alpha_{t,i}\, a_i$", color=FEATURE, fontsize=size)
+    arrow(ax, (9.3, 2.68), (9.3, 1.67))
+    ax.text(9.45, 2.15, r"gate $\beta_t = \sigma(f_\beta(h_{t-1}))$", fontsize=size, color="#4b5563")
+    box(ax, 6.5, 1.3, 1.7, 0.8, "LSTMCell", color=DECODER, fontsize=size)
+    arrow(ax, (8.03, 1.3), (7.37, 1.3))
+    box(ax, 3.4, 1.3, 2.2, 0.6, r"embed($y_{t-1}$)", color=WORD, fontsize=size)
+    arrow(ax, (4.52, 1.3), (5.63, 1.3))
+    box(ax, 6.5, 0.3, 2.3, 0.45, r"$p(y_t)$ softmax", color=OUTPUT, fontsize=size)
+    arrow(ax, (6.5, 0.88), (6.5, 0.54))
+    arrow(ax, (6.1, 1.72), (5.5, 2.78), rad=-0.2, color=ACCENT)
+    ax.text(6.45, 2.1, r"$h_{t-1}$: where next?", fontsize=size, color=ACCENT)
+    ax.text(6, 4.95, "one decoding step of Show, Attend and Tell (soft, additive attention)", ha="center",
+            fontsize=size)
     return _save(fig, path)
+
 
 
 def grid_vs_pooled(path: Path) -> Path:
     """A CNN feature map as a grid of P vectors (for attention) or one pooled vector (Show and Tell)."""
     fig, ax = _canvas(11, 4.0)
+    size = 15.5  # 20 px and more shown 1160 px wide
     photo_icon(ax, 1.0, 2.0, 1.5, 1.5)
-    ax.text(1.0, 0.95, "3 × H × W", ha="center", fontsize=11)
+    ax.text(1.0, 0.85, "3 × H × W", ha="center", fontsize=size)
     arrow(ax, (1.8, 2.0), (2.3, 2.0))
     ax.add_patch(plt.Polygon([(2.3, 2.9), (3.8, 2.5), (3.8, 1.5), (2.3, 1.1)], facecolor=ENCODER, edgecolor=INK))
-    ax.text(3.05, 2.0, "CNN\n(no head)", ha="center", va="center", fontsize=11)
+    ax.text(3.05, 2.0, "CNN\n(no head)", ha="center", va="center", fontsize=size)
     arrow(ax, (3.8, 2.0), (4.3, 2.0))
     for k in range(4):  # a stack of channels
         ax.add_patch(Rectangle((4.4 + 0.12 * k, 1.3 + 0.12 * k), 1.2, 1.2, facecolor=FEATURE, edgecolor=INK, lw=0.8))
-    ax.text(5.15, 0.95, "C × h × w", ha="center", fontsize=11)
-    ax.text(5.15, 3.15, "adaptive pool\nto g × g", ha="center", fontsize=10, color="#4b5563")
-    arrow(ax, (6.1, 2.4), (7.3, 3.0))
-    arrow(ax, (6.1, 1.6), (7.3, 1.0))
-    grid_icon(ax, 8.0, 3.0, 1.1)
-    ax.text(8.8, 3.0, "grid [P = g², C]\nattention picks\nwhere to look", va="center", fontsize=11)
-    box(ax, 8.0, 1.0, 0.35, 1.0, "", color=FEATURE)
-    ax.text(8.4, 1.0, "pooled [C] = mean of the grid\nShow and Tell's image vector", va="center", fontsize=11)
+    ax.text(5.15, 0.85, "C × h × w", ha="center", fontsize=size)
+    ax.text(5.15, 3.15, "adaptive pool\nto g × g", ha="center", fontsize=size, color="#4b5563")
+    arrow(ax, (6.1, 2.4), (7.0, 3.0))
+    arrow(ax, (6.1, 1.6), (7.0, 1.0))
+    grid_icon(ax, 7.6, 3.0, 1.0)
+    ax.text(8.3, 3.0, "grid [P = g², C]:\nattention picks\nwhere to look", va="center", fontsize=size)
+    box(ax, 7.6, 1.0, 0.35, 1.0, "", color=FEATURE)
+    ax.text(8.3, 1.0, "pooled [C]:\nmean of the grid,\nShow and Tell's v", va="center", fontsize=size)
     return _save(fig, path)
+
 
 
 def padding(path: Path) -> Path:
-    """Collate: captions of different lengths padded to one tensor, with lengths, sorted longest first."""
-    fig, ax = _canvas(12.4, 3.9)
+    """Collate: captions of different lengths padded to one tensor, with lengths, sorted longest first.
+
+    The two steps are stacked so that every token is 17 pt: 20 px and more shown 900 px wide.
+    """
+    fig, ax = _canvas(10, 4.85)
+    size = 17
     captions = [["<start>", "a", "red", "circle", "<end>"],
-                ["<start>", "two", "blue", "squares", "above", "a", "triangle", "<end>"],
+                ["<start>", "two", "blue", "squares", "above", "a", "circle", "<end>"],
                 ["<start>", "three", "green", "circles", "<end>"]]
     order = sorted(range(3), key=lambda i: -len(captions[i]))
     width = max(map(len, captions))
-    for panel, (title, rows, x0) in enumerate([("as the Dataset returns them", [0, 1, 2], 0.3),
-                                                ("collate: pad with 0, sort by length", order, 5.9)]):
-        ax.text(x0, 3.55, title, fontsize=12, weight="bold")
+    for panel, (title, rows, top) in enumerate([("as the Dataset returns them", [0, 1, 2], 4.55),
+                                                 ("collate: pad with 0, sort by length", order, 2.4)]):
+        ax.text(0.1, top, title, fontsize=size, weight="bold", va="center")
         for r, i in enumerate(rows):
-            y = 2.9 - r * 0.75
+            y = top - 0.5 - r * 0.52
             tokens = captions[i] + (["<pad>"] * (width - len(captions[i])) if panel else [])
             for j, tok in enumerate(tokens):
                 color = LIGHT if tok == "<pad>" else (OUTPUT if tok in ("<start>", "<end>") else WORD)
-                box(ax, x0 + 0.33 + j * 0.66, y, 0.62, 0.5, tok, color=color, fontsize=7.5,
-                    style="square,pad=0", lw=1)
+                box(ax, 0.62 + j * 1.08, y, 1.04, 0.46, tok, color=color, fontsize=size, style="square,pad=0", lw=1)
             if panel:
-                ax.text(x0 + 0.33 + width * 0.66, y, f"len {len(captions[i])}", va="center", fontsize=10)
-    ax.text(0.3, 0.35, "LongTensor [B, T] + lengths [B]: the loss ignores index 0 (<pad>), packing skips it",
-            fontsize=11, color="#4b5563", style="italic")
+                ax.text(0.12 + width * 1.08 + 0.1, y, f"len {len(captions[i])}", va="center", fontsize=size)
+    ax.text(0.1, 0.12, "the loss ignores index 0 (<pad>); packing skips it", fontsize=size, color="#4b5563",
+            style="italic", va="center")
     return _save(fig, path)
+
 
 
 def packed_sequences(path: Path) -> Path:
     """pack_padded_sequence: time-major, the batch shrinks as sequences end (batch_sizes)."""
-    fig, ax = _canvas(11.5, 4.2)
+    fig, ax = _canvas(10, 4.2)
+    size = 16  # 20 px and more shown 1000 px wide
     lengths = [6, 4, 3]
     names = ["a", "b", "c"]
-    ax.text(0.3, 3.8, "padded [B=3, T=6]: 18 slots, 5 wasted", fontsize=12, weight="bold")
+    ax.text(0.2, 3.8, "padded [3, 6]: 5 of 18 slots wasted", fontsize=size, weight="bold")
     for r, n in enumerate(lengths):
         for t in range(6):
             real = t < n
-            box(ax, 0.6 + t * 0.6, 3.1 - r * 0.62, 0.55, 0.5, f"{names[r]}{t}" if real else "pad",
-                color=WORD if real else LIGHT, fontsize=9, style="square,pad=0", lw=1)
-    ax.text(6.0, 3.8, "packed: data ordered by time step", fontsize=12, weight="bold")
-    x = 6.0
+            box(ax, 0.55 + t * 0.62, 3.1 - r * 0.62, 0.58, 0.52, f"{names[r]}{t}" if real else "pad",
+                color=WORD if real else LIGHT, fontsize=size, style="square,pad=0", lw=1)
+    ax.text(5.5, 3.8, "packed: ordered by time step", fontsize=size, weight="bold")
+    x = 5.5
     batch_sizes = [sum(n > t for n in lengths) for t in range(6)]
     for t, b in enumerate(batch_sizes):
         for r in range(b):
-            box(ax, x + 0.28, 3.1 - r * 0.62, 0.5, 0.5, f"{names[r]}{t}", color=WORD, fontsize=9,
+            box(ax, x + 0.29, 3.1 - r * 0.62, 0.56, 0.52, f"{names[r]}{t}", color=WORD, fontsize=size,
                 style="square,pad=0", lw=1)
-        ax.text(x + 0.28, 1.3, str(b), ha="center", fontsize=12, color=ACCENT)
-        x += 0.62
-    ax.text(6.0, 0.85, "batch_sizes = " + str(batch_sizes) + ": step t runs on the first b_t rows",
-            fontsize=11, color=ACCENT)
-    ax.text(0.3, 0.3, "needs rows sorted by length (or enforce_sorted=False); lengths stay on the CPU",
-            fontsize=11, color="#4b5563", style="italic")
+        ax.text(x + 0.29, 1.3, str(b), ha="center", fontsize=size, color=ACCENT)
+        x += 0.64
+    ax.text(0.2, 0.8, "batch_sizes = " + str(batch_sizes) + ": step t runs on the first b_t rows",
+            fontsize=size, color=ACCENT)
+    ax.text(0.2, 0.25, "rows sorted by length (or enforce_sorted=False); lengths on the CPU",
+            fontsize=size, color="#4b5563", style="italic")
     return _save(fig, path)
+
 
 
 def teacher_forcing(path: Path) -> Path:
-    """Teacher forcing vs free running vs scheduled sampling, three rows of unrolled steps."""
-    fig, ax = _canvas(12, 5.3)
-    rows = [("teacher forcing (training)", ["<start>", "a", "red", "circle"], ["a", "red", "circle", "<end>"], "true"),
-            ("free running (inference)", ["<start>", "a", "blue", "circle"], ["a", "blue", "circle", "<end>"], "own"),
-            ("scheduled sampling", ["<start>", "a", "blue", "circle"], ["a", "blue", "circle", "<end>"], "mix")]
+    """Teacher forcing vs free running vs scheduled sampling, three rows of unrolled steps (17 pt: 20 px at 820)."""
+    fig, ax = _canvas(9.3, 4.45)
+    size = 17
+    rows = [("teacher\nforcing", ["<start>", "a", "red", "circle"], ["a", "red", "circle", "<end>"], "true"),
+            ("free\nrunning", ["<start>", "a", "blue", "circle"], ["a", "blue", "circle", "<end>"], "own"),
+            ("scheduled\nsampling", ["<start>", "a", "blue", "circle"], ["a", "blue", "circle", "<end>"], "mix")]
     for r, (title, ins, outs, kind) in enumerate(rows):
-        y = 4.45 - r * 1.5
-        ax.text(0.2, y, title, fontsize=12, va="center", weight="bold")
+        y = 3.78 - r * 1.38
+        ax.text(0.1, y, title, fontsize=size, va="center", weight="bold")
         for t, (w_in, w_out) in enumerate(zip(ins, outs, strict=True)):
-            x = 4.4 + t * 1.9
-            box(ax, x, y, 0.9, 0.55, "LSTM", color=DECODER, fontsize=10)
+            x = 2.85 + t * 1.75
+            box(ax, x, y, 0.9, 0.55, "LSTM", color=DECODER, fontsize=size)
             own = kind == "own" and t > 0 or kind == "mix" and t == 2
-            box(ax, x - 0.95, y - 0.45, 0.85, 0.4, w_in, color=OUTPUT if own else WORD, fontsize=9.5)
-            arrow(ax, (x - 0.6, y - 0.3), (x - 0.45, y - 0.15))
-            box(ax, x + 0.55, y + 0.5, 0.85, 0.4, w_out, color=OUTPUT, fontsize=9.5)
-            arrow(ax, (x + 0.2, y + 0.28), (x + 0.4, y + 0.4))
+            box(ax, x - 1.0, y - 0.48, 1.05, 0.38, w_in, color=OUTPUT if own else WORD, fontsize=size)
+            arrow(ax, (x - 0.7, y - 0.29), (x - 0.45, y - 0.15))
+            box(ax, x + 0.55, y + 0.48, 1.05, 0.38, w_out, color=OUTPUT, fontsize=size)
+            arrow(ax, (x + 0.2, y + 0.28), (x + 0.35, y + 0.29))
             if own:
-                arrow(ax, (x - 1.35 + 0.05, y + 0.5), (x - 0.95, y - 0.25), rad=-0.35, color=ACCENT, lw=1.2)
+                arrow(ax, (x - 1.75 + 0.3, y + 0.29), (x - 1.0, y - 0.29), rad=-0.35, color=ACCENT, lw=1.2)
             if t:
-                arrow(ax, (x - 1.45, y), (x - 0.45, y))
-    ax.text(0.2, 0.25, "pink: the ground-truth word fed in    purple: the model's own previous prediction fed back",
-            fontsize=11, color="#4b5563")
+                arrow(ax, (x - 1.3, y), (x - 0.45, y))
+    ax.text(0.1, 0.15, "pink: the true word fed in    purple: the model's own last word",
+            fontsize=size, color="#4b5563")
     return _save(fig, path)
+
 
 
 # ------------------------------------------------------------------------------------------- beam search
@@ -473,9 +487,10 @@ def sampling(path: Path) -> Path:
     """One next-word distribution under temperatures 0.5/1/2, and what top-k and top-p keep of it."""
     import numpy as np
 
+    size = 15.5  # 20 px and more shown 1040 px wide
     words = ["circle", "square", "shape", "disc", "ring", "ball", "dot", "blob"]
     logits = np.array([3.0, 2.2, 1.6, 1.0, 0.6, 0.3, 0.0, -0.4])
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
     for ax, temperature in zip(axes, (0.5, 1.0, 2.0), strict=True):
         p = np.exp(logits / temperature)
         p /= p.sum()
@@ -487,49 +502,53 @@ def sampling(path: Path) -> Path:
             colors = [ATTENTION if i in keep_p else LIGHT for i in range(len(words))]
             for i in order[:3]:
                 colors[i] = DECODER
-            ax.set_title("T = 1.0: top-k=3 (green), top-p=0.9 adds yellow", fontsize=10.5)
+            ax.set_title("T = 1: top-k=3 green,\ntop-p=0.9 adds yellow", fontsize=size)
         else:
-            ax.set_title(f"T = {temperature}: {'sharper, safer' if temperature < 1 else 'flatter, riskier'}",
-                         fontsize=10.5)
+            ax.set_title(f"T = {temperature:g}: {'sharper' if temperature < 1 else 'flatter'}", fontsize=size)
         ax.bar(words, p, color=colors, edgecolor=INK, linewidth=0.8)
         ax.set_ylim(0, 1)
-        ax.tick_params(axis="x", rotation=45, labelsize=9)
+        ax.set_yticks([0, 0.5, 1])
+        ax.tick_params(axis="x", rotation=60, labelsize=size)
+        ax.tick_params(axis="y", labelsize=size)
         ax.spines[["top", "right"]].set_visible(False)
-    axes[0].set_ylabel("p(next word)")
-    fig.suptitle("softmax(logits / T), then sample; top-k / top-p cut the tail before sampling", fontsize=12)
+    axes[0].set_ylabel("p(next word)", fontsize=size)
+    fig.suptitle("sample from softmax(logits / T); top-k / top-p cut the tail first", fontsize=size)
     fig.tight_layout()
     return _save(fig, path)
 
 
+
 # ---------------------------------------------------------------------------------------------- history
 def timeline(path: Path) -> Path:
-    """A short history of image captioning, 2014-2023."""
-    fig, ax = _canvas(12, 5.2)
-    axis_y, top, higher, bottom, lower = 2.6, 3.55, 4.5, 1.65, 0.85
+    """A short history of image captioning, 2014-2023 (16 pt on four levels: 20 px and more at 1150 px wide)."""
+    fig, ax = _canvas(12, 5.6)
+    size = 16
+    axis_y, a, b, c, d = 2.9, 4.95, 3.95, 1.85, 0.95
     events = [
-        (2014, "Kiros et al.\nmultimodal LM", top), (2015, "Show and Tell\nVinyals et al.", bottom),
-        (2015.4, "Show, Attend and Tell\nXu et al.", higher), (2017, "Self-critical (SCST)\nRennie et al.", bottom),
-        (2017.5, "Transformer\nVaswani et al.", top), (2018, "Bottom-up top-down\nAnderson et al.", lower),
-        (2020, "M² Transformer, Oscar\nCornia / Li et al.", top), (2021, "CLIP; ClipCap\nRadford / Mokady", bottom),
-        (2022, "BLIP, Flamingo\nLi / Alayrac et al.", top), (2023, "BLIP-2, LLaVA\nLi / Liu et al.", lower),
+        (2014, "multimodal LM\nKiros", b), (2015, "Show and Tell\nVinyals", c),
+        (2015.4, "Show, Attend\nand Tell  Xu", a), (2017, "SCST\nRennie", c),
+        (2017.5, "Transformer\nVaswani", b), (2018, "bottom-up\nAnderson", d),
+        (2020, "M², Oscar\nCornia / Li", b), (2021, "CLIP, ClipCap\nRadford/Mokady", c),
+        (2022, "BLIP, Flamingo\nLi / Alayrac", b), (2023, "BLIP-2, LLaVA\nLi / Liu", d),
     ]
 
     def x_of(year: float) -> float:
         return 1.2 + (year - 2014) * 1.08
 
-    ax.plot([0.6, 11.6], [axis_y, axis_y], color=INK, lw=2)
+    ax.plot([0.3, 11.8], [axis_y, axis_y], color=INK, lw=2)
     for year in range(2014, 2024):
         ax.plot([x_of(year)] * 2, [axis_y - 0.08, axis_y + 0.08], color=INK)
-        ax.text(x_of(year), axis_y - 0.15, str(year), ha="center", va="top", fontsize=9.5, color="#4b5563")
+        ax.text(x_of(year), axis_y - 0.12, str(year), ha="center", va="top", fontsize=size, color="#4b5563")
     for year, label, y in events:
         x = x_of(year)
-        edge = y - 0.31 if y > axis_y else y + 0.31
+        edge = y - 0.36 if y > axis_y else y + 0.36
         ax.plot([x, x], [axis_y, edge], color=GREY, lw=1)
         color = DECODER if year <= 2015.5 else (ATTENTION if year < 2021 else OUTPUT)
-        box(ax, x, y, 1.62, 0.62, label, color=color, fontsize=8.5)
-    ax.text(0.3, 0.2, "green: what this lab builds   yellow: bigger encoders, RL fine-tuning, transformers   "
-            "purple: web-scale image-text pre-training", fontsize=10, color="#4b5563")
+        box(ax, x, y, 1.95, 0.72, label, color=color, fontsize=size)
+    ax.text(0.2, 0.2, "green: this lab   yellow: RL, detectors, transformers   purple: web-scale pre-training",
+            fontsize=size, color="#4b5563")
     return _save(fig, path)
+
 
 
 # ------------------------------------------------------------------------------------------------ registry

@@ -1,7 +1,7 @@
 """Figures made by the lab's own code (labutils), regenerated on every build so the decks never go stale.
 
 Required figures (augmentation, affine warps, synthetic samples, the flip pitfall) use only `labutils.augment`,
-`labutils.synthetic` and pycocotools: if one of them breaks, the build fails, because a slide would show a figure
+`labutils.infra.synthetic` and pycocotools: if one of them breaks, the build fails, because a slide would show a figure
 that no longer matches the lab. Optional figures (what the encoder sees, vocabulary counts, the training pipeline,
 training curves, attention maps) need a trained checkpoint or later modules; when they cannot be made the build
 draws a clearly labelled placeholder instead and carries on.
@@ -49,9 +49,9 @@ class Context:
 
     @property
     def dataset(self) -> Path:
-        """A 40-image synthetic COCO-format dataset made by `labutils.synthetic.generate` (built on first use)."""
+        """A 40-image synthetic COCO-format dataset made by `labutils.infra.synthetic.generate` (built on first use)."""
         if self._dataset is None:
-            from labutils import synthetic
+            from labutils.infra import synthetic
 
             self._dataset = synthetic.generate(self.work_dir / "synthetic", n_images=N_SAMPLE_IMAGES, seed=0,
                                                progress=False)
@@ -101,7 +101,7 @@ def _photo(name: str, size: int = 256) -> np.ndarray:
 
 
 def _matrix_text(m: np.ndarray) -> str:
-    rows = [" ".join(f"{v:6.2f}" for v in row) for row in np.asarray(m)]
+    rows = [" ".join(f"{v:5.1f}" for v in row) for row in np.asarray(m)]
     return "\n".join(f"[{r} ]" for r in rows)
 
 
@@ -131,17 +131,17 @@ def augment_photo(path: Path, ctx: Context) -> Path:
 
     img = _photo("chelsea")
     panels = [
-        (img, "original (skimage chelsea)"),
+        (img, "original (skimage)"),
         (augment.center_crop(img, 180), "center_crop(img, 180)"),
-        (augment.random_crop(img, 180, rng=3), "random_crop(img, 180, rng=3)"),
+        (augment.random_crop(img, 180, rng=3), "random_crop(img, 180)"),
         (augment.horizontal_flip(img), "horizontal_flip(img)"),
-        (augment.rotate(img, 25), "rotate(img, 25): reflect border"),
-        (augment.rotate(img, 25, border=cv2.BORDER_CONSTANT), "rotate(..., BORDER_CONSTANT)"),
+        (augment.rotate(img, 25), "rotate(img, 25): reflect"),
+        (augment.rotate(img, 25, border=cv2.BORDER_CONSTANT), "rotate: BORDER_CONSTANT"),
     ]
-    fig, axes = plt.subplots(1, 6, figsize=(15, 3.0))
-    for ax, (picture, title) in zip(axes, panels, strict=True):
+    fig, axes = plt.subplots(2, 3, figsize=(10.2, 4.8))  # two rows of three: 16 pt titles are 20 px at 440 px high
+    for ax, (picture, title) in zip(axes.flat, panels, strict=True):
         ax.imshow(picture)
-        ax.set_title(title, fontsize=9.5)
+        ax.set_title(title, fontsize=16)
         ax.axis("off")
     return _save(fig, path)
 
@@ -153,15 +153,15 @@ def affine_matrices(path: Path, ctx: Context) -> Path:
     img = _photo("astronaut")
     c = ((img.shape[1] - 1) / 2, (img.shape[0] - 1) / 2)
     mats = [
-        ("translate(30, -20)", augment.translation_matrix(30, -20)),
-        ("scale 0.7 about centre", augment.scale_matrix(0.7, 0.7, center=c)),
-        ("rotate 20° about centre", augment.rotation_matrix(20, center=c)),
-        ("shear x 0.3 about centre", augment.shear_matrix(0.3, 0.0, center=c)),
-        ("compose(scale, rotate, translate)", augment.compose(augment.scale_matrix(0.8, 0.8, center=c),
+        ("translate\n(30, -20)", augment.translation_matrix(30, -20)),
+        ("scale 0.7\nabout centre", augment.scale_matrix(0.7, 0.7, center=c)),
+        ("rotate 20°\nabout centre", augment.rotation_matrix(20, center=c)),
+        ("shear x 0.3\nabout centre", augment.shear_matrix(0.3, 0.0, center=c)),
+        ("compose(scale,\nrotate, translate)", augment.compose(augment.scale_matrix(0.8, 0.8, center=c),
                                                              augment.rotation_matrix(-15, center=c),
                                                              augment.translation_matrix(20, 0))),
     ]
-    fig, axes = plt.subplots(1, 5, figsize=(15, 4.0))
+    fig, axes = plt.subplots(1, 5, figsize=(15, 4.6))  # 16 pt: 20 px and more shown 1150 px wide
     for ax, (title, m) in zip(axes, mats, strict=True):
         ax.imshow(augment.apply_affine(img, m))
         corners = augment.transform_points(m, [(0, 0), (img.shape[1] - 1, 0), (img.shape[1] - 1, img.shape[0] - 1),
@@ -169,10 +169,10 @@ def affine_matrices(path: Path, ctx: Context) -> Path:
         ax.plot(corners[:, 0], corners[:, 1], color="#facc15", lw=1.5)
         ax.set_xlim(0, img.shape[1])
         ax.set_ylim(img.shape[0], 0)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title, fontsize=16)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_xlabel(_matrix_text(m), fontsize=9.5, family="monospace")
+        ax.set_xlabel(_matrix_text(m), fontsize=16, family="monospace")
     return _save(fig, path)
 
 
@@ -187,15 +187,15 @@ def synthetic_samples(path: Path, ctx: Context) -> Path:
         instances = COCO(str(ctx.dataset / "annotations" / "instances.json"))
     captions = ctx.captions()
     cats = {c["id"]: c["name"] for c in instances.loadCats(instances.getCatIds())}
-    fig, axes = plt.subplots(1, 6, figsize=(15, 3.4))
-    for ax, image_id in zip(axes, range(1, 7), strict=True):
+    fig, axes = plt.subplots(1, 4, figsize=(12, 4.0))  # four panels, so 16 pt labels are 20 px at 1150 px wide
+    for ax, image_id in zip(axes, range(1, 5), strict=True):
         ax.imshow(ctx.image(image_id))
         for ann in instances.loadAnns(instances.getAnnIds(imgIds=[image_id])):
             x, y, w, h = ann["bbox"]
             ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="black", linewidth=1.0, linestyle="--"))
-            ax.text(x, y - 1, f"{ann['attributes']['color']} {cats[ann['category_id']]}", fontsize=6.5,
-                    color="black", va="bottom")
-        ax.set_title("\n".join(textwrap.wrap(captions[image_id][0], 26)), fontsize=9)
+            ax.text(x, y - 1, f"{ann['attributes']['color']} {cats[ann['category_id']]}", fontsize=16,
+                    color="black", va="bottom", bbox={"facecolor": "white", "alpha": 0.7, "pad": 1, "lw": 0})
+        ax.set_title("\n".join(textwrap.wrap(captions[image_id][0], 24)), fontsize=16)
         ax.axis("off")
     return _save(fig, path)
 
@@ -212,9 +212,9 @@ def flip_pitfall(path: Path, ctx: Context) -> Path:
     img = ctx.image(image_id)
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.0))
     axes[0].imshow(img)
-    axes[0].set_title("\n".join(textwrap.wrap(f"original: “{caption}”  ✓", 40)), fontsize=10.5)
+    axes[0].set_title("\n".join(textwrap.wrap(f"original: “{caption}”  ✓", 28)), fontsize=15.5)
     axes[1].imshow(augment.horizontal_flip(img))
-    axes[1].set_title("\n".join(textwrap.wrap(f"horizontal_flip: “{caption}”  ✗ now false", 40)), fontsize=10.5,
+    axes[1].set_title("\n".join(textwrap.wrap(f"horizontal_flip: “{caption}”  ✗ now false", 28)), fontsize=15.5,
                       color="#b91c1c")
     for ax in axes:
         ax.axis("off")
@@ -235,10 +235,11 @@ def train_pipeline(path: Path, ctx: Context) -> Path:
     views = [augment.to_numpy_image(transform(img)) for _ in range(4)]
     fig, axes = plt.subplots(1, 5, figsize=(13, 3.0))
     axes[0].imshow(np.asarray(img))
-    axes[0].set_title("stored 128×128 JPEG", fontsize=10)
+    axes[0].set_title("stored 128×128 JPEG", fontsize=15)
     for i, (ax, view) in enumerate(zip(axes[1:], views, strict=True)):
         ax.imshow(view)
-        ax.set_title(f"train_transform(128) draw {i + 1}", fontsize=10)
+        ax.set_title(f"draw {i + 1}", fontsize=15)
+    fig.suptitle("augment.train_transform(128, max_zoom=1.25): four random draws", fontsize=15)
     for ax in axes:
         ax.axis("off")
     return _save(fig, path)
@@ -252,18 +253,20 @@ def vocab_counts(path: Path, ctx: Context) -> Path:
     counts = vocab_mod.count_words(captions)
     words, freq = zip(*counts.most_common(), strict=True)
     built = vocab_mod.Vocabulary.build(captions, min_freq=MIN_FREQ_DEMO)
-    fig, ax = plt.subplots(figsize=(13, 3.6))
+    size = 17  # 20 px and more shown 1000 px wide
+    fig, ax = plt.subplots(figsize=(12, 2.9))
     colors = ["#bbf7d0" if f >= MIN_FREQ_DEMO else "#fecaca" for f in freq]
     ax.bar(range(len(words)), freq, color=colors, edgecolor="#1f2937", linewidth=0.6)
-    ax.set_xticks(range(len(words)), words, rotation=60, fontsize=8.5, ha="right")
+    ax.set_xticks(range(len(words)), words, rotation=90, fontsize=size)
+    ax.tick_params(axis="y", labelsize=size)
     ax.axhline(MIN_FREQ_DEMO, color="#dc2626", lw=1.2, ls="--")
     ax.text(len(words) - 0.5, MIN_FREQ_DEMO * 1.1, f"min_freq = {MIN_FREQ_DEMO}", color="#dc2626", ha="right",
-            fontsize=10)
+            fontsize=size)
     ax.set_yscale("log")
-    ax.set_ylabel("count (log scale)")
-    ax.set_title(f"{len(captions)} synthetic captions: {len(words)} distinct words; "
-                 f"Vocabulary.build(min_freq={MIN_FREQ_DEMO}) keeps {len(built) - 4} + 4 specials (red bars become <unk>)",
-                 fontsize=11)
+    ax.set_ylabel("count (log)", fontsize=size)
+    ax.set_title(f"{len(captions)} synthetic captions, {len(words)} distinct words\n"
+                 f"Vocabulary.build(min_freq={MIN_FREQ_DEMO}) keeps {len(built) - 4} + 4 specials; red → <unk>",
+                 fontsize=size)
     ax.spines[["top", "right"]].set_visible(False)
     return _save(fig, path)
 
@@ -277,16 +280,17 @@ def encoder_top5(path: Path, ctx: Context) -> Path:
     except Exception as exc:  # weights package missing in this environment
         raise FigureUnavailable(f"the pretrained EfficientNet-Lite0 could not be built ({exc})") from exc
     names = ["chelsea", "coffee", "rocket", "astronaut"]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 4.2))
+    size = 17  # 20 px and more shown 1000 px wide
+    fig, axes = plt.subplots(1, 4, figsize=(14, 4.6))
     for ax, name in zip(axes, names, strict=True):
         img = _photo(name, 224)
         top = models.topk_imagenet(encoder, img, k=3)
         ax.imshow(img)
-        ax.set_title(f"skimage.data.{name}()", fontsize=10.5)
-        ax.set_xlabel("\n".join(f"{label[:22]}: {p:.2f}" for label, p in top), fontsize=10.5)
+        ax.set_title(f"skimage.data.{name}()", fontsize=size)
+        ax.set_xlabel("\n".join(f"{label[:16]}: {p:.2f}" for label, p in top), fontsize=size)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("EfficientNet-Lite0, ImageNet weights from the registry package, top-3 labels", fontsize=12)
+    fig.suptitle("EfficientNet-Lite0 with ImageNet weights: top-3 labels", fontsize=size)
     return _save(fig, path)
 
 
@@ -335,8 +339,10 @@ def training_curves(path: Path, ctx: Context) -> Path:
     history = saved.get("history")
     if not history:
         raise FigureUnavailable(f"{ckpt_path} holds no training history")
-    fig = train.plot_history(history, figsize=(11, 3.6))
-    fig.suptitle(f"notebook 07 run: {ckpt_path.name}, best epoch {saved.get('best_epoch')}", fontsize=11)
+    fig = train.plot_history(history, figsize=(9, 3.6))
+    fig.suptitle(f"notebook 07: {ckpt_path.name}, best epoch {saved.get('best_epoch')}")
+    _enlarge_text(fig, 15.5)  # 20 px and more shown 900 px wide
+    fig.tight_layout()
     ctx.notes["training_curves"] = f"from {ckpt_path}"
     return _save(fig, path)
 
@@ -383,12 +389,27 @@ def attention_maps(path: Path, ctx: Context) -> Path:
         ctx.notes["attention_maps"] = f"untrained model ({reason})"
     fig = viz.plot_attention(np.asarray(picture), caption.words, caption.alphas.numpy(), cfg["grid_size"],
                              cols=min(len(caption.words) + 1, 9), title=title)
+    # Panel titles "word  (max weight)" go on two lines, the figure's title above all panels: 25 pt is 20 px
+    # when nine panels share the slide's width.
+    for ax in fig.axes:
+        ax.set_title(ax.get_title().replace("  (", "\n("))
+    fig.axes[0].set_title("input")
+    fig.suptitle(title)
     if not trained:
         message = (f"UNTRAINED model, random decoder weights ({reason}): these maps mean nothing yet. "
                    "Run notebook 07 (or `make run`), then rebuild the slides.")
-        fig.suptitle("\n".join(textwrap.wrap(message, 95)), fontsize=13, color="#b91c1c")
-        fig.tight_layout()
+        fig.suptitle("\n".join(textwrap.wrap(message, 60)), color="#b91c1c")
+    _enlarge_text(fig, 25)
+    fig.tight_layout()
     return _save(fig, path)
+
+
+def _enlarge_text(fig, points: float) -> None:
+    """Draw every label of a figure made by labutils at `points` or more, so that it reads on a projector."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_fontsize(max(points, text.get_fontsize()))
 
 
 # ------------------------------------------------------------------------------------------- registry

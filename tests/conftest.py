@@ -11,7 +11,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 @pytest.fixture(scope="session")
 def tiny_cfg(tmp_path_factory):
     """Quick-profile config on a 60-image synthetic dataset in a temporary folder (40/10/10 split)."""
-    from labutils import get_config, synthetic
+    from labutils import get_config
+    from labutils.infra import synthetic
 
     root = tmp_path_factory.mktemp("lab")
     cfg = get_config("quick", data_root=root / "data", build_dir=root / "build", n_images=60,

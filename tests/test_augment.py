@@ -13,6 +13,7 @@ from waiting import start_and_see_it_wait
 
 from labutils import augment as A
 from labutils.data import load_image
+from labutils.infra import resize as R
 from labutils.infra.files import MARKER_FILE
 
 
@@ -210,7 +211,7 @@ def make_folder(root):
 
 def test_resize_all_resizes_skips_and_reports(tmp_path):
     src, dst = make_folder(tmp_path), tmp_path / "dst"
-    first = A.resize_all(src, dst, 20, workers=2, progress=False)
+    first = R.resize_all(src, dst, 20, workers=2, progress=False)
     assert first.resized == 4 and first.skipped_existing == 0
     assert first.corrupt == ["notes.jpg"] and first.truncated == ["truncated.jpg"]
     with Image.open(dst / "truncated.jpg") as cut, Image.open(dst / "wide.jpg") as whole:
@@ -224,22 +225,22 @@ def test_resize_all_resizes_skips_and_reports(tmp_path):
         assert im.size == (20, 60) and im.format == "PNG"
     with Image.open(dst / "rgba.PNG") as im:  # same pixels as the lab's loader gives (alpha over white)
         assert im.size == (20, 20) and im.mode == "RGB"
-        expected = A.resize_shorter_side(load_image(src / "rgba.PNG"), 20)
+        expected = R.resize_shorter_side(load_image(src / "rgba.PNG"), 20)
         assert np.array_equal(np.asarray(im), np.asarray(expected))
     assert not list(dst.rglob("*.tmp")) and not (dst / "notes.jpg").exists()
 
     stamps = {p: p.stat().st_mtime_ns for p in dst.rglob("*") if p.is_file()}
-    second = A.resize_all(src, dst, 20, workers=2, progress=False)
+    second = R.resize_all(src, dst, 20, workers=2, progress=False)
     assert (second.resized, second.skipped_existing) == (0, 4)
     assert second.corrupt == first.corrupt and second.truncated == []
     assert stamps == {p: p.stat().st_mtime_ns for p in dst.rglob("*") if p.is_file()}
 
     later = time.time() + 10  # a source edited after its output was written is redone
     os.utime(src / "wide.jpg", (later, later))
-    third = A.resize_all(src, dst, 20, workers=1, progress=False)
+    third = R.resize_all(src, dst, 20, workers=1, progress=False)
     assert (third.resized, third.skipped_existing) == (1, 3)
 
-    other_size = A.resize_all(src, dst, 16, workers=2, progress=False)  # same folder, new size: all redone
+    other_size = R.resize_all(src, dst, 16, workers=2, progress=False)  # same folder, new size: all redone
     assert (other_size.resized, other_size.skipped_existing) == (4, 0)
     with Image.open(dst / "wide.jpg") as im:
         assert im.size == (32, 16)
@@ -255,27 +256,27 @@ def test_resize_all_interrupted_write_leaves_nothing_half_done(tmp_path, monkeyp
 
     monkeypatch.setattr(Image.Image, "save", crash)
     with pytest.raises(RuntimeError, match="power cut"):
-        A.resize_all(src, dst, 20, workers=1, progress=False)
+        R.resize_all(src, dst, 20, workers=1, progress=False)
     assert [p.name for p in dst.rglob("*") if p.is_file()] == [MARKER_FILE]  # only the lab's ownership marker
     monkeypatch.setattr(Image.Image, "save", real_save)
-    report = A.resize_all(src, dst, 20, workers=2, progress=False)
+    report = R.resize_all(src, dst, 20, workers=2, progress=False)
     assert report.resized == 4  # 3 intact + 1 truncated
 
 
 def test_resize_all_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        A.resize_all(tmp_path / "missing", tmp_path / "out", 32, progress=False)
+        R.resize_all(tmp_path / "missing", tmp_path / "out", 32, progress=False)
     tmp_path.joinpath("same").mkdir()
     with pytest.raises(ValueError, match="overwrite the originals"):
-        A.resize_all(tmp_path / "same", tmp_path / "same", 32, progress=False)
+        R.resize_all(tmp_path / "same", tmp_path / "same", 32, progress=False)
 
 
 def test_list_images_and_resize_shorter_side(tmp_path):
     src = make_folder(tmp_path)
-    names = [p.relative_to(src).as_posix() for p in A.list_images(src)]
+    names = [p.relative_to(src).as_posix() for p in R.list_images(src)]
     assert names == ["notes.jpg", "rgba.PNG", "sub/tall.png", "truncated.jpg", "wide.jpg"]
-    assert A.resize_shorter_side(Image.new("RGB", (300, 200)), 100).size == (150, 100)
-    assert A.resize_shorter_side(Image.new("RGB", (10, 40)), 20).size == (20, 80)
+    assert R.resize_shorter_side(Image.new("RGB", (300, 200)), 100).size == (150, 100)
+    assert R.resize_shorter_side(Image.new("RGB", (10, 40)), 20).size == (20, 80)
 
 
 def test_resize_all_reads_every_format_the_dataset_accepts(tmp_path):
@@ -289,17 +290,17 @@ def test_resize_all_reads_every_format_the_dataset_accepts(tmp_path):
     frames = [Image.new("RGB", (45, 30), c) for c in ("red", "blue")]  # an animated GIF: its first frame
     frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
     formats["anim.gif"] = "PNG"
-    report = A.resize_all(src, dst, 20, workers=2, progress=False)
+    report = R.resize_all(src, dst, 20, workers=2, progress=False)
     assert (report.resized, report.corrupt) == (len(formats), [])
     for name, fmt in formats.items():
         with Image.open(dst / name) as im:  # the name is kept: the captions' file_names still point at it
             assert (im.format, im.size) == (fmt, (30, 20)), name
             if fmt not in ("JPEG", "WEBP"):  # lossless: exactly the pixels the lab's loader gives, resized
-                want = A.resize_shorter_side(load_image(src / name), 20)
+                want = R.resize_shorter_side(load_image(src / name), 20)
                 assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(want)), name
     with Image.open(dst / "anim.gif") as im:
         assert np.asarray(im.convert("RGB"))[10, 15].tolist() == [255, 0, 0]
-    assert A.resize_all(src, dst, 20, workers=2, progress=False).skipped_existing == len(formats)
+    assert R.resize_all(src, dst, 20, workers=2, progress=False).skipped_existing == len(formats)
 
 
 def test_resize_all_caps_the_long_side_of_extreme_strips(tmp_path, capfd):
@@ -310,14 +311,14 @@ def test_resize_all_caps_the_long_side_of_extreme_strips(tmp_path, capfd):
     Image.fromarray(strip.transpose(1, 0, 2)).save(src / "tall.webp")  # WebP stops at 16,383
     Image.fromarray(strip[:, :500]).save(src / "wide.png")  # 50:1 at 224 px: 11,200 wide, under the cap
     capfd.readouterr()
-    report = A.resize_all(src, dst, 224, workers=2, progress=False)
+    report = R.resize_all(src, dst, 224, workers=2, progress=False)
     assert (report.resized, report.corrupt, report.capped) == (3, [], ["strip.jpg", "tall.webp"])
     assert capfd.readouterr() == ("", "")  # no raw libjpeg lines for the learner
     with Image.open(dst / "strip.jpg") as a, Image.open(dst / "tall.webp") as b, Image.open(dst / "wide.png") as c:
-        assert (a.size, b.size, c.size) == ((A.MAX_SIDE, 16), (16, A.MAX_SIDE), (11_200, 224))
-    again = A.resize_all(src, dst, 224, workers=2, progress=False)
+        assert (a.size, b.size, c.size) == ((R.MAX_SIDE, 16), (16, R.MAX_SIDE), (11_200, 224))
+    again = R.resize_all(src, dst, 224, workers=2, progress=False)
     assert (again.resized, again.skipped_existing) == (0, 3)
-    assert A.target_size(10_000, 10, 224) == (A.MAX_SIDE, 16) and A.target_size(640, 480, 224) == (299, 224)
+    assert R.target_size(10_000, 10, 224) == (R.MAX_SIDE, 16) and R.target_size(640, 480, 224) == (299, 224)
 
 
 def test_resize_all_never_overwrites_a_folder_it_did_not_make(tmp_path):
@@ -327,7 +328,7 @@ def test_resize_all_never_overwrites_a_folder_it_did_not_make(tmp_path):
     mine.mkdir()
     (mine / "wide.jpg").write_bytes(b"my only copy")
     with pytest.raises(NotLabFolderError, match=f"^{mine} holds files the lab did not write"):
-        A.resize_all(src, mine, 20, progress=False)
+        R.resize_all(src, mine, 20, progress=False)
     assert [p.name for p in mine.iterdir()] == ["wide.jpg"] and (mine / "wide.jpg").read_bytes() == b"my only copy"
 
 
@@ -339,7 +340,7 @@ def test_resize_all_waits_for_another_writer_of_the_same_folder(tmp_path, capsys
     src, dst = make_folder(tmp_path), tmp_path / "dst"
     done = threading.Event()
     with folder_lock(dst, "resized images"):  # another writer (a flock conflicts across open files, as across processes)
-        worker = start_and_see_it_wait(lambda: (A.resize_all(src, dst, 20, progress=False), done.set()), capsys,
+        worker = start_and_see_it_wait(lambda: (R.resize_all(src, dst, 20, progress=False), done.set()), capsys,
                                        "resize_all")
         assert not done.is_set() and not dst.exists()
     worker.join(30)

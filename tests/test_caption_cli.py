@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from labutils import caption_cli, checkpoint, decoders, get_config, models, train
+from labutils import checkpoint, decoders, get_config, models, train
+from labutils.cli import caption as caption_cli
 from labutils.vocab import Vocabulary
 
 
@@ -207,14 +208,13 @@ def test_the_command_prints_captions_before_it_reads_the_later_photos(attention_
         photos.append(str(path))
     # The child logs every image it opens on stderr, which shares the pipe with stdout, so the pipe's order is
     # the order of events: a caption printed late (or left in a buffer) appears after the later photos' READ.
-    driver = ("import sys, labutils.data as d\n"
-              "load = d.load_image\n"
+    driver = ("import sys, labutils.cli.caption as c\n"
+              "load = c.load_image\n"
               "def logged(path, **kw):\n"
               "    print('READ', path, file=sys.stderr, flush=True)\n"
               "    return load(path, **kw)\n"
-              "d.load_image = logged\n"
-              "from labutils.caption_cli import main\n"
-              "sys.exit(main(sys.argv[1:]))\n")
+              "c.load_image = logged\n"
+              "sys.exit(c.main(sys.argv[1:]))\n")
     # Without PYTHONUNBUFFERED (set in some CI shells, never on a learner's machine) a pipe is block-buffered.
     env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
     done = subprocess.run([sys.executable, "-c", driver, *photos, "--checkpoint", str(attention_checkpoint),

@@ -14,7 +14,8 @@ from loopback import closed_port_url
 from PIL import Image
 from waiting import start_and_see_it_wait
 
-from labutils import coco, get_config
+from labutils import coco, get_config, lab
+from labutils.infra import datasets, mscoco, resize
 
 matplotlib.use("Agg")
 
@@ -114,12 +115,12 @@ def full_cfg(tmp_path):
 def test_ensure_dataset_quick_returns_synthetic_folder_without_regenerating(tiny_cfg):
     marker = tiny_cfg.dataset_dir / "annotations" / "captions.json"
     before = marker.stat().st_mtime_ns
-    assert coco.ensure_dataset(tiny_cfg, progress=False) == tiny_cfg.dataset_dir
+    assert lab.ensure_dataset(tiny_cfg, progress=False) == tiny_cfg.dataset_dir
     assert marker.stat().st_mtime_ns == before
 
 
 def test_ensure_dataset_quick_never_replaces_a_dataset_the_lab_did_not_write(tmp_path):
-    from labutils import synthetic
+    from labutils.infra import synthetic
     from labutils.infra.files import NotLabFolderError
 
     cfg = get_config("quick", data_root=tmp_path / "data", n_images=6)
@@ -132,7 +133,7 @@ def test_ensure_dataset_quick_never_replaces_a_dataset_the_lab_did_not_write(tmp
         "annotations": [{"id": 1, "image_id": 1, "caption": "a child in a pink dress"}]}))
     before = synthetic.fingerprint(cfg.dataset_dir)
     with pytest.raises(NotLabFolderError) as err:
-        coco.ensure_dataset(cfg, progress=False)
+        lab.ensure_dataset(cfg, progress=False)
     assert str(err.value).startswith(f"{cfg.dataset_dir} holds files the lab did not write, so it will not "
                                      "replace them with the synthetic dataset;")
     assert str(err.value).count(". ") == 0
@@ -140,10 +141,10 @@ def test_ensure_dataset_quick_never_replaces_a_dataset_the_lab_did_not_write(tmp
 
 
 def test_ensure_dataset_full_offline_fails_with_one_sentence(tmp_path, monkeypatch):
-    monkeypatch.setattr(coco, "COCO_BASE_URL", closed_port_url())
-    monkeypatch.setattr(coco, "KARPATHY_SPLIT_URL", closed_port_url())
+    monkeypatch.setattr(mscoco, "COCO_BASE_URL", closed_port_url())
+    monkeypatch.setattr(mscoco, "KARPATHY_SPLIT_URL", closed_port_url())
     with pytest.raises(coco.DatasetUnavailableError) as err:
-        coco.ensure_dataset(full_cfg(tmp_path), progress=False)
+        lab.ensure_dataset(full_cfg(tmp_path), progress=False)
     message = str(err.value)
     assert "caption annotations" in message and "train2014 images" in message and "val2014 images" in message
     assert "LAB_PROFILE=quick" in message and "Colab" in message
@@ -293,8 +294,8 @@ def test_check_split_against_annotations(tiny_cfg):
 def test_karpathy_like_split_has_the_standard_sizes_on_the_real_counts():
     train_ids = range(1, 82_783 + 1)
     val_ids = range(1_000_000, 1_000_000 + 40_504)
-    splits = coco.build_karpathy_like_split(train_ids, val_ids, seed=0)
-    assert {k: len(v) for k, v in splits.items()} == coco.KARPATHY_SIZES == {"train": 113_287, "val": 5000,
+    splits = mscoco.build_karpathy_like_split(train_ids, val_ids, seed=0)
+    assert {k: len(v) for k, v in splits.items()} == mscoco.KARPATHY_SIZES == {"train": 113_287, "val": 5000,
                                                                               "test": 5000}
     assert set(train_ids) <= set(splits["train"])  # every train2014 image stays in train
     assert min(splits["val"] + splits["test"]) >= 1_000_000  # val and test come from val2014 only
@@ -302,37 +303,37 @@ def test_karpathy_like_split_has_the_standard_sizes_on_the_real_counts():
 
 def test_karpathy_like_split_is_deterministic_and_disjoint_on_a_scaled_down_fake():
     train_ids, val_ids = list(range(100, 183)), list(range(500, 541))  # 83 + 41, like 82,783 + 40,504 / 1000
-    a = coco.build_karpathy_like_split(train_ids, val_ids, n_val=5, n_test=5, seed=3)
+    a = mscoco.build_karpathy_like_split(train_ids, val_ids, n_val=5, n_test=5, seed=3)
     assert {k: len(v) for k, v in a.items()} == {"train": 83 + 41 - 10, "val": 5, "test": 5}
     assert coco.validate_splits(a) == a
     assert set().union(*a.values()) == set(train_ids) | set(val_ids)
-    assert coco.build_karpathy_like_split(reversed(train_ids), val_ids[::-1], n_val=5, n_test=5, seed=3) == a
-    assert coco.build_karpathy_like_split(train_ids, val_ids, n_val=5, n_test=5, seed=4)["val"] != a["val"]
+    assert mscoco.build_karpathy_like_split(reversed(train_ids), val_ids[::-1], n_val=5, n_test=5, seed=3) == a
+    assert mscoco.build_karpathy_like_split(train_ids, val_ids, n_val=5, n_test=5, seed=4)["val"] != a["val"]
     with pytest.raises(coco.SplitError, match="Only 41 val2014 images"):
-        coco.build_karpathy_like_split(train_ids, val_ids, n_val=30, n_test=30)
+        mscoco.build_karpathy_like_split(train_ids, val_ids, n_val=30, n_test=30)
     with pytest.raises(coco.SplitLeakageError, match="Image 500"):
-        coco.build_karpathy_like_split(train_ids + [500], val_ids, n_val=5, n_test=5)
+        mscoco.build_karpathy_like_split(train_ids + [500], val_ids, n_val=5, n_test=5)
 
 
 def test_karpathy_split_reads_dataset_coco_json_with_restval_in_train(tmp_path):
     data = fake_coco2014(6, 8)
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps(karpathy_json(data, n_val=2, n_test=3)))
-    splits = coco.karpathy_split(path)
+    splits = mscoco.karpathy_split(path)
     assert {k: len(v) for k, v in splits.items()} == {"train": 6 + 3, "val": 2, "test": 3}
     assert splits["val"] == [42, 44] and splits["test"] == [46, 48, 50]
     with pytest.raises(coco.DatasetUnavailableError, match="caption_datasets.zip"):
-        coco.karpathy_split(tmp_path / "absent.json")
+        mscoco.karpathy_split(tmp_path / "absent.json")
 
 
 def test_subset_split_sizes_and_determinism():
     splits = {"train": list(range(1000)), "val": list(range(2000, 2100)), "test": list(range(3000, 3100))}
-    sub = coco.subset_split(splits, 200, seed=1)
+    sub = mscoco.subset_split(splits, 200, seed=1)
     assert {k: len(v) for k, v in sub.items()} == {"train": 160, "val": 20, "test": 20}
     assert all(set(sub[k]) <= set(splits[k]) for k in sub)
-    assert coco.subset_split(splits, 200, seed=1) == sub
+    assert mscoco.subset_split(splits, 200, seed=1) == sub
     with pytest.raises(coco.SplitError, match="subset"):
-        coco.subset_split(splits, 2)
+        mscoco.subset_split(splits, 2)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -369,7 +370,7 @@ def test_show_image_with_captions_draws_image_captions_and_instances(tiny_cfg):
 def test_convert_coco2014_writes_the_uniform_layout(tmp_path):
     root = tmp_path / "coco2014"
     data = write_fake_coco2014(root, n_train=30, n_val=20)
-    record = coco.convert_coco2014(root, n_val=5, n_test=5, seed=0)
+    record = mscoco.convert_coco2014(root, n_val=5, n_test=5, seed=0)
     assert record["split_source"] == "rebuilt" and record["sizes"] == {"train": 40, "val": 5, "test": 5}
     caps = coco.load_captions(root)
     assert len(caps.imgs) == 50 and len(caps.anns) == 100
@@ -392,8 +393,8 @@ def test_convert_coco2014_with_karpathy_split_and_subset(tmp_path):
     data = write_fake_coco2014(root, n_train=40, n_val=30, images=False, overlapping_ann_ids=False)
     karpathy = tmp_path / "dataset_coco.json"
     karpathy.write_text(json.dumps(karpathy_json(data, n_val=5, n_test=5)))
-    splits = coco.karpathy_split(karpathy)
-    record = coco.convert_coco2014(root, splits, subset=20, seed=0)
+    splits = mscoco.karpathy_split(karpathy)
+    record = mscoco.convert_coco2014(root, splits, subset=20, seed=0)
     assert record["split_source"] == "karpathy" and record["sizes"] == {"train": 16, "val": 2, "test": 2}
     kept = coco.load_splits(root)
     assert all(set(kept[k]) <= set(splits[k]) for k in kept)
@@ -408,19 +409,19 @@ def test_prepare_mscoco_offline_with_files_present_converts_them(tmp_path):
     data = write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     (cfg.dataset_dir / "dataset_coco.json").write_text(json.dumps(karpathy_json(data, n_val=3, n_test=3)))
     closed = closed_port_url()
-    assert coco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False) == cfg.dataset_dir
+    assert mscoco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False) == cfg.dataset_dir
     assert json.loads((cfg.dataset_dir / "prepared.json").read_text())["split_source"] == "karpathy"
     assert {k: len(v) for k, v in coco.load_splits(cfg).items()} == {"train": 16, "val": 3, "test": 3}
-    assert coco.mscoco_status(cfg)["converted"]
+    assert mscoco.mscoco_status(cfg)["converted"]
     # Run again: already prepared, nothing to fetch, still no network needed.
-    assert coco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False) == cfg.dataset_dir
+    assert mscoco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False) == cfg.dataset_dir
 
 
 def test_prepare_mscoco_offline_without_karpathy_rebuilds_and_says_so(tmp_path, capsys):
     cfg = full_cfg(tmp_path)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     closed = closed_port_url()
-    coco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False, n_val=2, n_test=2)
+    mscoco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False, n_val=2, n_test=2)
     assert "Karpathy-like" in capsys.readouterr().out
     assert {k: len(v) for k, v in coco.load_splits(cfg).items()} == {"train": 18, "val": 2, "test": 2}
 
@@ -434,16 +435,16 @@ def test_prepare_mscoco_offline_with_images_missing_names_them(tmp_path, monkeyp
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10, images=False)
     closed = closed_port_url()
     with pytest.raises(coco.DatasetUnavailableError, match=r"missing: 22 images in train2014, val2014\)"):
-        coco.prepare_mscoco(cfg, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)
+        mscoco.prepare_mscoco(cfg, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)
     with pytest.raises(coco.DatasetUnavailableError, match="22 images"):  # same answer when converted already
-        coco.prepare_mscoco(cfg, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)
+        mscoco.prepare_mscoco(cfg, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)
 
 
 def test_network_available(server):
     _, url = server
-    assert coco.network_available(url, timeout=2) is True
-    assert coco.network_available(url + "/no/such/file.zip", timeout=2) is True  # a 404 still means online
-    assert coco.network_available(closed_port_url(), timeout=2) is False
+    assert mscoco.network_available(url, timeout=2) is True
+    assert mscoco.network_available(url + "/no/such/file.zip", timeout=2) is True  # a 404 still means online
+    assert mscoco.network_available(closed_port_url(), timeout=2) is False
 
 
 def _zip(path: Path, files: dict[str, Path | bytes]) -> None:
@@ -457,15 +458,15 @@ def test_prepare_mscoco_downloads_archives_from_a_server(tmp_path, server):
     www, url = server
     staging = tmp_path / "staging"
     data = write_fake_coco2014(staging, n_train=8, n_val=8)
-    _zip(www / coco.COCO2014_ARCHIVES["annotations"],
+    _zip(www / mscoco.COCO2014_ARCHIVES["annotations"],
          {f"annotations/{p.name}": p for p in (staging / "annotations").glob("*.json")})
     for folder in ("train2014", "val2014"):
-        _zip(www / coco.COCO2014_ARCHIVES[folder],
+        _zip(www / mscoco.COCO2014_ARCHIVES[folder],
              {f"{folder}/{p.name}": p for p in (staging / "images" / folder).glob("*.jpg")})
     _zip(www / "caption_datasets.zip", {"dataset_coco.json": json.dumps(karpathy_json(data, 2, 2)).encode(),
                                         "dataset_flickr8k.json": b"{}"})
     cfg = full_cfg(tmp_path)
-    root = coco.prepare_mscoco(cfg, base_url=url, karpathy_url=f"{url}/caption_datasets.zip", progress=False)
+    root = mscoco.prepare_mscoco(cfg, base_url=url, karpathy_url=f"{url}/caption_datasets.zip", progress=False)
     assert json.loads((root / "prepared.json").read_text())["split_source"] == "karpathy"
     assert not (root / "dataset_flickr8k.json").exists()  # only dataset_coco.json is taken from that zip
     assert not list((root / "downloads").glob("*"))  # zips removed after unpacking, no .part left
@@ -485,7 +486,7 @@ def test_prepare_mscoco_subset_fetches_single_images(tmp_path, server):
     for folder, first in (("train2014", 9), ("val2014", 42)):
         for i in range(first, first + 60, 2):
             _write_jpeg(www / folder / _coco_name(folder, i))
-    root = coco.prepare_mscoco(cfg, subset=10, base_url=url, karpathy_url="", progress=False, n_val=5, n_test=5)
+    root = mscoco.prepare_mscoco(cfg, subset=10, base_url=url, karpathy_url="", progress=False, n_val=5, n_test=5)
     splits = coco.load_splits(cfg)
     assert {k: len(v) for k, v in splits.items()} == {"train": 8, "val": 1, "test": 1}
     caps = coco.load_captions(cfg)
@@ -498,13 +499,13 @@ def test_download_failures_leave_nothing_that_looks_complete(tmp_path, server):
     www, url = server
     dest = tmp_path / "out" / "thing.zip"
     with pytest.raises(coco.DatasetUnavailableError, match="Could not download"):
-        coco.download(f"{url}/absent.zip", dest, progress=False)
+        mscoco.download(f"{url}/absent.zip", dest, progress=False)
     assert not dest.exists() and not list(dest.parent.glob("*"))
     (www / "broken.zip").write_bytes(b"this is not a zip archive")
-    archive = coco.download(f"{url}/broken.zip", dest, progress=False)
+    archive = mscoco.download(f"{url}/broken.zip", dest, progress=False)
     assert archive.read_bytes() == b"this is not a zip archive"
     with pytest.raises(coco.DatasetUnavailableError, match="damaged and has been deleted"):
-        coco._extract(archive, tmp_path / "unpacked")
+        mscoco._extract(archive, tmp_path / "unpacked")
     assert not archive.exists()
 
 
@@ -538,41 +539,41 @@ def write_fake_coco2017(root: Path, n_train: int, n_val: int, n_val2017: int, im
 def test_coco_year_in_the_config_names_the_dataset_folder():
     assert get_config("full").coco_year == 2014 and get_config("full").dataset_name == "coco2014"
     cfg = get_config("full", coco_year=2017)
-    assert cfg.dataset_name == "coco2017" and cfg.dataset_dir.name == "coco2017" and coco.coco_year(cfg) == 2017
+    assert cfg.dataset_name == "coco2017" and cfg.dataset_dir.name == "coco2017" and mscoco.coco_year(cfg) == 2017
     assert get_config("full", coco_year=2017, dataset_name="mine").dataset_name == "mine"
     assert get_config("quick", coco_year=2017).dataset_name == "synthetic"  # the quick profile has no MS-COCO
     with pytest.raises(ValueError, match=r"get_config\('full', coco_year=2017\)"):
-        coco.coco_year(get_config("full").replace(coco_year=2017))  # 2017 files would land in coco2014/
+        mscoco.coco_year(get_config("full").replace(coco_year=2017))  # 2017 files would land in coco2014/
     with pytest.raises(ValueError, match="use 2014 or 2017"):
-        coco.coco_year(get_config("full", coco_year=2015))
-    assert coco.COCO2014_ARCHIVES is coco.COCO_ARCHIVES[2014] and coco.image_folders(2017) == ("train2017", "val2017")
+        mscoco.coco_year(get_config("full", coco_year=2015))
+    assert mscoco.COCO2014_ARCHIVES is mscoco.COCO_ARCHIVES[2014] and mscoco.image_folders(2017) == ("train2017", "val2017")
 
 
 def test_build_coco2017_split_standard_sizes_determinism_and_no_leakage():
     train_ids, val_ids = list(range(1, 118_288)), list(range(200_001, 205_001))
-    split = coco.build_coco2017_split(train_ids, val_ids, seed=0)
-    assert {k: len(v) for k, v in split.items()} == coco.KARPATHY_SIZES  # 113,287 / 5,000 / 5,000
+    split = mscoco.build_coco2017_split(train_ids, val_ids, seed=0)
+    assert {k: len(v) for k, v in split.items()} == mscoco.KARPATHY_SIZES  # 113,287 / 5,000 / 5,000
     assert split["test"] == val_ids and set(split["val"]) <= set(train_ids)  # test = all of val2017
     assert sorted(split["train"] + split["val"] + split["test"]) == train_ids + val_ids  # each image exactly once
     coco.validate_splits(split)
-    small = coco.build_coco2017_split(range(30), range(100, 106), n_val=4, seed=3)
-    assert small == coco.build_coco2017_split(list(reversed(range(30))), range(100, 106), n_val=4, seed=3)
-    assert small["val"] != coco.build_coco2017_split(range(30), range(100, 106), n_val=4, seed=4)["val"]
+    small = mscoco.build_coco2017_split(range(30), range(100, 106), n_val=4, seed=3)
+    assert small == mscoco.build_coco2017_split(list(reversed(range(30))), range(100, 106), n_val=4, seed=3)
+    assert small["val"] != mscoco.build_coco2017_split(range(30), range(100, 106), n_val=4, seed=4)["val"]
     assert {k: len(v) for k, v in small.items()} == {"train": 26, "val": 4, "test": 6}
-    fewer = coco.build_coco2017_split(range(30), range(100, 106), n_val=4, n_test=2, seed=3)
+    fewer = mscoco.build_coco2017_split(range(30), range(100, 106), n_val=4, n_test=2, seed=3)
     assert set(fewer["test"]) < set(range(100, 106)) and len(fewer["train"]) == 30  # 26 + the 4 other val2017
     with pytest.raises(coco.SplitError, match="Only 6 val2017 images"):
-        coco.build_coco2017_split(range(30), range(100, 106), n_val=4, n_test=7)
+        mscoco.build_coco2017_split(range(30), range(100, 106), n_val=4, n_test=7)
     with pytest.raises(coco.SplitError, match="lower n_val"):
-        coco.build_coco2017_split(range(30), range(100, 106), n_val=30)
+        mscoco.build_coco2017_split(range(30), range(100, 106), n_val=30)
     with pytest.raises(coco.SplitLeakageError, match="Image 100"):
-        coco.build_coco2017_split([*range(30), 100], range(100, 106), n_val=4)
+        mscoco.build_coco2017_split([*range(30), 100], range(100, 106), n_val=4)
 
 
 def test_convert_coco_2017_rebuilt_split_with_2017_file_names(tmp_path):
     root = tmp_path / "coco2017"
     data = write_fake_coco2017(root, n_train=20, n_val=14, n_val2017=6)
-    record = coco.convert_coco(root, n_val=4, n_test=None, seed=0, year=2017)
+    record = mscoco.convert_coco(root, n_val=4, n_test=None, seed=0, year=2017)
     assert record["year"] == 2017 and record["split_source"] == "rebuilt-2017"
     assert record["split_rule"] == ("test = all 6 val2017 images, val = 4 train2017 images drawn with seed 0, "
                                     "train = the other 24 images")
@@ -591,8 +592,8 @@ def test_karpathy_split_applies_to_2017_file_names(tmp_path):
     write_fake_coco2017(root, n_train=12, n_val=10, n_val2017=5)
     karpathy = tmp_path / "dataset_coco.json"  # Karpathy's file names are 2014's; only the image ids count
     karpathy.write_text(json.dumps(karpathy_json(fake_coco2014(12, 10), n_val=3, n_test=4)))
-    splits = coco.karpathy_split(karpathy)
-    record = coco.convert_coco(root, splits, year=2017)
+    splits = mscoco.karpathy_split(karpathy)
+    record = mscoco.convert_coco(root, splits, year=2017)
     assert record["split_source"] == "karpathy" and "split_rule" not in record
     assert coco.load_splits(root) == splits
     caps = coco.load_captions(root)
@@ -606,7 +607,7 @@ def test_prepare_mscoco_2017_offline_rebuilds_the_standard_split_and_says_so(tmp
                      image_size=8)
     write_fake_coco2017(cfg.dataset_dir, n_train=12, n_val=10, n_val2017=4)
     closed = closed_port_url()
-    coco.prepare_mscoco(cfg, base_url=closed, karpathy_url="", progress=False, n_val=3, n_test=None)
+    mscoco.prepare_mscoco(cfg, base_url=closed, karpathy_url="", progress=False, n_val=3, n_test=None)
     out = capsys.readouterr().out
     assert ("the standard 2017 split is used instead (test = all 4 val2017 images, val = 3 train2017 images drawn "
             "with seed 0, train = the other 15 images)") in out
@@ -614,10 +615,10 @@ def test_prepare_mscoco_2017_offline_rebuilds_the_standard_split_and_says_so(tmp
     prepared = json.loads((cfg.dataset_dir / "prepared.json").read_text())
     assert (prepared["year"], prepared["split_source"], prepared["sizes"]) == (
         2017, "rebuilt-2017", {"train": 15, "val": 3, "test": 4})
-    assert coco.mscoco_status(cfg)["converted"] and coco.mscoco_status(cfg)["val2017 images"]
-    assert coco.image_root(cfg) == cfg.dataset_dir / "images_8px"
+    assert mscoco.mscoco_status(cfg)["converted"] and mscoco.mscoco_status(cfg)["val2017 images"]
+    assert resize.image_root(cfg) == cfg.dataset_dir / "images_8px"
     with pytest.raises(coco.DatasetUnavailableError, match=r"MS-COCO 2017 is incomplete .*missing: 2017 caption"):
-        coco.prepare_mscoco(get_config("full", coco_year=2017, data_root=tmp_path / "empty"), base_url=closed,
+        mscoco.prepare_mscoco(get_config("full", coco_year=2017, data_root=tmp_path / "empty"), base_url=closed,
                             karpathy_url="", progress=False)
 
 
@@ -629,7 +630,7 @@ def _prepared_2014(tmp_path, **kw):
     """A full-profile config (8-px images: fast) on fake 2014 files, prepared offline with the resize step."""
     cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8, **kw)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
-    coco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
+    mscoco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
     return cfg
 
 
@@ -639,22 +640,22 @@ def test_resize_runs_once_and_every_reader_uses_the_resized_folder(tmp_path, cap
     cfg = _prepared_2014(tmp_path)
     assert "Resizing the 22 images once to 8 px" in capsys.readouterr().out
     resized = cfg.dataset_dir / "images_8px"
-    record = coco.resize_record(cfg)
+    record = resize.resize_record(cfg)
     assert record["complete"] and (record["images"], record["resized"], record["corrupt"]) == (22, 22, [])
-    assert coco.image_root(cfg) == resized and coco.mscoco_status(cfg)["resized images"]
+    assert resize.image_root(cfg) == resized and mscoco.mscoco_status(cfg)["resized images"]
     caps = coco.load_captions(cfg)
     for img in caps.imgs.values():
         with Image.open(resized / img["file_name"]) as im:
             assert im.size == (11, 8)  # 16x12 with its shorter side at 8 px, aspect ratio kept
     # Running again resizes nothing: a current, complete record makes it a no-op ...
-    before = (resized / coco.RESIZE_RECORD).stat().st_mtime_ns
-    assert coco.resize_images(cfg, progress=False)["resized"] == 0
-    coco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
-    assert (resized / coco.RESIZE_RECORD).stat().st_mtime_ns == before and "Resizing" not in capsys.readouterr().out
+    before = (resized / resize.RESIZE_RECORD).stat().st_mtime_ns
+    assert resize.resize_images(cfg, progress=False)["resized"] == 0
+    mscoco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
+    assert (resized / resize.RESIZE_RECORD).stat().st_mtime_ns == before and "Resizing" not in capsys.readouterr().out
     # ... and without the record, resize_all skips every finished image.
-    (resized / coco.RESIZE_RECORD).unlink()
-    assert coco.image_root(cfg) == cfg.image_dir  # no record: the originals
-    again = coco.resize_images(cfg, progress=False)
+    (resized / resize.RESIZE_RECORD).unlink()
+    assert resize.image_root(cfg) == cfg.image_dir  # no record: the originals
+    again = resize.resize_images(cfg, progress=False)
     assert (again["resized"], again["skipped"], again["complete"]) == (0, 22, True)
     # The readers: the image source, the feature cache's loader (and its key), all through image_root.
     assert data.ImageFolderSource.from_config(cfg).image_dir == resized
@@ -665,12 +666,12 @@ def test_resize_runs_once_and_every_reader_uses_the_resized_folder(tmp_path, cap
 
 def test_reconverted_annotations_make_the_resize_record_stale(tmp_path):
     cfg = _prepared_2014(tmp_path)
-    assert coco.image_root(cfg) == cfg.dataset_dir / "images_8px"
-    coco.convert_coco2014(cfg.dataset_dir, subset=10, seed=0, n_val=2, n_test=2)  # another image set
-    assert coco.resize_record(cfg) is None and coco.image_root(cfg) == cfg.image_dir
-    assert coco.resize_images(cfg, progress=False)["resized"] == 0  # its images were resized already
-    assert coco.image_root(cfg) == cfg.dataset_dir / "images_8px"
-    assert coco.image_root(cfg.replace(image_size=16)) == cfg.image_dir  # another size: not resized yet
+    assert resize.image_root(cfg) == cfg.dataset_dir / "images_8px"
+    mscoco.convert_coco2014(cfg.dataset_dir, subset=10, seed=0, n_val=2, n_test=2)  # another image set
+    assert resize.resize_record(cfg) is None and resize.image_root(cfg) == cfg.image_dir
+    assert resize.resize_images(cfg, progress=False)["resized"] == 0  # its images were resized already
+    assert resize.image_root(cfg) == cfg.dataset_dir / "images_8px"
+    assert resize.image_root(cfg.replace(image_size=16)) == cfg.image_dir  # another size: not resized yet
 
 
 def test_corrupt_image_is_reported_in_one_sentence_and_not_counted_complete(tmp_path, capsys):
@@ -678,22 +679,22 @@ def test_corrupt_image_is_reported_in_one_sentence_and_not_counted_complete(tmp_
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     bad = cfg.image_dir / "val2014" / _coco_name("val2014", 44)
     bad.write_bytes(bad.read_bytes()[:300])  # a transfer cut off mid-way
-    coco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
+    mscoco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
     message = capsys.readouterr().out.strip().splitlines()[-1]
     assert message.startswith("1 image file(s) could not be read, so they were not resized ("
                               f"val2014/{bad.name} under {cfg.image_dir})")
     assert message.count(". ") == 0 and message.endswith("until then the lab reads the original images.")
-    record = coco.resize_record(cfg)
+    record = resize.resize_record(cfg)
     assert not record["complete"] and record["corrupt"] == [f"val2014/{bad.name}"]
     assert (record["images"], record["missing"]) == (21, 1)
-    assert coco.image_root(cfg) == cfg.image_dir  # incomplete: the readers keep the originals
+    assert resize.image_root(cfg) == cfg.image_dir  # incomplete: the readers keep the originals
     resized = cfg.dataset_dir / "images_8px"
     assert not (resized / "val2014" / bad.name).exists()
     hidden = [p.relative_to(resized).as_posix() for p in resized.rglob(".*") if p.is_file()]
     assert hidden == [".labutils-made.json"]  # no temporary files left behind, only the lab's ownership marker
     _write_jpeg(bad)  # a good copy (what a re-fetch brings)
-    assert coco.resize_images(cfg, progress=False)["resized"] == 1
-    assert coco.image_root(cfg) == resized
+    assert resize.resize_images(cfg, progress=False)["resized"] == 1
+    assert resize.image_root(cfg) == resized
 
 
 def test_resize_never_writes_into_a_folder_the_lab_did_not_make(tmp_path):
@@ -701,22 +702,22 @@ def test_resize_never_writes_into_a_folder_the_lab_did_not_make(tmp_path):
 
     cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
-    theirs = coco.resized_image_dir(cfg) / "val2014"
+    theirs = resize.resized_image_dir(cfg) / "val2014"
     theirs.mkdir(parents=True)
     (theirs / "notes.txt").write_text("my own thumbnails")
     with pytest.raises(NotLabFolderError, match="images_8px holds files the lab did not write"):
-        coco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
-    assert [p.name for p in coco.resized_image_dir(cfg).rglob("*")] == ["val2014", "notes.txt"]
+        mscoco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
+    assert [p.name for p in resize.resized_image_dir(cfg).rglob("*")] == ["val2014", "notes.txt"]
 
 
 def test_a_resized_copy_from_an_older_labutils_is_recognised_by_its_record(tmp_path):
     from labutils.infra.files import MARKER_FILE
 
     cfg = _prepared_2014(tmp_path)
-    resized = coco.resized_image_dir(cfg)
+    resized = resize.resized_image_dir(cfg)
     (resized / MARKER_FILE).unlink()  # as an older labutils left it: resized.json but no ownership marker
-    coco.convert_coco2014(cfg.dataset_dir, subset=10, seed=0, n_val=2, n_test=2)  # the record is now stale
-    assert coco.resize_images(cfg, progress=False)["complete"] and (resized / MARKER_FILE).is_file()
+    mscoco.convert_coco2014(cfg.dataset_dir, subset=10, seed=0, n_val=2, n_test=2)  # the record is now stale
+    assert resize.resize_images(cfg, progress=False)["complete"] and (resized / MARKER_FILE).is_file()
 
 
 def test_a_second_resize_waits_for_the_first_and_writes_its_record_last(tmp_path, capsys):
@@ -725,24 +726,24 @@ def test_a_second_resize_waits_for_the_first_and_writes_its_record_last(tmp_path
 
     cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
-    coco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2,
+    mscoco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2,
                         resize=False)
     result = {}
-    with folder_lock(coco.resized_image_dir(cfg), "the resized images"):  # another process is resizing
-        worker = start_and_see_it_wait(lambda: result.update(record=coco.resize_images(cfg, progress=False)),
+    with folder_lock(resize.resized_image_dir(cfg), "the resized images"):  # another process is resizing
+        worker = start_and_see_it_wait(lambda: result.update(record=resize.resize_images(cfg, progress=False)),
                                        capsys, "resize_images")
-        assert not coco.resized_image_dir(cfg).exists()
+        assert not resize.resized_image_dir(cfg).exists()
     worker.join(30)
-    assert result["record"]["complete"] and coco.image_root(cfg) == coco.resized_image_dir(cfg)
-    record_time = (coco.resized_image_dir(cfg) / coco.RESIZE_RECORD).stat().st_mtime_ns
-    images = [p for p in coco.resized_image_dir(cfg).rglob("*.jpg")]
+    assert result["record"]["complete"] and resize.image_root(cfg) == resize.resized_image_dir(cfg)
+    record_time = (resize.resized_image_dir(cfg) / resize.RESIZE_RECORD).stat().st_mtime_ns
+    images = [p for p in resize.resized_image_dir(cfg).rglob("*.jpg")]
     assert len(images) == 22 and max(p.stat().st_mtime_ns for p in images) <= record_time
 
 
 def test_image_root_is_the_image_folder_on_the_quick_profile(tiny_cfg):
     from labutils import data, features
 
-    assert coco.image_root(tiny_cfg) == tiny_cfg.image_dir
+    assert resize.image_root(tiny_cfg) == tiny_cfg.image_dir
     assert data.ImageFolderSource.from_config(tiny_cfg).image_dir == tiny_cfg.image_dir
     assert features._resolve_images(tiny_cfg, None, [1])[1] == {"kind": "folder"}  # cache keys unchanged
 
@@ -751,10 +752,10 @@ def test_ensure_dataset_keeps_the_prepared_subset(tmp_path, monkeypatch):
     cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     closed = closed_port_url()
-    coco.prepare_mscoco(cfg, subset=10, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)
-    assert coco.prepared_subset(cfg) == 10
+    mscoco.prepare_mscoco(cfg, subset=10, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)
+    assert mscoco.prepared_subset(cfg) == 10
     calls = []
-    real = coco.prepare_mscoco
-    monkeypatch.setattr(coco, "prepare_mscoco", lambda cfg, **kw: calls.append(kw) or real(cfg, **kw))
-    coco.ensure_dataset(cfg, progress=False)  # a notebook's call must not convert (and download) everything
+    real = mscoco.prepare_mscoco
+    monkeypatch.setattr(datasets, "prepare_mscoco", lambda cfg, **kw: calls.append(kw) or real(cfg, **kw))
+    lab.ensure_dataset(cfg, progress=False)  # a notebook's call must not convert (and download) everything
     assert calls[0]["subset"] == 10 and len(coco.load_captions(cfg).imgs) == 10

@@ -24,6 +24,7 @@ from labutils.data import (
     collate_captions_sorted,
     collate_eval,
     count_bad_images,
+    file_names_from_captions,
     load_image,
     make_loader,
 )
@@ -326,9 +327,13 @@ def test_image_folder_source(tiny_cfg):
         source(123456)
     from labutils import coco
 
-    same = ImageFolderSource.from_coco(coco.load_captions(tiny_cfg), tiny_cfg.image_dir, transform=source.transform)
-    assert same.file_names == source.file_names and torch.equal(same(1), image)
-    assert same.path(1).name == coco.load_captions(tiny_cfg).imgs[1]["file_name"]
+    # the plain-json file-name table agrees with pycocotools' index of the same captions file
+    pycoco = coco.load_captions(tiny_cfg)
+    assert source.file_names == {int(i): img["file_name"] for i, img in pycoco.imgs.items()}
+    assert file_names_from_captions(tiny_cfg.captions_file) == source.file_names
+    assert source.path(1).name == pycoco.imgs[1]["file_name"]
+    with pytest.raises(FileNotFoundError, match="No captions file"):
+        file_names_from_captions(tiny_cfg.data_root / "nowhere.json")
 
 
 def test_build_caption_and_eval_datasets(tiny_cfg):

@@ -218,19 +218,17 @@ def load_benchmark():
     return module
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_batched_beam_search_matches_the_per_image_reference_of_the_benchmark(seed):
+def test_the_benchmark_compares_the_batched_search_with_the_library_per_image_one():
     bench = load_benchmark()
+    assert not hasattr(bench, "reference_beam_search")  # beam search is implemented once, in labutils.decode
     vocab = words_vocab(8)
-    # Endings at varied steps exercise retiring slots, early exits and the max_len fallback.
-    decoder = TableDecoder(random_table(vocab, seed=seed, end_bias=-1.0), end_ramp=0.3)
-    feats = image_features(12, len(vocab), seed=seed + 10)
-    batched = decode.beam_search(decoder, feats, vocab, beam_size=5, max_len=9)
-    with torch.inference_mode():
-        reference = [bench.reference_beam_search(decoder, feats[i:i + 1], vocab, 5, 9) for i in range(len(feats))]
-    assert [b[0].tokens for b in batched] == [r[0] for r in reference]
-    assert [b[0].log_prob for b in batched] == pytest.approx([r[1] for r in reference], abs=1e-5)
-    assert [b[0].finished for b in batched] == [r[2] for r in reference]
+    decoder = TableDecoder(random_table(vocab, seed=0, end_bias=-1.0), end_ramp=0.3)
+    feats = image_features(12, len(vocab), seed=10)
+    run = bench.run_once(decoder, vocab, feats, beam=5, max_len=9, repeats=2)
+    assert (run["identical_best_captions"], run["images"], run["mismatched_images"]) == (12, 12, [])
+    assert run["max_abs_log_prob_difference"] == 0.0 and run["repeats"] == len(run["batched_s_all"]) == 2
+    low, high = run["speedup_min_max"]
+    assert low <= run["speedup_median"] <= high
 
 
 def test_first_step_expands_one_beam_so_the_k_best_are_distinct(chain):
@@ -296,18 +294,11 @@ def real_decoder(request):
     return decoder, vocab, torch.randn(6, 9, 48).relu()
 
 
-def test_real_decoders_batched_beam_equals_single_image_and_reference(real_decoder):
+def test_real_decoders_batched_beam_equals_single_image(real_decoder):
     decoder, vocab, feats = real_decoder
-    bench = load_benchmark()
     batched = decode.beam_search(decoder, feats, vocab, beam_size=5, max_len=12, return_k=2)
-    with torch.inference_mode():
-        reference = [bench.reference_beam_search(decoder, feats[i:i + 1], vocab, 5, 12) for i in range(len(feats))]
-    assert [b[0].tokens for b in batched] == [r[0] for r in reference]
-    for options, ref in zip(batched, reference, strict=True):
-        if decoder.uses_attention:
-            torch.testing.assert_close(options[0].alphas, ref[3], atol=1e-5, rtol=1e-5)
-        else:
-            assert options[0].alphas is None and ref[3] is None
+    readable = [decode.beam_search_one_image(decoder, f, vocab, beam_size=5, max_len=12) for f in feats]
+    assert [b[0].tokens for b in batched] == [r.tokens for r in readable]
     for i in range(len(feats)):
         [single] = decode.beam_search(decoder, feats[i:i + 1], vocab, beam_size=5, max_len=12, return_k=2)
         assert [c.tokens for c in single] == [c.tokens for c in batched[i]]

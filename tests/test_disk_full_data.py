@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labutils import augment, synthetic
+from labutils.infra import resize, synthetic
 from labutils.infra.files import DiskFullError
 
 WIDE = 512  # encoder channels: 16 positions x 512 x 2 bytes = 16 KiB a row, 640 KiB for the 40 training images
@@ -129,7 +129,7 @@ def test_resize_on_a_full_disk_stops_with_one_sentence_not_a_list_of_corrupt_ima
         Image.fromarray(rng.integers(0, 256, (100, 150, 3), dtype=np.uint8)).save(src / f"{i:02d}.png")
     disk = small_disk(128 * 1024)
     with pytest.raises(DiskFullError, match=f"^The disk holding {disk}.* while writing the resized images"):
-        augment.resize_all(src, disk / "dst", 100, workers=2, progress=False)
+        resize.resize_all(src, disk / "dst", 100, workers=2, progress=False)
     left = [p for p in (disk / "dst").iterdir() if not p.name.startswith(".labutils")]
     assert not [p for p in left if p.name.endswith(".tmp")]  # nothing half-written
     for p in left:  # and what was written is whole

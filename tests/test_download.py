@@ -1,7 +1,7 @@
 """Offline tests of the online path: a loopback HTTP server with programmable faults serves files made here.
 
-Covers labutils.download (resume, retry, verify, atomic, idempotent, zip safety, several sources, parallel subset
-fetch) and labutils.coco.prepare_mscoco end to end against that server.
+Covers labutils.infra.download (resume, retry, verify, atomic, idempotent, zip safety, several sources, parallel subset
+fetch) and labutils.infra.mscoco.prepare_mscoco end to end against that server.
 """
 
 import hashlib
@@ -18,7 +18,8 @@ from loopback import LabServer, closed_port_url
 from PIL import Image
 
 from labutils import coco, get_config
-from labutils import download as dl
+from labutils.infra import download as dl
+from labutils.infra import mscoco, resize
 from labutils.infra.files import DiskFullError
 
 FAST = {"backoff": 0.01, "progress": False}  # tiny back-off keeps the retry tests quick
@@ -584,10 +585,10 @@ def test_fetch_images_without_network_stops_the_batch(tmp_path):
 
 
 def test_known_sources_carry_the_official_sizes_and_checksums():
-    train = dl.known_source(coco.TRAIN2014_URL)
+    train = dl.known_source(mscoco.TRAIN2014_URL)
     assert (train.size, train.md5) == (13_510_573_713, "0da8c0bd3d6becc4dcb32757491aca88")
-    assert dl.human_bytes(dl.known_source(coco.VAL2014_URL).size) == "6.6 GB"
-    assert dl.known_source(coco.ANNOTATIONS2014_URL).size == 252_872_794
+    assert dl.human_bytes(dl.known_source(mscoco.VAL2014_URL).size) == "6.6 GB"
+    assert dl.known_source(mscoco.ANNOTATIONS2014_URL).size == 252_872_794
     assert dl.known_source("http://127.0.0.1:1/zips/train2014.zip") == dl.Source("http://127.0.0.1:1/zips/train2014.zip")
 
 
@@ -636,10 +637,10 @@ def publish_coco(web: LabServer, data: dict[str, dict], image_zips: bool = False
 @pytest.fixture
 def coco_web(web, monkeypatch):
     """The loopback server standing in for images.cocodataset.org and the Karpathy split hosts."""
-    # prepare_mscoco uses the real 1 s back-off; skip the waiting (only in labutils.download), not the retrying.
+    # prepare_mscoco uses the real 1 s back-off; skip the waiting (only in labutils.infra.download), not the retrying.
     monkeypatch.setattr(dl, "time", types.SimpleNamespace(sleep=lambda s: None, perf_counter=time.perf_counter))
-    monkeypatch.setattr(coco, "COCO_BASE_URL", web.url)
-    monkeypatch.setattr(coco, "KARPATHY_SPLIT_SOURCES", (f"{web.url}/karpathy/caption_datasets.zip",
+    monkeypatch.setattr(mscoco, "COCO_BASE_URL", web.url)
+    monkeypatch.setattr(mscoco, "KARPATHY_SPLIT_SOURCES", (f"{web.url}/karpathy/caption_datasets.zip",
                                                          f"{web.url}/mirror/dataset_coco.json"))
     return web
 
@@ -654,7 +655,7 @@ def test_prepare_mscoco_subset_end_to_end(coco_web, tmp_path, capsys):
     coco_web.files["/mirror/dataset_coco.json"] = karpathy_dataset(data)  # the canonical zip is gone (404)
     coco_web.faults["/annotations/annotations_trainval2014.zip"] = ["cut:400"]  # bad Wi-Fi on the first try
     cfg = full_cfg(tmp_path)
-    assert coco.prepare_mscoco(cfg, subset=10, progress=False) == cfg.dataset_dir
+    assert mscoco.prepare_mscoco(cfg, subset=10, progress=False) == cfg.dataset_dir
     out = capsys.readouterr().out
     assert f"Fetched Karpathy's split from {coco_web.url}/mirror/dataset_coco.json." in out
     assert "Using Karpathy's split" in out and "Karpathy-like" not in out
@@ -662,7 +663,7 @@ def test_prepare_mscoco_subset_end_to_end(coco_web, tmp_path, capsys):
     # The lab layout, read by the same loaders as the synthetic data.
     splits = coco.load_splits(cfg)
     assert {k: len(v) for k, v in splits.items()} == {"train": 8, "val": 1, "test": 1}
-    karpathy = coco.karpathy_split(cfg.dataset_dir / "dataset_coco.json")
+    karpathy = mscoco.karpathy_split(cfg.dataset_dir / "dataset_coco.json")
     assert all(set(splits[k]) <= set(karpathy[k]) for k in splits)
     caps = coco.load_captions(cfg)
     assert sorted(caps.imgs) == sorted(set().union(*splits.values()))
@@ -677,7 +678,7 @@ def test_prepare_mscoco_subset_end_to_end(coco_web, tmp_path, capsys):
     assert leftovers(cfg.dataset_dir / "downloads") == []
     # Re-running is idempotent: everything is in place, so not a single request goes out.
     before = len(coco_web.requests)
-    coco.prepare_mscoco(cfg, subset=10, progress=False)
+    mscoco.prepare_mscoco(cfg, subset=10, progress=False)
     assert len(coco_web.requests) == before
 
 
@@ -687,7 +688,7 @@ def test_prepare_mscoco_falls_back_to_a_rebuilt_split_and_resumes_image_zips(coc
     coco_web.faults["/karpathy/caption_datasets.zip"] = ["500"] * 10  # every split source fails
     coco_web.faults["/zips/train2014.zip"] = ["cut:1500"]
     cfg = full_cfg(tmp_path)
-    coco.prepare_mscoco(cfg, progress=False, n_val=3, n_test=3)
+    mscoco.prepare_mscoco(cfg, progress=False, n_val=3, n_test=3)
     out = capsys.readouterr().out
     assert "Karpathy's split could not be fetched" in out and "Karpathy-like 3/3 val/test split" in out
     assert json.loads((cfg.dataset_dir / "prepared.json").read_text())["split_source"] == "rebuilt"
@@ -704,11 +705,11 @@ def test_dry_run_offline_names_every_missing_piece_in_one_sentence_each(tmp_path
     # The message under test must not depend on how full the test machine's disk is.
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**14, 0, 10**14))
     closed = closed_port_url()
-    monkeypatch.setattr(coco, "COCO_BASE_URL", closed)
+    monkeypatch.setattr(mscoco, "COCO_BASE_URL", closed)
     cfg = full_cfg(tmp_path)
     started = time.perf_counter()
     with pytest.raises(coco.DatasetUnavailableError) as err:
-        coco.prepare_mscoco(cfg, dry_run=True, progress=False)
+        mscoco.prepare_mscoco(cfg, dry_run=True, progress=False)
     assert time.perf_counter() - started < 3  # fails fast
     lines = str(err.value).splitlines()
     assert lines[0].startswith(f"MS-COCO 2014 is incomplete under {cfg.dataset_dir} (missing: 2014 caption "
@@ -720,16 +721,16 @@ def test_dry_run_offline_names_every_missing_piece_in_one_sentence_each(tmp_path
     assert "train2014.zip (13.5 GB)" in pieces[2] and "val2014.zip (6.6 GB)" in pieces[3]
     assert not cfg.dataset_dir.exists()  # a dry run writes nothing
     with pytest.raises(coco.DatasetUnavailableError, match=r"missing: .*100 subset images\)") as err:
-        coco.prepare_mscoco(cfg, subset=100, dry_run=True, progress=False)
+        mscoco.prepare_mscoco(cfg, subset=100, dry_run=True, progress=False)
     assert "fetched one by one" in str(err.value) and "16.1 MB" in str(err.value)
 
 
 def test_dry_run_reports_too_little_disk_space(tmp_path, monkeypatch):
-    monkeypatch.setattr(coco, "COCO_BASE_URL", closed_port_url())
+    monkeypatch.setattr(mscoco, "COCO_BASE_URL", closed_port_url())
     usage = type("Usage", (), {"free": 5 * 10**9, "total": 10**11, "used": 0})
-    monkeypatch.setattr(coco.shutil, "disk_usage", lambda path: usage)
+    monkeypatch.setattr(mscoco.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(coco.DatasetUnavailableError) as err:
-        coco.prepare_mscoco(full_cfg(tmp_path), dry_run=True, progress=False)
+        mscoco.prepare_mscoco(full_cfg(tmp_path), dry_run=True, progress=False)
     disk = str(err.value).splitlines()[-1]
     assert "5.0 GB free" in disk and "33.9 GB at its peak" in disk and "LAB_DATA_DIR" in disk
 
@@ -737,14 +738,14 @@ def test_dry_run_reports_too_little_disk_space(tmp_path, monkeypatch):
 def test_dry_run_online_prints_the_plan_and_downloads_nothing(coco_web, tmp_path, capsys):
     publish_coco(coco_web, coco_like())
     cfg = full_cfg(tmp_path)
-    assert coco.prepare_mscoco(cfg, subset=10, dry_run=True, progress=False) == cfg.dataset_dir
+    assert mscoco.prepare_mscoco(cfg, subset=10, dry_run=True, progress=False) == cfg.dataset_dir
     out = capsys.readouterr().out
     assert out.startswith("Dry run: preparing MS-COCO 2014") and "10 subset images are not fetched yet" in out
     assert coco_web.gets() == [] and not cfg.dataset_dir.exists()
     coco_web.files["/mirror/dataset_coco.json"] = karpathy_dataset(coco_like())
-    coco.prepare_mscoco(cfg, subset=10, progress=False)
+    mscoco.prepare_mscoco(cfg, subset=10, progress=False)
     capsys.readouterr()
-    coco.prepare_mscoco(cfg, subset=10, dry_run=True, progress=False)
+    mscoco.prepare_mscoco(cfg, subset=10, dry_run=True, progress=False)
     assert "ready" in capsys.readouterr().out
 
 
@@ -780,12 +781,12 @@ def test_prepare_mscoco_2017_subset_end_to_end(coco_web, tmp_path, capsys):
     coco_web.files["/mirror/dataset_coco.json"] = karpathy_dataset(coco_like())  # Karpathy's file, 2014 names
     cfg = full_cfg_2017(tmp_path)
     assert cfg.dataset_dir == tmp_path / "data" / "coco2017"
-    assert coco.prepare_mscoco(cfg, subset=10, progress=False) == cfg.dataset_dir
+    assert mscoco.prepare_mscoco(cfg, subset=10, progress=False) == cfg.dataset_dir
     assert "Using Karpathy's split" in capsys.readouterr().out
     prepared = json.loads((cfg.dataset_dir / "prepared.json").read_text())
     assert (prepared["year"], prepared["split_source"], prepared["subset"]) == (2017, "karpathy", 10)
     splits = coco.load_splits(cfg)
-    karpathy = coco.karpathy_split(cfg.dataset_dir / "dataset_coco.json")
+    karpathy = mscoco.karpathy_split(cfg.dataset_dir / "dataset_coco.json")
     assert all(set(splits[k]) <= set(karpathy[k]) for k in splits)
     caps = coco.load_captions(cfg)
     for image_id, img in caps.imgs.items():
@@ -794,10 +795,10 @@ def test_prepare_mscoco_2017_subset_end_to_end(coco_web, tmp_path, capsys):
         assert (cfg.image_dir / img["file_name"]).read_bytes() == coco_web.files[f"/{img['file_name']}"]
     fetched = [r[1] for r in coco_web.gets() if r[1].endswith(".jpg")]
     assert len(fetched) == 10 and coco_web.gets("/annotations/annotations_trainval2014.zip") == []
-    assert coco.image_root(cfg) == cfg.dataset_dir / "images_8px"  # resized once, after the download
+    assert resize.image_root(cfg) == cfg.dataset_dir / "images_8px"  # resized once, after the download
     before = len(coco_web.requests)
-    coco.prepare_mscoco(cfg, subset=10, progress=False)
-    assert len(coco_web.requests) == before and coco.resize_images(cfg, progress=False)["resized"] == 0
+    mscoco.prepare_mscoco(cfg, subset=10, progress=False)
+    assert len(coco_web.requests) == before and resize.resize_images(cfg, progress=False)["resized"] == 0
 
 
 def test_prepare_mscoco_2017_zips_with_the_standard_fallback_split(coco_web, tmp_path, capsys):
@@ -806,7 +807,7 @@ def test_prepare_mscoco_2017_zips_with_the_standard_fallback_split(coco_web, tmp
     coco_web.faults["/karpathy/caption_datasets.zip"] = ["500"] * 10  # every split source fails
     coco_web.faults["/zips/train2017.zip"] = ["cut:1500"]
     cfg = full_cfg_2017(tmp_path)
-    coco.prepare_mscoco(cfg, progress=False, n_val=3, n_test=None)
+    mscoco.prepare_mscoco(cfg, progress=False, n_val=3, n_test=None)
     out = capsys.readouterr().out
     assert "Karpathy's split could not be fetched" in out
     assert ("the standard 2017 split is used instead (test = all 5 val2017 images, val = 3 train2017 images drawn "
@@ -819,7 +820,7 @@ def test_prepare_mscoco_2017_zips_with_the_standard_fallback_split(coco_web, tmp
     assert set(splits["val"]) <= {img["id"] for img in data["train2017"]["images"]}
     assert [g[2] for g in coco_web.gets("/zips/train2017.zip")] == [None, "bytes=1500-"]
     assert len(coco_web.gets("/zips/val2017.zip")) == 1 and leftovers(cfg.dataset_dir / "downloads") == []
-    assert coco.resize_record(cfg)["complete"] and coco.resize_record(cfg)["images"] == 26
+    assert resize.resize_record(cfg)["complete"] and resize.resize_record(cfg)["images"] == 26
 
 
 def test_corrupt_image_in_a_zip_is_reported_then_refetched_alone_once_deleted(coco_web, tmp_path, capsys):
@@ -831,20 +832,20 @@ def test_corrupt_image_in_a_zip_is_reported_then_refetched_alone_once_deleted(co
     members[f"train2014/{name}"] = members[f"train2014/{name}"][:200]  # a damaged image inside a sound zip
     coco_web.files["/zips/train2014.zip"] = zip_bytes(members, compression=zipfile.ZIP_STORED)
     cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
-    coco.prepare_mscoco(cfg, karpathy_url="", progress=False, n_val=2, n_test=2)  # no crash mid-way
+    mscoco.prepare_mscoco(cfg, karpathy_url="", progress=False, n_val=2, n_test=2)  # no crash mid-way
     message = capsys.readouterr().out.strip().splitlines()[-1]
     assert message.startswith(f"1 image file(s) could not be read, so they were not resized (train2014/{name}")
     assert one_sentence(message)
-    record = coco.resize_record(cfg)
+    record = resize.resize_record(cfg)
     assert not record["complete"] and record["corrupt"] == [f"train2014/{name}"] and record["images"] == 17
-    assert coco.image_root(cfg) == cfg.image_dir  # not complete: the readers keep the originals
+    assert resize.image_root(cfg) == cfg.image_dir  # not complete: the readers keep the originals
     bad = cfg.image_dir / "train2014" / name
     bad.unlink()  # what the message says to do
-    coco.prepare_mscoco(cfg, karpathy_url="", progress=False, n_val=2, n_test=2)
+    mscoco.prepare_mscoco(cfg, karpathy_url="", progress=False, n_val=2, n_test=2)
     assert len(coco_web.gets(f"/train2014/{name}")) == 1  # fetched by its coco_url, alone ...
     assert len(coco_web.gets("/zips/train2014.zip")) == 1  # ... not the 13.5 GB zip again
     assert bad.read_bytes() == coco_web.files[f"/train2014/{name}"]
-    assert coco.resize_record(cfg)["complete"] and coco.image_root(cfg) == cfg.dataset_dir / "images_8px"
+    assert resize.resize_record(cfg)["complete"] and resize.image_root(cfg) == cfg.dataset_dir / "images_8px"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -856,11 +857,11 @@ def test_prepare_mscoco_never_saves_an_html_page_as_karpathys_split(coco_web, tm
     coco_web.files["/mirror/dataset_coco.json"] = PORTAL  # the zip source is gone (404); the mirror is a portal
     coco_web.content_type["/mirror/dataset_coco.json"] = "text/html; charset=utf-8"
     cfg = full_cfg(tmp_path)
-    coco.prepare_mscoco(cfg, subset=10, progress=False, n_val=3, n_test=3)
+    mscoco.prepare_mscoco(cfg, subset=10, progress=False, n_val=3, n_test=3)
     out = capsys.readouterr().out
     assert "Karpathy's split could not be fetched" in out and "answered with an HTML page" in out
     assert "Karpathy-like 3/3 val/test split" in out
-    assert coco.find_karpathy_json(cfg.dataset_dir) is None and leftovers(cfg.dataset_dir / "downloads") == []
+    assert mscoco.find_karpathy_json(cfg.dataset_dir) is None and leftovers(cfg.dataset_dir / "downloads") == []
     assert json.loads((cfg.dataset_dir / "prepared.json").read_text())["split_source"] == "rebuilt"
 
 
@@ -871,7 +872,7 @@ def test_prepare_mscoco_replaces_an_html_page_saved_as_karpathys_split(coco_web,
     cfg = full_cfg(tmp_path)
     cfg.dataset_dir.mkdir(parents=True)
     (cfg.dataset_dir / "dataset_coco.json").write_bytes(PORTAL)  # left by an older lab: used to end every run
-    coco.prepare_mscoco(cfg, subset=10, progress=False)  # in a bare JSONDecodeError
+    mscoco.prepare_mscoco(cfg, subset=10, progress=False)  # in a bare JSONDecodeError
     out = capsys.readouterr().out
     assert "dataset_coco.json is not Karpathy's JSON file" in out and "Using Karpathy's split" in out
     assert (cfg.dataset_dir / "dataset_coco.json").read_bytes() == karpathy_dataset(data)
@@ -884,7 +885,7 @@ def test_prepare_mscoco_refuses_an_html_page_for_the_annotation_zip(coco_web, tm
     coco_web.content_type["/annotations/annotations_trainval2014.zip"] = "text/html"
     cfg = full_cfg(tmp_path)
     with pytest.raises(coco.DatasetUnavailableError) as err:
-        coco.prepare_mscoco(cfg, subset=10, karpathy_url="", progress=False)
+        mscoco.prepare_mscoco(cfg, subset=10, karpathy_url="", progress=False)
     message = str(err.value)
     assert one_sentence(message) and "answered with an HTML page" in message and "zip archive" in message
     assert leftovers(cfg.dataset_dir) == []
@@ -900,12 +901,12 @@ def test_prepare_mscoco_refuses_html_pages_for_images_and_fetches_them_next_run(
         coco_web.files[path], coco_web.content_type[path] = PORTAL, "text/html"
     cfg = full_cfg(tmp_path)
     with pytest.raises(coco.DatasetUnavailableError) as err:
-        coco.prepare_mscoco(cfg, subset=10, progress=False)
+        mscoco.prepare_mscoco(cfg, subset=10, progress=False)
     assert "10 of 10 images failed" in str(err.value) and "answered with an HTML page" in str(err.value)
     assert not cfg.image_dir.exists() or leftovers(cfg.image_dir) == []
     for path in images:
         coco_web.files[path], coco_web.content_type[path] = real[path], "image/jpeg"
-    coco.prepare_mscoco(cfg, subset=10, progress=False)
+    mscoco.prepare_mscoco(cfg, subset=10, progress=False)
     caps = coco.load_captions(cfg)
     assert coco.missing_images(caps, cfg.image_dir) == []
     assert all((cfg.image_dir / img["file_name"]).read_bytes() == real[f"/{img['file_name']}"]

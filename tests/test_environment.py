@@ -1,6 +1,7 @@
 """Notebook 00's setup checks."""
 
-from labutils import environment, get_config
+from labutils import get_config
+from labutils.infra import environment
 
 
 def test_setup_checks_report_what_is_missing(tmp_path, monkeypatch):

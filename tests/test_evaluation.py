@@ -124,6 +124,8 @@ def test_bleu_breakdown_rows_isolate_each_difference():
     # Shortest reference: no brevity penalty for caption 2 (8 words; references of 7 and 8 words).
     assert table.loc["COCO, brevity penalty: shortest ref", "BLEU-1"] > row["BLEU-1"]
     assert not np.isclose(table.loc["COCO, mean of per-image BLEU", "BLEU-2"], row["BLEU-2"])
+    per_image_mean = metrics.per_image_scores(preds, refs)["Bleu_1"].mean()
+    assert table.loc["COCO, mean of per-image BLEU", "BLEU-1"] == pytest.approx(per_image_mean)
     # Per sentence, the 1-word caption has no 4-gram: 0 without smoothing, more than 0 with it.
     plain_mean = table.loc["NLTK, mean of sentence_bleu", "BLEU-4"]
     assert table.loc["NLTK, mean of sentence_bleu, method1", "BLEU-4"] > plain_mean
@@ -185,7 +187,7 @@ def test_caption_photo_returns_the_encoders_view_and_attention(tmp_path):
     from PIL import Image
 
     from labutils import models
-    from labutils.caption_cli import Captioner
+    from labutils.cli.caption import Captioner
 
     encoder = models.build_encoder("efficientnet_lite0", pretrained=False, grid_size=2)
     vocab = Vocabulary.build(["a red circle"])

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labutils import coco, exercises, solutions
+from labutils import coco, decode, exercises, solutions
+from labutils.decoders import ShowAttendTell
 from labutils.vocab import Vocabulary, tokenize
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -329,6 +330,7 @@ def test_topk_accuracy_rejects_wrong_answers_without_the_answer(capsys, wrong, k
     (exercises.check_split_sizes, (SPLITS,)), (exercises.check_flip_matrix, (WIDTH,)),
     (exercises.check_pad, ()), (exercises.check_grid_features, ()), (exercises.check_attention, ()),
     (exercises.check_topk_accuracy, ()),
+    (exercises.check_beam_step, ()),
     (exercises.check_bleu1_precision, ()), (exercises.check_mass_inside, (np.full(16, 1 / 16), np.eye(8, dtype=bool), 4)),
 ])
 def test_rerunning_the_check_cell_alone_is_not_praised(capsys, check, args):
@@ -339,13 +341,14 @@ def test_rerunning_the_check_cell_alone_is_not_praised(capsys, check, args):
 
 
 # ---------------------------------------------------------------------------------------------- the notebooks
-CHECKED = {"00_setup": "check_split_sizes", "01_coco_api": "check_images_with_all",
-           "02_augmentation": "check_flip_matrix", "03_vocabulary": "check_encode", "04_dataset": "check_pad",
-           "05_encoder": "check_grid_features", "06_decoder": "check_attention", "07_training": "check_topk_accuracy",
-           "08_evaluation": "check_bleu1_precision", "09_attention": "check_mass_inside"}
+CHECKED = [("00_setup", "check_split_sizes"), ("01_coco_api", "check_images_with_all"),
+           ("02_augmentation", "check_flip_matrix"), ("03_vocabulary", "check_encode"), ("04_dataset", "check_pad"),
+           ("05_encoder", "check_grid_features"), ("06_decoder", "check_attention"),
+           ("07_training", "check_topk_accuracy"), ("08_evaluation", "check_beam_step"),
+           ("08_evaluation", "check_bleu1_precision"), ("09_attention", "check_mass_inside")]
 
 
-@pytest.mark.parametrize("name, checker", sorted(CHECKED.items()))
+@pytest.mark.parametrize("name, checker", CHECKED)
 def test_notebook_exercise_is_a_stub_the_checker_replaces(name, checker):
     """The learner's cell defines the function with a `raise NotImplementedError` body (no answer shipped), and a
     later cell rebinds that name to what the checker returns (so the rest of the notebook uses the kept one)."""
@@ -426,6 +429,123 @@ def test_attention_rejects_wrong_answers_without_the_answer(capsys, wrong, keywo
 
 # ---------------------------------------------------------------------------------------------- 08 BLEU-1
 BLEU1_SECRETS = ["3/7", "0.42", "0.43", "0.75", "0.5", "3 / 7"]
+
+
+# ---------------------------------------------------------------------------------------------- 08 beam step
+NEG = float("-inf")
+
+
+def _beam_step_secrets():
+    """The expected picks of every case, as a hint could print them (tensors, lists, rounded scores)."""
+    secrets = ["tensor("]
+    for _what, scores, log_probs, n in exercises._beam_step_cases():
+        best, parent, word = decode.expand_beams(scores, log_probs, n)
+        secrets += [str(parent.tolist()), str(word.tolist())] + [f"{v:.{d}f}" for v in best.tolist() for d in (2, 3)]
+    return secrets
+
+
+def test_beam_step_reference_is_the_library_step_and_breaks_ties_low():
+    for _what, scores, log_probs, n in exercises._beam_step_cases():
+        for got, expected in zip(solutions.expand_beams(scores, log_probs, n),
+                                 decode.expand_beams(scores, log_probs, n), strict=True):
+            assert torch.equal(got, expected)
+    # Every candidate ties: the lower beam first, then the lower word; the -inf word is never picked.
+    best, parent, word = solutions.expand_beams(torch.zeros(2), torch.tensor([[0.0, 0.0], [0.0, NEG]]), 4)
+    assert best.tolist() == [0.0, 0.0, 0.0] and parent.tolist() == [0, 0, 1] and word.tolist() == [0, 1, 0]
+
+
+def test_beam_step_accepts_the_reference_and_a_stub_falls_back(capsys):
+    def mine(scores, log_probs, n):  # a different route to the same answer: a loop over the candidates
+        vocab_size = log_probs.size(1)
+        totals = (scores[:, None] + log_probs).flatten().tolist()
+        order = sorted(range(len(totals)), key=lambda i: -totals[i])[:n]  # sorted() is stable
+        order = [i for i in order if totals[i] != NEG]
+        return (torch.tensor([totals[i] for i in order]), torch.tensor([i // vocab_size for i in order]),
+                torch.tensor([i % vocab_size for i in order]))
+
+    accepted(capsys, exercises.check_beam_step(mine), mine)
+    accepted(capsys, exercises.check_beam_step(decode.expand_beams), decode.expand_beams)
+    not_attempted(capsys, exercises.check_beam_step(stub), solutions.expand_beams)
+
+
+def _flat_picks(totals, n, descending=True):
+    best, flat = totals.flatten().sort(descending=descending, stable=True)
+    return best[:n], flat[:n]
+
+
+def _no_running_score(scores, log_probs, n):
+    return solutions.expand_beams(torch.zeros_like(scores), log_probs, n)
+
+
+def _ascending(scores, log_probs, n):
+    best, flat = _flat_picks(scores[:, None] + log_probs, n, descending=False)
+    keep = best.isfinite()
+    return best[keep], flat[keep] // log_probs.size(1), flat[keep] % log_probs.size(1)
+
+
+def _divmod_by_beams(scores, log_probs, n):
+    best, flat = _flat_picks(scores[:, None] + log_probs, n)
+    keep = best.isfinite()
+    return best[keep], flat[keep] // scores.size(0), flat[keep] % scores.size(0)
+
+
+def _keeps_impossible_words(scores, log_probs, n):
+    best, flat = _flat_picks(scores[:, None] + log_probs, n)
+    return best, flat // log_probs.size(1), flat % log_probs.size(1)
+
+
+def _ties_to_the_higher_index(scores, log_probs, n):
+    totals = (scores[:, None] + log_probs).flatten()
+    best, flipped = totals.flip(0).sort(descending=True, stable=True)  # stable on the reversed list
+    best, flat = best[:n], totals.numel() - 1 - flipped[:n]
+    keep = best.isfinite()
+    return best[keep], flat[keep] // log_probs.size(1), flat[keep] % log_probs.size(1)
+
+
+def _no_cut_at_n(scores, log_probs, n):
+    return solutions.expand_beams(scores, log_probs, scores.numel() * log_probs.size(1))
+
+
+def _true_division(scores, log_probs, n):
+    best, parent, word = solutions.expand_beams(scores, log_probs, n)
+    return best, (parent * log_probs.size(1) + word) / log_probs.size(1), word
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (_no_running_score, "score so far"),
+    (_ascending, "descending"),
+    (_divmod_by_beams, "flat // V"),
+    (_keeps_impossible_words, "-inf candidates"),
+    (_ties_to_the_higher_index, "stable=True"),
+    (_no_cut_at_n, "wrong number"),
+    (_true_division, "integer division"),
+    (lambda scores, log_probs, n: solutions.expand_beams(scores, log_probs, n)[:2], "three 1-D tensors"),
+    (lambda scores, log_probs, n: log_probs[n], "IndexError"),
+])
+def test_beam_step_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    result = exercises.check_beam_step(wrong)
+    rejected(capsys, result, solutions.expand_beams, _beam_step_secrets(), keyword)
+
+
+def test_the_kept_beam_step_runs_inside_the_search():
+    """Notebook 08 runs the step the checker kept through `beam_search_one_image(..., expand=...)`."""
+    calls = []
+
+    def counting(scores, log_probs, n):
+        calls.append((scores.shape[0], log_probs.shape, n))
+        return solutions.expand_beams(scores, log_probs, n)
+
+    vocab = Vocabulary([f"w{i}" for i in range(6)])
+    torch.manual_seed(0)
+    decoder = ShowAttendTell(len(vocab), feature_dim=12, embed_dim=8, hidden_dim=10, attention_dim=6)
+    features = torch.randn(4, 12)  # [P, C]
+    mine = decode.beam_search_one_image(decoder, features, vocab, beam_size=3, max_len=6, expand=counting)
+    library = decode.beam_search_one_image(decoder, features, vocab, beam_size=3, max_len=6)
+    assert (mine.tokens, mine.score) == (library.tokens, library.score)
+    assert calls[0] == (1, (1, len(vocab)), 3)  # the first step extends the one start beam
+    assert all(n <= 3 for _, _, n in calls)  # finished beams retire their slots, never add any
+    broken = decode.beam_search_one_image(decoder, features, vocab, beam_size=3, max_len=6, expand=_ascending)
+    assert broken.tokens != library.tokens  # the search really steps with what it is given
 
 
 def test_bleu1_precision_reference_clips_to_the_most_in_one_reference():

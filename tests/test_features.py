@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from labutils import features, models
+from labutils import data, features, models
 
 
 class Counting(nn.Module):
@@ -106,7 +106,7 @@ def test_features_are_fp16_on_disk_and_float32_grids_when_read(cfg, ids):
     # and they are what the encoder computes on the transformed image (up to fp16 rounding)
     from labutils.data import load_image
 
-    name = features.file_names_from_captions(cfg.captions_file)[ids[3]]
+    name = data.file_names_from_captions(cfg.captions_file)[ids[3]]
     image = encoder.eval_transform(32)(load_image(cfg.image_dir / name))
     with torch.no_grad():
         want, _ = encoder(image[None])
@@ -151,7 +151,7 @@ def test_fine_tunable_encoders_are_refused(cfg, ids):
 def test_images_from_a_mapping_or_a_callable(cfg, ids):
     from labutils.data import load_image
 
-    names = features.file_names_from_captions(cfg.captions_file)
+    names = data.file_names_from_captions(cfg.captions_file)
     paths = {i: str(cfg.image_dir / names[i]) for i in ids[:6]}
     by_path = features.build_feature_cache(cfg, tiny_encoder(), ids[:6], paths, progress=False)
     by_call = features.build_feature_cache(cfg, tiny_encoder(), ids[:6], lambda i: load_image(paths[i]),

@@ -6,7 +6,7 @@ Only the two things that need the network are faked, honestly and outside the li
   file it downloads, not of one already in its cache);
 - MS-COCO 2014: an already-prepared `coco2014` folder (converted annotations with `train2014/...`/`val2014/...`
   file names, splits.json, and the prepared.json `prepare_mscoco` writes) built from the synthetic generator at the
-  full profile's 256 px, so `coco.ensure_dataset(cfg)` finds it converted and complete and only resizes it once.
+  full profile's 256 px, so `lab.ensure_dataset(cfg)` finds it converted and complete and only resizes it once.
 Everything else (encoder, 7x7 grid, 512-wide decoder, batch 128, 20 epochs, min_freq 5, ...) is the full profile.
 """
 
@@ -33,7 +33,7 @@ EDITS = {name: [("cfg = labutils.get_config(PROFILE)", "cfg = labutils.get_confi
 
 def build_fake_coco2014(dataset_dir: Path, n_images: int = N_IMAGES, image_size: int = 256) -> dict:
     """Write an already-prepared MS-COCO 2014 folder (lab layout) from synthetic scenes; return prepared.json."""
-    from labutils import synthetic
+    from labutils.infra import synthetic
 
     source = synthetic.generate(dataset_dir.parent / "synthetic_src", n_images=n_images, image_size=image_size,
                                 progress=False)
@@ -102,15 +102,16 @@ def test_fake_dataset_is_prepared_offline(full_env, monkeypatch):
     root, env = full_env
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    from labutils import coco, get_config
+    from labutils import get_config, lab
+    from labutils.infra import mscoco, resize
 
     cfg = get_config("full")
     assert cfg.dataset_dir == root / "data" / "coco2014" and cfg.encoder == "resnet101"
-    assert coco.mscoco_plan(cfg) == []  # nothing left to fetch
-    assert coco.ensure_dataset(cfg, progress=False) == cfg.dataset_dir
-    status = coco.mscoco_status(cfg)
+    assert mscoco.mscoco_plan(cfg) == []  # nothing left to fetch
+    assert lab.ensure_dataset(cfg, progress=False) == cfg.dataset_dir
+    status = mscoco.mscoco_status(cfg)
     assert status["converted"] and status["resized images"] and status["train2014 images"]
-    assert coco.image_root(cfg) == cfg.dataset_dir / "images_256px"
+    assert resize.image_root(cfg) == cfg.dataset_dir / "images_256px"
 
 
 @pytest.mark.slow
@@ -123,7 +124,7 @@ def test_notebooks_run_on_the_full_profile(full_env, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # the kernels inherit this process's environment
     notebooks = Path(__file__).resolve().parents[1] / "notebooks"
-    from labutils.runner import lab_notebooks
+    from labutils.infra.runner import lab_notebooks
 
     assert tuple(p.stem for p in lab_notebooks(notebooks)) == NOTEBOOKS  # a new notebook joins this run
     timings, outputs = {}, {}

@@ -17,7 +17,8 @@ SHOWN = {
                          "labutils.decoders.ShowAttendTell.attend", "labutils.decoders.ShowAttendTell.output_logits",
                          "labutils.decoders.ShowAttendTell.step"},
     "07_training.ipynb": {"labutils.train.train_one_epoch", "labutils.train.validate"},
-    "08_evaluation.ipynb": {"labutils.decode.greedy_one_image", "labutils.decode.beam_search_one_image"},
+    "08_evaluation.ipynb": {"labutils.decode.greedy_one_image", "labutils.decode.expand_beams",
+                            "labutils.decode.beam_search_one_image"},
 }
 
 

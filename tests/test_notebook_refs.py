@@ -6,8 +6,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from labutils import notebook_refs
 from labutils.config import find_lab_root
+from labutils.infra import notebook_refs
 
 NOTEBOOKS = sorted((find_lab_root() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
@@ -39,7 +39,7 @@ def test_record_then_attach_round_trip(tmp_path):
 
 
 def test_refs_command_refuses_a_missing_notebook_with_one_sentence(capsys):
-    from labutils.notebook_refs import main
+    from labutils.infra.notebook_refs import main
 
     with pytest.raises(SystemExit) as stop:
         main(["notebooks/no_such.ipynb"])

@@ -14,7 +14,8 @@ from loopback import closed_port_url
 from PIL import Image
 
 from labutils import coco, features, get_config
-from labutils import prepare as prep
+from labutils.cli import prepare as prep
+from labutils.infra import mscoco, resize
 
 
 def one_sentence(message: str) -> bool:
@@ -44,8 +45,8 @@ def write_official_2014(root: Path, n_train: int = 10, n_val: int = 8) -> None:
 def offline(monkeypatch):
     """No MS-COCO or Karpathy host answers (and none is ever really contacted)."""
     closed = closed_port_url()
-    monkeypatch.setattr(coco, "COCO_BASE_URL", closed)
-    monkeypatch.setattr(coco, "KARPATHY_SPLIT_SOURCES", (f"{closed}/caption_datasets.zip",))
+    monkeypatch.setattr(mscoco, "COCO_BASE_URL", closed)
+    monkeypatch.setattr(mscoco, "KARPATHY_SPLIT_SOURCES", (f"{closed}/caption_datasets.zip",))
     return closed
 
 
@@ -61,7 +62,7 @@ def test_prepare_full_profile_downloads_resizes_then_caches_features_from_the_re
     cfg = small_full_cfg(tmp_path)
     write_official_2014(cfg.dataset_dir)
     summary = prep.prepare(cfg, progress=False)
-    assert summary["image_root"] == str(cfg.dataset_dir / "images_8px") == str(coco.image_root(cfg))
+    assert summary["image_root"] == str(cfg.dataset_dir / "images_8px") == str(resize.image_root(cfg))
     assert set(summary["seconds"]) == {"download", "resize", "features"}
     assert summary["feature_shape"] == [18, 4, 320]
     cache = features.FeatureCache.load(summary["feature_cache"])
@@ -97,7 +98,7 @@ def test_prepare_says_in_one_sentence_when_the_encoder_weights_cannot_be_downloa
     assert one_sentence(message) and message.startswith("The ImageNet weights of resnet18 could not be downloaded "
                                                          "from https://download.pytorch.org")
     assert "resnet18-" in message and "checkpoints" in message
-    assert coco.image_root(cfg) == cfg.dataset_dir / "images_8px"  # the steps before it are done and kept
+    assert resize.image_root(cfg) == cfg.dataset_dir / "images_8px"  # the steps before it are done and kept
 
 
 def test_prepare_cli_on_the_quick_profile_is_an_offline_smoke_test(tmp_path, monkeypatch, capsys):
@@ -127,14 +128,14 @@ def test_prepare_cli_keeps_the_prepared_subset_unless_told_otherwise(tmp_path, o
     write_official_2014(cfg.dataset_dir)
     monkeypatch.setattr(prep, "get_config", lambda profile=None, **kw: small_full_cfg(tmp_path, **kw))
     assert prep.main(["--profile", "full", "--no-features", "--subset", "6"]) == 0
-    assert coco.prepared_subset(cfg) == 6 and len(coco.load_captions(cfg).imgs) == 6
+    assert mscoco.prepared_subset(cfg) == 6 and len(coco.load_captions(cfg).imgs) == 6
     capsys.readouterr()
     assert prep.main(["--profile", "full", "--no-features"]) == 0  # a plain re-run
     assert "Keeping the 6-image subset prepared before" in capsys.readouterr().out
-    assert coco.prepared_subset(cfg) == 6
+    assert mscoco.prepared_subset(cfg) == 6
     assert prep.main(["--profile", "full", "--no-features", "--subset", "all"]) == 0
-    assert coco.prepared_subset(cfg) is None and len(coco.load_captions(cfg).imgs) == 18
-    assert coco.image_root(cfg) == cfg.dataset_dir / "images_8px"
+    assert mscoco.prepared_subset(cfg) is None and len(coco.load_captions(cfg).imgs) == 18
+    assert resize.image_root(cfg) == cfg.dataset_dir / "images_8px"
     with pytest.raises(SystemExit):
         prep.main(["--profile", "full", "--subset", "lots"])
     assert "'lots' is not a number of images or `all`" in capsys.readouterr().err

@@ -5,7 +5,7 @@ import json
 import nbformat
 from nbformat.v4 import new_code_cell, new_notebook
 
-from labutils import runner, summary
+from labutils.infra import runner, summary
 
 
 def _write(path, *sources):

@@ -9,8 +9,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from waiting import start_and_see_it_wait
 
-from labutils import synthetic
-from labutils.infra import files
+from labutils.infra import files, synthetic
 
 
 @pytest.fixture(scope="module")

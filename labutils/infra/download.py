@@ -1,6 +1,6 @@
 """Downloads that survive a workshop's Wi-Fi: resumable, retried, verified, atomic and idempotent.
 
-Used by `labutils.coco.prepare_mscoco` for the MS-COCO archives, Karpathy's split and the per-image subset mode;
+Used by `labutils.infra.mscoco.prepare_mscoco` for the MS-COCO archives, Karpathy's split and the per-image subset mode;
 standard library only (urllib; Pillow only to decode a JPEG whose length the server did not state), so nothing
 extra has to be installed on Colab.
 
@@ -39,8 +39,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .coco import DatasetUnavailableError
-from .infra.files import DiskFullError, atomic_write_json, is_disk_full
+from .coco_format import DatasetUnavailableError
+from .files import DiskFullError, atomic_write_json, is_disk_full
 
 USER_AGENT = "labutils (captioning lab; python-urllib)"
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}  # worth another try; any other 4xx/5xx will not change

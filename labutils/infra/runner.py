@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import find_lab_root, get_config
 from . import summary
-from .config import find_lab_root, get_config
 
 
 @dataclass

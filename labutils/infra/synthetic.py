@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .infra.files import (
+from .files import (
     check_replaceable,
     disk_full_as_error,
     folder_lock,
@@ -322,7 +322,7 @@ def _write_dataset(tmp: Path, params: dict, progress: bool) -> None:
                 "attributes": {"color": obj.colour},
             })
     info = {"description": "labutils synthetic shapes (COCO format)", "version": str(GENERATOR_VERSION),
-            "year": 2026, "contributor": "labutils.synthetic", "date_created": "2026-01-01"}
+            "year": 2026, "contributor": "labutils.infra.synthetic", "date_created": "2026-01-01"}
     licenses = [{"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}]
     _write_json(tmp / "annotations" / "captions.json",
                 {"info": info, "licenses": licenses, "images": images, "annotations": captions})

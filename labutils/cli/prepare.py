@@ -15,11 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-from . import coco
-from .config import get_config
-from .infra.files import DiskFullError, FolderBusyError, NotLabFolderError
+from .. import models
+from ..config import get_config
+from ..features import ensure_features
+from ..infra import mscoco, resize
+from ..infra.datasets import ensure_dataset
+from ..infra.download import human_bytes
+from ..infra.files import DiskFullError, FolderBusyError, NotLabFolderError
+from ..models import EncoderWeightsError
 
-RESIZE_IMAGES_PER_S = 95  # measured: augment.resize_all on 2 shared cores, 640x480 JPEGs to 256 px (INSTRUCTORS.md)
+RESIZE_IMAGES_PER_S = 95  # measured: infra.resize.resize_all on 2 shared cores, 640x480 JPEGs to 256 px (INSTRUCTORS.md)
 
 
 class PrepareError(RuntimeError):
@@ -37,8 +42,6 @@ def _host(url: str) -> str:
 
 def encoder_weights(name: str) -> tuple[Path, str | None]:
     """(file the pretrained weights of encoder `name` are loaded from, URL they download from or None if pip-installed)."""
-    from . import models
-
     key = name.lower().replace("-", "_")
     if key in models.TORCHVISION_ENCODERS:
         import torch
@@ -50,8 +53,6 @@ def encoder_weights(name: str) -> tuple[Path, str | None]:
 
 
 def _build_encoder(cfg, progress: bool):
-    from . import models
-
     try:
         return models.build_encoder(cfg.encoder, pretrained=True, grid_size=cfg.grid_size, progress=progress)
     except models.EncoderWeightsError:
@@ -82,27 +83,23 @@ def _feature_cache_built(cfg) -> bool:
 def plan(cfg, subset: int | None = None, features: bool = True,
          base_url: str | None = None) -> list[tuple[str, str, str | None]]:
     """What `prepare` still has to do: (short name, one sentence, host it needs or None) per missing piece."""
-    from .download import human_bytes
-
     pieces: list[tuple[str, str, str | None]] = []
     if _is_mscoco(cfg):
-        coco_host = _host((base_url or coco.COCO_BASE_URL).rstrip("/"))
-        for short, sentence, _ in coco.mscoco_plan(cfg, subset, base_url):
+        coco_host = _host((base_url or mscoco.COCO_BASE_URL).rstrip("/"))
+        for short, sentence, _ in mscoco.mscoco_plan(cfg, subset, base_url):
             local = short in ("disk space", "Karpathy split (optional)")
             pieces.append((short, sentence, None if local else coco_host))
-        record = coco.resize_record(cfg)
+        record = resize.resize_record(cfg)
         if record is None or not record.get("complete"):
-            n = subset or sum(coco.COCO_IMAGES[coco.coco_year(cfg)].values())
+            n = subset or sum(mscoco.COCO_IMAGES[mscoco.coco_year(cfg)].values())
             minutes = max(1, round(n / RESIZE_IMAGES_PER_S / 60))
             pieces.append(("resized images", f"The images are not resized to {cfg.image_size} px yet; preparing "
-                           f"writes them once into {coco.resized_image_dir(cfg)} (about {minutes} min for {n:,} "
+                           f"writes them once into {resize.resized_image_dir(cfg)} (about {minutes} min for {n:,} "
                            f"images at the {RESIZE_IMAGES_PER_S} images/s measured on 2 CPU cores).", None))
     elif not Path(cfg.captions_file).is_file():
         pieces.append(("synthetic dataset", f"The synthetic dataset is not generated yet; preparing renders its "
                        f"{cfg.n_images} images into {cfg.dataset_dir} (seconds, offline).", None))
     if features:
-        from .models import EncoderWeightsError
-
         try:
             target, url = encoder_weights(cfg.encoder)
         except EncoderWeightsError as err:
@@ -132,7 +129,7 @@ def _dry_run(cfg, subset: int | None, features: bool, base_url: str | None, time
         print(f"The {cfg.profile} profile is prepared under {cfg.dataset_dir}; nothing to do.")
         return {"profile": cfg.profile, "missing": []}
     hosts = sorted({host for _, _, host in pieces if host})
-    unreachable = [host for host in hosts if not coco.network_available(host, timeout=timeout)]
+    unreachable = [host for host in hosts if not mscoco.network_available(host, timeout=timeout)]
     lines = "".join(f"\n  - {sentence}" for _, sentence, _ in pieces)
     if unreachable:
         raise PrepareError(
@@ -148,9 +145,9 @@ def prepare(cfg, subset: int | None = None, *, dry_run: bool = False, features: 
             base_url: str | None = None, timeout: float = 5.0, progress: bool = True) -> dict:
     """Download, resize once and build the feature cache for `cfg` (each step skipped when done); return a summary.
 
-    Full profile (an MS-COCO `cfg.dataset_name`): `coco.prepare_mscoco(cfg, subset)` without its resize, then
-    `coco.resize_images`, then `features.ensure_features` with the pretrained `cfg.encoder`. Other datasets (the
-    quick profile's synthetic shapes): `coco.ensure_dataset`, then the feature cache. `dry_run=True` changes
+    Full profile (an MS-COCO `cfg.dataset_name`): `mscoco.prepare_mscoco(cfg, subset)` without its resize, then
+    `resize.resize_images`, then `features.ensure_features` with the pretrained `cfg.encoder`. Other datasets (the
+    quick profile's synthetic shapes): `ensure_dataset`, then the feature cache. `dry_run=True` changes
     nothing: it prints what is missing, or raises `PrepareError` listing it when a needed server cannot be reached.
     Failures raise with one sentence saying what to do; re-running resumes where it stopped.
     """
@@ -159,22 +156,20 @@ def prepare(cfg, subset: int | None = None, *, dry_run: bool = False, features: 
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     if _is_mscoco(cfg):
-        coco.prepare_mscoco(cfg, subset, base_url=base_url, timeout=timeout, progress=progress, resize=False)
+        mscoco.prepare_mscoco(cfg, subset, base_url=base_url, timeout=timeout, progress=progress, resize=False)
         seconds["download"] = time.perf_counter() - started
         started = time.perf_counter()
-        record = coco.resize_images(cfg, progress=progress)
+        record = resize.resize_images(cfg, progress=progress)
         seconds["resize"] = time.perf_counter() - started
         if not record.get("complete"):
             raise PrepareError("The feature cache was not built because the resized images are incomplete (see the "
                                "message above); fix those images and run the same command again.")
     else:
-        coco.ensure_dataset(cfg, progress=progress)
+        ensure_dataset(cfg, progress=progress)
         seconds["dataset"] = time.perf_counter() - started
-    summary = {"profile": cfg.profile, "dataset_dir": str(cfg.dataset_dir), "image_root": str(coco.image_root(cfg)),
+    summary = {"profile": cfg.profile, "dataset_dir": str(cfg.dataset_dir), "image_root": str(resize.image_root(cfg)),
                "feature_cache": None, "seconds": seconds}
     if features:
-        from .features import ensure_features
-
         encoder = _build_encoder(cfg, progress)
         started = time.perf_counter()
         cache = ensure_features(cfg, encoder, progress=progress)
@@ -202,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subset", type=_subset, default=None, metavar="N",
                         help="full profile: only N MS-COCO images, fetched one by one; `all`: the whole dataset, "
                              "as zips (default: the subset prepared before, else all)")
-    parser.add_argument("--year", type=int, choices=coco.COCO_YEARS, default=None,
+    parser.add_argument("--year", type=int, choices=mscoco.COCO_YEARS, default=None,
                         help="full profile: MS-COCO release (default 2014; 2017 goes to data/coco2017)")
     parser.add_argument("--dry-run", action="store_true", help="change nothing; list what is missing")
     parser.add_argument("--no-features", action="store_true", help="skip the feature cache (and the encoder weights)")
     parser.add_argument("--base-url", default=None, metavar="URL",
-                        help=f"full profile: MS-COCO mirror (default {coco.COCO_BASE_URL})")
+                        help=f"full profile: MS-COCO mirror (default {mscoco.COCO_BASE_URL})")
     args = parser.parse_args(argv)
 
     overrides = {"coco_year": args.year} if args.year is not None else {}
@@ -228,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.subset is None and _is_mscoco(cfg):
         # Like the notebooks' ensure_dataset: a plain re-run keeps the subset prepared before.
-        subset = coco.prepared_subset(cfg)
+        subset = mscoco.prepared_subset(cfg)
         if subset is not None:
             print(f"Keeping the {subset}-image subset prepared before (--subset all: the whole dataset).")
     print(f"Preparing the {cfg.profile} profile: {cfg.dataset_dir}" + ("" if args.no_features else

@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..config import find_lab_root
+
 MARKER = "# NBVAL_CHECK_OUTPUT"
 REFERENCE_DIR = "reference_outputs"
 _KEEP_KEYS = {"output_type", "name", "text", "data"}
@@ -90,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import os
 
-    from .config import find_lab_root
 
     parser = argparse.ArgumentParser(prog="python -m labutils refs",
                                      description="Execute notebooks and re-record the reference outputs of their "

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 
-from .infra.files import DiskFullError, atomic_write_bytes
+from .. import decode, models
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..infra.files import DiskFullError, atomic_write_bytes
+from ..infra.images import ImageLoadError, load_image
+from ..models import EncoderWeightsError
+from ..train import decoder_from_checkpoint
+from ..viz import attention_mosaic, encode_image
+from ..vocab import Vocabulary
 
 DEFAULT_BATCH_SIZE = 16
 _FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -52,8 +59,6 @@ class Captioner:
 
     def caption(self, images, beam: int = 1, max_len: int = 30):
         """Decode one Caption per image: greedy for beam <= 1, else beam search with `beam` beams."""
-        from . import decode
-
         feats = self.features(images)
         if beam <= 1:
             return decode.greedy(self.decoder, feats, self.vocab, max_len=max_len)
@@ -83,11 +88,6 @@ def _check_complete(path: Path, saved: dict) -> None:
 
 def load_captioner(checkpoint_path: str | Path, device: str = "cpu") -> Captioner:
     """Rebuild encoder, decoder and vocabulary from one checkpoint, with one clear error for each way it can fail."""
-    from . import models
-    from .checkpoint import load_checkpoint
-    from .train import decoder_from_checkpoint
-    from .vocab import Vocabulary
-
     path = Path(checkpoint_path)
     if not path.is_file():
         raise CaptionCommandError(f"No checkpoint at {path}; train one with notebook 07 (it saves "
@@ -124,8 +124,6 @@ def read_images(names: Iterable[str], min_side: int | None,
                 failed: list[str]) -> Iterator[tuple[tuple[int, str], object]]:
     """Yield ((position, name), upright RGB image) lazily; an unreadable file is reported on stderr and added to
     `failed`."""
-    from .data import ImageLoadError, load_image
-
     for position, name in enumerate(names):
         try:
             image = load_image(name, min_side=min_side)
@@ -150,8 +148,6 @@ def caption_stream(captioner: Captioner, keyed_images: Iterable[tuple[object, ob
 def attention_figure(captioner: Captioner, image, caption, suffix: str, title: str) -> bytes:
     """The word-by-word attention of one caption over the view of the photo that the encoder had, encoded."""
     from PIL import Image, ImageOps
-
-    from .viz import attention_mosaic, encode_image
 
     # ImageOps.fit = shorter side to size + centre crop: the same view the encoder got (bilinear: Pillow's
     # resize filters all antialias, and bicubic cost a tenth of the figure's time for no visible difference).
@@ -284,9 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry; returns 0 when every image was captioned (and every figure written), 1 when some could
     not be, 2 on usage errors."""
     args = build_parser().parse_args(argv)
-
-    from .checkpoint import CheckpointError
-    from .models import EncoderWeightsError
 
     try:
         captioner = load_captioner(args.checkpoint, args.device)

@@ -1,0 +1,41 @@
+"""`python -m labutils COMMAND`: run the notebooks, caption images, prepare a profile, re-record references."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from ..config import get_config
+from ..infra.datasets import ensure_dataset
+
+# Each command's module is imported only when that command runs, so `run` or `--help` do not load torch.
+COMMANDS = {"run": "labutils.infra.runner", "caption": "labutils.cli.caption", "prepare": "labutils.cli.prepare",
+            "refs": "labutils.infra.notebook_refs"}
+
+USAGE = """usage: python -m labutils COMMAND [...]
+
+commands:
+  run       execute the lab's notebooks in order and print a summary
+  caption   caption one or more images with a trained checkpoint
+  dataset   generate (quick) or prepare (full) the profile's dataset
+  prepare   before a workshop: download, resize once and build the feature cache (--help for options)
+  refs      re-record the notebooks' reference outputs for nbval (maintainers)
+
+`python -m labutils COMMAND --help` shows a command's options."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a sub-command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in COMMANDS:
+        return importlib.import_module(COMMANDS[command]).main(rest)
+    if command == "dataset":
+        profile = rest[0] if rest else None
+        print(ensure_dataset(get_config(profile)))
+        return 0
+    print(f"Unknown command {command!r}; run `python -m labutils --help` to see the commands.", file=sys.stderr)
+    return 2

@@ -1,0 +1,23 @@
+"""One call that puts a profile's dataset on disk, whichever it is: the synthetic shapes or MS-COCO."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import synthetic
+from .mscoco import prepare_mscoco, prepared_subset
+
+
+def ensure_dataset(cfg, progress: bool = True) -> Path:
+    """Make sure the profile's dataset is on disk (synthetic shapes, or MS-COCO) and return its folder.
+
+    A folder at `cfg.dataset_dir` holding a dataset the lab did not write (say, your own photos converted to this
+    layout) is never replaced by the synthetic shapes: that stops with `infra.files.NotLabFolderError`.
+    """
+    # The dataset name, not the profile, decides: the full profile can run on synthetic data at full sizes.
+    if cfg.dataset_name.startswith("coco"):
+        # Keep the subset an instructor prepared (`python -m labutils prepare --subset N`) instead of
+        # converting, and downloading, the whole dataset in every notebook.
+        return prepare_mscoco(cfg, subset=prepared_subset(cfg), progress=progress)
+
+    return synthetic.ensure_synthetic(cfg, progress=progress)
