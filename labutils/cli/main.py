@@ -10,7 +10,7 @@ from ..infra.datasets import ensure_dataset
 
 # Each command's module is imported only when that command runs, so `run` or `--help` do not load torch.
 COMMANDS = {"run": "labutils.infra.runner", "caption": "labutils.cli.caption", "prepare": "labutils.cli.prepare",
-            "refs": "labutils.infra.notebook_refs"}
+            "refs": "labutils.infra.notebook_refs", "layout": "labutils.infra.layout"}
 
 USAGE = """usage: python -m labutils COMMAND [...]
 
@@ -20,6 +20,7 @@ commands:
   dataset   generate (quick) or prepare (full) the profile's dataset
   prepare   before a workshop: download, resize once and build the feature cache (--help for options)
   refs      re-record the notebooks' reference outputs for nbval (maintainers)
+  layout    list the package's modules floor by floor (maintainers)
 
 `python -m labutils COMMAND --help` shows a command's options."""
 
