@@ -90,7 +90,7 @@ def reference_old_command(paths, checkpoint, figures: Path | None, marks: dict) 
     """The old `main`: decode every photo at full size, caption all in one batch, then print and draw."""
     from PIL import ImageOps
 
-    from labutils.lab import load_captioner
+    from labutils.course import load_captioner
     from labutils.data import load_image
 
     captioner = load_captioner(checkpoint)
@@ -263,7 +263,7 @@ def decoding_check(paths: list[Path], checkpoint: Path) -> dict:
     """
     from PIL import Image
 
-    from labutils.lab import load_captioner
+    from labutils.course import load_captioner
     from labutils.data import load_image
 
     captioner = load_captioner(checkpoint)

@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.p
 
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py, next to this script)
 
-from labutils import coco, data, features, lab, models  # noqa: E402
+from labutils import coco, course, data, features, models  # noqa: E402
 from labutils.config import get_config  # noqa: E402
 from labutils.decoders import build_decoder  # noqa: E402
 from labutils.vocab import Vocabulary  # noqa: E402
@@ -193,7 +193,7 @@ def main() -> None:
         return
 
     cfg = get_config("quick")
-    lab.ensure_dataset(cfg, progress=False)
+    course.ensure_dataset(cfg, progress=False)
     info = machine_info()
     with tempfile.TemporaryDirectory(prefix="bench-feature-cache-") as tmp:
         build = child(args, "build_cache", Path(tmp))

@@ -6,7 +6,7 @@ Three floors, imports pointing only downwards (`tests/test_layout.py` checks it)
   image loading, the notebook runner, reference outputs, the run summary). Nothing here imports a lesson.
 * the lessons, one module per notebook idea: `coco`, `augment`, `vocab`, `data`, `models` (the encoder),
   `features`, `decoders`, `checkpoint`, `train`, `decode`, `metrics`, `grounding`, `evaluation`, `viz`.
-* the course: `lab` (the one-call path the notebooks use), `exercises` and `solutions`; and `labutils.cli`, the
+* the course: `course` (the one-call path the notebooks use), `exercises` and `solutions`; and `labutils.cli`, the
   commands (`python -m labutils ...`).
 """
 
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 # Submodules load on first use (`labutils.coco`, `labutils.models`, ...) so `import labutils` stays fast and a
 # notebook that needs no torch does not pay for it.
 _LAZY = {"augment", "checkpoint", "coco", "data", "decode", "decoders", "features", "metrics", "models", "train",
-         "viz", "vocab", "grounding", "evaluation", "lab", "exercises", "solutions", "infra", "cli"}
+         "viz", "vocab", "grounding", "evaluation", "course", "exercises", "solutions", "infra", "cli"}
 
 
 def __getattr__(name):

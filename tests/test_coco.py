@@ -14,7 +14,7 @@ from loopback import closed_port_url
 from PIL import Image
 from waiting import start_and_see_it_wait
 
-from labutils import coco, get_config, lab
+from labutils import coco, course, get_config
 from labutils.infra import datasets, mscoco, resize
 
 matplotlib.use("Agg")
@@ -115,7 +115,7 @@ def full_cfg(tmp_path):
 def test_ensure_dataset_quick_returns_synthetic_folder_without_regenerating(tiny_cfg):
     marker = tiny_cfg.dataset_dir / "annotations" / "captions.json"
     before = marker.stat().st_mtime_ns
-    assert lab.ensure_dataset(tiny_cfg, progress=False) == tiny_cfg.dataset_dir
+    assert course.ensure_dataset(tiny_cfg, progress=False) == tiny_cfg.dataset_dir
     assert marker.stat().st_mtime_ns == before
 
 
@@ -133,7 +133,7 @@ def test_ensure_dataset_quick_never_replaces_a_dataset_the_lab_did_not_write(tmp
         "annotations": [{"id": 1, "image_id": 1, "caption": "a child in a pink dress"}]}))
     before = synthetic.fingerprint(cfg.dataset_dir)
     with pytest.raises(NotLabFolderError) as err:
-        lab.ensure_dataset(cfg, progress=False)
+        course.ensure_dataset(cfg, progress=False)
     assert str(err.value).startswith(f"{cfg.dataset_dir} holds files the lab did not write, so it will not "
                                      "replace them with the synthetic dataset;")
     assert str(err.value).count(". ") == 0
@@ -144,7 +144,7 @@ def test_ensure_dataset_full_offline_fails_with_one_sentence(tmp_path, monkeypat
     monkeypatch.setattr(mscoco, "COCO_BASE_URL", closed_port_url())
     monkeypatch.setattr(mscoco, "KARPATHY_SPLIT_URL", closed_port_url())
     with pytest.raises(coco.DatasetUnavailableError) as err:
-        lab.ensure_dataset(full_cfg(tmp_path), progress=False)
+        course.ensure_dataset(full_cfg(tmp_path), progress=False)
     message = str(err.value)
     assert "caption annotations" in message and "train2014 images" in message and "val2014 images" in message
     assert "LAB_PROFILE=quick" in message and "Colab" in message
@@ -757,5 +757,5 @@ def test_ensure_dataset_keeps_the_prepared_subset(tmp_path, monkeypatch):
     calls = []
     real = mscoco.prepare_mscoco
     monkeypatch.setattr(datasets, "prepare_mscoco", lambda cfg, **kw: calls.append(kw) or real(cfg, **kw))
-    lab.ensure_dataset(cfg, progress=False)  # a notebook's call must not convert (and download) everything
+    course.ensure_dataset(cfg, progress=False)  # a notebook's call must not convert (and download) everything
     assert calls[0]["subset"] == 10 and len(coco.load_captions(cfg).imgs) == 10

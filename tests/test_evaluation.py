@@ -187,7 +187,7 @@ def test_caption_photo_returns_the_encoders_view_and_attention(tmp_path):
     from PIL import Image
 
     from labutils import models
-    from labutils.lab import Captioner
+    from labutils.course import Captioner
 
     encoder = models.build_encoder("efficientnet_lite0", pretrained=False, grid_size=2)
     vocab = Vocabulary.build(["a red circle"])

@@ -6,7 +6,7 @@ Only the two things that need the network are faked, honestly and outside the li
   file it downloads, not of one already in its cache);
 - MS-COCO 2014: an already-prepared `coco2014` folder (converted annotations with `train2014/...`/`val2014/...`
   file names, splits.json, and the prepared.json `prepare_mscoco` writes) built from the synthetic generator at the
-  full profile's 256 px, so `lab.ensure_dataset(cfg)` finds it converted and complete and only resizes it once.
+  full profile's 256 px, so `course.ensure_dataset(cfg)` finds it converted and complete and only resizes it once.
 Everything else (encoder, 7x7 grid, 512-wide decoder, batch 128, 20 epochs, min_freq 5, ...) is the full profile.
 """
 
@@ -102,13 +102,13 @@ def test_fake_dataset_is_prepared_offline(full_env, monkeypatch):
     root, env = full_env
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    from labutils import get_config, lab
+    from labutils import course, get_config
     from labutils.infra import mscoco, resize
 
     cfg = get_config("full")
     assert cfg.dataset_dir == root / "data" / "coco2014" and cfg.encoder == "resnet101"
     assert mscoco.mscoco_plan(cfg) == []  # nothing left to fetch
-    assert lab.ensure_dataset(cfg, progress=False) == cfg.dataset_dir
+    assert course.ensure_dataset(cfg, progress=False) == cfg.dataset_dir
     status = mscoco.mscoco_status(cfg)
     assert status["converted"] and status["resized images"] and status["train2014 images"]
     assert resize.image_root(cfg) == cfg.dataset_dir / "images_256px"

@@ -14,9 +14,9 @@ from itertools import islice
 from pathlib import Path
 
 from ..checkpoint import CheckpointError
+from ..course import CaptionCommandError, Captioner, load_captioner
 from ..infra.files import DiskFullError, atomic_write_bytes
 from ..infra.images import ImageLoadError, load_image
-from ..lab import CaptionCommandError, Captioner, load_captioner
 from ..models import EncoderWeightsError
 from ..viz import attention_mosaic, encode_image
 

@@ -1,7 +1,7 @@
 """The package's floors and its import graph, read from the source: `python -m labutils layout` prints one line
 per module, and tests/test_layout.py holds the rules (imports point down, at the top of a module, no cycle).
 
-Floors, bottom to top: 0 `config`; 1 `infra` (plumbing); 2 the lessons; 3 the course (`lab`, `exercises`,
+Floors, bottom to top: 0 `config`; 1 `infra` (plumbing); 2 the lessons; 3 the course (`course`, `exercises`,
 `solutions`); 4 the commands (`cli`, `__main__`).
 """
 
@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1]
 LESSONS = {"coco": "01", "augment": "02", "vocab": "03", "data": "04", "models": "05", "features": "05",
            "decoders": "06", "checkpoint": "07", "train": "07", "decode": "08", "metrics": "08", "evaluation": "08",
            "grounding": "09", "viz": "09"}  # module -> the notebook whose idea it holds
-COURSE = ("lab", "exercises", "solutions")
+COURSE = ("course", "exercises", "solutions")
 FLOOR_NAMES = ("config", "infra", "lessons", "course", "commands")
 
 

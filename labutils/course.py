@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import decode, models
 from .checkpoint import load_checkpoint
-from .infra.datasets import ensure_dataset  # noqa: F401  (notebooks call lab.ensure_dataset(cfg))
+from .infra.datasets import ensure_dataset  # noqa: F401  (notebooks call course.ensure_dataset(cfg))
 from .infra.mscoco import network_available  # noqa: F401  (notebook 08: is there a network for SPICE's models?)
 from .infra.resize import image_root  # noqa: F401  (the folder the readers take the images from)
 from .train import decoder_from_checkpoint
