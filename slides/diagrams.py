@@ -347,14 +347,14 @@ def packed_sequences(path: Path) -> Path:
 
 
 def teacher_forcing(path: Path) -> Path:
-    """Teacher forcing vs free running vs scheduled sampling, three rows of unrolled steps (17 pt: 20 px at 820)."""
-    fig, ax = _canvas(9.3, 4.45)
+    """Teacher forcing vs free running vs scheduled sampling, three rows of unrolled steps (17 pt: 20 px at 800)."""
+    fig, ax = _canvas(9.3, 4.5)
     size = 17
     rows = [("teacher\nforcing", ["<start>", "a", "red", "circle"], ["a", "red", "circle", "<end>"], "true"),
             ("free\nrunning", ["<start>", "a", "blue", "circle"], ["a", "blue", "circle", "<end>"], "own"),
             ("scheduled\nsampling", ["<start>", "a", "blue", "circle"], ["a", "blue", "circle", "<end>"], "mix")]
     for r, (title, ins, outs, kind) in enumerate(rows):
-        y = 3.78 - r * 1.38
+        y = 3.76 - r * 1.37
         ax.text(0.1, y, title, fontsize=size, va="center", weight="bold")
         for t, (w_in, w_out) in enumerate(zip(ins, outs, strict=True)):
             x = 2.85 + t * 1.75
@@ -368,8 +368,8 @@ def teacher_forcing(path: Path) -> Path:
                 arrow(ax, (x - 1.75 + 0.3, y + 0.29), (x - 1.0, y - 0.29), rad=-0.35, color=ACCENT, lw=1.2)
             if t:
                 arrow(ax, (x - 1.3, y), (x - 0.45, y))
-    ax.text(0.1, 0.15, "pink: the true word fed in    purple: the model's own last word",
-            fontsize=size, color="#4b5563")
+    ax.text(0.1, 0.02, "pink: the true word fed in    purple: the model's own last word",
+            fontsize=size, color="#4b5563", va="bottom")
     return _save(fig, path)
 
 

@@ -135,10 +135,10 @@ def augment_photo(path: Path, ctx: Context) -> Path:
         (augment.center_crop(img, 180), "center_crop(img, 180)"),
         (augment.random_crop(img, 180, rng=3), "random_crop(img, 180)"),
         (augment.horizontal_flip(img), "horizontal_flip(img)"),
-        (augment.rotate(img, 25), "rotate(img, 25): reflect"),
+        (augment.rotate(img, 25), "rotate: reflect"),
         (augment.rotate(img, 25, border=cv2.BORDER_CONSTANT), "rotate: BORDER_CONSTANT"),
     ]
-    fig, axes = plt.subplots(2, 3, figsize=(10.2, 4.8))  # two rows of three: 16 pt titles are 20 px at 440 px high
+    fig, axes = plt.subplots(2, 3, figsize=(11.2, 4.8))  # two rows of three: 16 pt titles are 20 px at 440 px high
     for ax, (picture, title) in zip(axes.flat, panels, strict=True):
         ax.imshow(picture)
         ax.set_title(title, fontsize=16)
@@ -180,6 +180,7 @@ def synthetic_samples(path: Path, ctx: Context) -> Path:
     """Six images of the lab's synthetic COCO-format dataset with their boxes (pycocotools) and one caption each."""
     import contextlib
     import io
+    from collections import Counter
 
     from pycocotools.coco import COCO
 
@@ -190,13 +191,17 @@ def synthetic_samples(path: Path, ctx: Context) -> Path:
     fig, axes = plt.subplots(1, 4, figsize=(12, 4.0))  # four panels, so 16 pt labels are 20 px at 1150 px wide
     for ax, image_id in zip(axes, range(1, 5), strict=True):
         ax.imshow(ctx.image(image_id))
+        names = []
         for ann in instances.loadAnns(instances.getAnnIds(imgIds=[image_id])):
             x, y, w, h = ann["bbox"]
             ax.add_patch(Rectangle((x, y), w, h, fill=False, edgecolor="black", linewidth=1.0, linestyle="--"))
-            ax.text(x, y - 1, f"{ann['attributes']['color']} {cats[ann['category_id']]}", fontsize=16,
-                    color="black", va="bottom", bbox={"facecolor": "white", "alpha": 0.7, "pad": 1, "lw": 0})
-        ax.set_title("\n".join(textwrap.wrap(captions[image_id][0], 24)), fontsize=16)
-        ax.axis("off")
+            names.append(f"{ann['attributes']['color']} {cats[ann['category_id']]}")
+        # The boxes' labels go under the image: written on it at a readable size they would cover the shapes.
+        ax.set_xlabel("\n".join(f"{n} × {name}" for name, n in sorted(Counter(names).items())), fontsize=16)
+        ax.set_title("\n".join(textwrap.wrap(captions[image_id][0], 22)), fontsize=16)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.spines[:].set_visible(False)
     return _save(fig, path)
 
 
@@ -254,14 +259,14 @@ def vocab_counts(path: Path, ctx: Context) -> Path:
     words, freq = zip(*counts.most_common(), strict=True)
     built = vocab_mod.Vocabulary.build(captions, min_freq=MIN_FREQ_DEMO)
     size = 17  # 20 px and more shown 1000 px wide
-    fig, ax = plt.subplots(figsize=(12, 2.9))
+    fig, ax = plt.subplots(figsize=(12, 2.6))
     colors = ["#bbf7d0" if f >= MIN_FREQ_DEMO else "#fecaca" for f in freq]
     ax.bar(range(len(words)), freq, color=colors, edgecolor="#1f2937", linewidth=0.6)
     ax.set_xticks(range(len(words)), words, rotation=90, fontsize=size)
     ax.tick_params(axis="y", labelsize=size)
     ax.axhline(MIN_FREQ_DEMO, color="#dc2626", lw=1.2, ls="--")
     ax.text(len(words) - 0.5, MIN_FREQ_DEMO * 1.1, f"min_freq = {MIN_FREQ_DEMO}", color="#dc2626", ha="right",
-            fontsize=size)
+            fontsize=size, bbox={"facecolor": "white", "alpha": 0.85, "pad": 1, "lw": 0})
     ax.set_yscale("log")
     ax.set_ylabel("count (log)", fontsize=size)
     ax.set_title(f"{len(captions)} synthetic captions, {len(words)} distinct words\n"
@@ -286,11 +291,11 @@ def encoder_top5(path: Path, ctx: Context) -> Path:
         img = _photo(name, 224)
         top = models.topk_imagenet(encoder, img, k=3)
         ax.imshow(img)
-        ax.set_title(f"skimage.data.{name}()", fontsize=size)
-        ax.set_xlabel("\n".join(f"{label[:16]}: {p:.2f}" for label, p in top), fontsize=size)
+        ax.set_title(f"{name}", fontsize=size)
+        ax.set_xlabel("\n".join(f"{label[:18]}: {p:.2f}" for label, p in top), fontsize=size)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("EfficientNet-Lite0 with ImageNet weights: top-3 labels", fontsize=size)
+    fig.suptitle("skimage.data photos; EfficientNet-Lite0 with ImageNet weights: top-3 labels", fontsize=size)
     return _save(fig, path)
 
 
@@ -339,8 +344,19 @@ def training_curves(path: Path, ctx: Context) -> Path:
     history = saved.get("history")
     if not history:
         raise FigureUnavailable(f"{ckpt_path} holds no training history")
-    fig = train.plot_history(history, figsize=(9, 3.6))
+    from matplotlib.ticker import MaxNLocator
+
+    fig = train.plot_history(history, figsize=(9, 3.4))
     fig.suptitle(f"notebook 07: {ckpt_path.name}, best epoch {saved.get('best_epoch')}")
+    for ax in fig.axes:  # at a projector's type size the ticks thin out and the legends get shorter
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4))
+        handles, labels = ax.get_legend_handles_labels()
+        if len(handles) == 1:  # one curve: its name is the panel's title
+            ax.get_legend().remove()
+            ax.set_title(labels[0])
+        elif handles:
+            ax.legend(handles, [label.split(" (")[0] for label in labels], loc="lower right", frameon=False)
     _enlarge_text(fig, 15.5)  # 20 px and more shown 900 px wide
     fig.tight_layout()
     ctx.notes["training_curves"] = f"from {ckpt_path}"
