@@ -1,25 +1,32 @@
-"""Words to integers and back: the spaCy tokenizer, the `Vocabulary` (JSON, never pickle) and coverage statistics.
+"""Words to integers and back: the PTB tokenizer, the `Vocabulary` (JSON, never pickle) and coverage statistics.
 
 Tokenisation policy (the same for training captions, generated captions and references):
 
-* spaCy's blank English pipeline (`spacy.blank("en")`) splits the text; it needs no model download and knows
-  English rules such as "don't" -> "do" + "n't" and "U.S." staying one token.
-* Every token is lower-cased and punctuation and whitespace tokens are dropped.
+* `tokenize` gives exactly the tokens of the COCO caption evaluation: pycocoevalcap runs the Stanford PTB
+  tokenizer (Java) with `-lowerCase` and then drops the tokens in its punctuation list. `tokenize` is a
+  pure-Python re-implementation of the PTB rules that captions meet, tested equal to the Java tokenizer on every
+  Flickr8k caption, so training needs no Java.
+* PTB rules: clitics are split off ("don't" -> "do" + "n't", "dog's" -> "dog" + "'s"), hyphenated words stay one
+  token ("t-shirt", "2-year-old"), abbreviations keep their full stop ("a.m.", "u.s.", "mr."), numbers keep their
+  separators ("3.5", "1,000"), brackets become "-lrb-", "-rrb-" and the like.
+* Every token is lower-cased and the scorer's punctuation tokens (`PTB_PUNCTUATION`) are dropped.
 
-Why: the COCO caption evaluation (pycocoevalcap's PTB tokenizer) lower-cases both the candidates and the
-references and strips punctuation before computing BLEU/METEOR/ROUGE-L/CIDEr, so a capital letter or a full stop
-that the model learnt to produce could never earn a point. Dropping them also makes "Dog", "dog" and "dog." one
-word instead of three, which shrinks the vocabulary and gives every word more training examples.
+Why: the scorer tokenises candidates and references this way before computing BLEU/METEOR/ROUGE-L/CIDEr, so a
+word the vocabulary splits differently ("t shirt" against the scorer's "t-shirt") could never earn its n-grams,
+and a capital letter or a full stop the model learnt to produce could never earn a point. Lower-casing also makes
+"Dog", "dog" and "dog." one word instead of three, which shrinks the vocabulary and gives every word more examples.
+(Quirk kept on purpose: pycocoevalcap compares the lower-cased "-lrb-" with its upper-case "-LRB-", so brackets
+survive as words; the vocabulary keeps them too, because the scorer counts them.)
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from pathlib import Path
 
 VOCAB_FORMAT = "labutils.vocab"
@@ -30,34 +37,72 @@ class VocabularyFileError(ValueError):
     """A vocabulary file that is not valid JSON or not in the format `Vocabulary.save` writes."""
 
 
-@lru_cache(maxsize=1)
-def _nlp():
-    # Building the pipeline takes ~0.3 s; tokenize() is called per caption, so build it once per process.
-    import spacy
+# The tokens pycocoevalcap's PTBTokenizer removes after tokenising (it compares them with the lower-cased tokens).
+PTB_PUNCTUATION = frozenset({"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":",
+                             "-", "--", "...", ";"})
+# Characters the PTB tokenizer rewrites (PTB3 escaping): brackets get names, quotes become LaTeX-style quotes.
+_SYMBOLS = {"(": "-LRB-", ")": "-RRB-", "[": "-LSB-", "]": "-RSB-", "{": "-LCB-", "}": "-RCB-", '"': "''",
+            "“": "``", "”": "''", "‘": "`", "’": "'"}
+# Words whose final full stop the PTB tokenizer keeps (its abbreviation lists, the part captions meet).
+_ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "st", "jr", "sr", "vs", "etc", "prof", "mt", "ave", "co", "inc",
+                            "ltd", "corp", "jan", "feb", "aug", "sept", "oct", "nov", "dec"})
+_SPLIT_WORDS = {"cannot": ("can", "not"), "gonna": ("gon", "na"), "gotta": ("got", "ta"),
+                "wanna": ("wan", "na"), "lemme": ("lem", "me"), "gimme": ("gim", "me")}
+_AL = r"[^\W_]"  # a letter or digit
+_PREFIX = rf"(?:[dDoOlL]['’](?={_AL}))?"  # the apostrophe PTB keeps inside a word: "o'neil", "d'artagnan"
+_JOIN = r"(?:[-_/]|\.-?|(?<=\d)[,:](?=\d)|(?<=[A-Z])&(?=[A-Z]))"  # "t-shirt", "u.s.-based", "1,000", "AT&T"
+_SUFFIX = rf"(?:(?:['’](?i:s|m|d|re|ve|ll)|(?<=[nN])['’][tT])(?!{_AL}))?"  # "dog's", "isn't": split later
+# One piece of a caption, first alternative that matches: a free-standing clitic or clipped word
+# ("'s", "'em"); a few words with their own rule; a word (inner joiners, a clitic suffix, a final full
+# stop); an ellipsis; dashes; runs of ?/!; the HTML "&amp;"; any other single character.
+_PIECE = re.compile(
+    rf"(?P<clitic>['’][nN]['’]|['’][tT](?=(?i:is)\b)|['’](?i:s|m|d|re|ve|ll|n|cause|em|til)(?!{_AL}))"
+    r"|(?P<special>(?i:ma['’]am\b|y['’](?=all\b)))"
+    rf"|(?P<word>{_PREFIX}{_AL}+(?:{_JOIN}{_PREFIX}{_AL}+)*{_SUFFIX}\.?)"
+    r"|(?P<dots>\.{3,}|…)|(?P<dashes>--+|[\u2013\u2014\u2015])|(?P<bangs>[?!]+)|(?P<amp>&amp;)"
+    r"|(?P<other>\S)")
+_CLITIC = re.compile(r"(?i)^(.+?)(n['’]t|['’](?:s|m|d|re|ve|ll))$")
+_ACRONYM = re.compile(r"^(?:[^\W\d_]\.)+$|^[^\W\d_](?:\.[^\W\d_])+\.$")  # "a.m.", "U.S.", "e.g."
 
-    return spacy.blank("en")
+
+def _split_word(word: str) -> list[str]:
+    """PTB's split of one word piece: a final full stop off unless an abbreviation, then clitics off."""
+    tail = []
+    if word.endswith(".") and not (_ACRONYM.match(word) or word[:-1].lower() in _ABBREVIATIONS):
+        word, tail = word[:-1], ["."]
+    clitic = _CLITIC.match(word)
+    if clitic:  # "isn't" -> "is" + "n't", "o'neil's" -> "o'neil" + "'s"
+        return [*_split_word(clitic.group(1)), clitic.group(2), *tail]
+    return [*_SPLIT_WORDS.get(word.lower(), [word]), *tail]
 
 
-def _keep(token) -> bool:
-    return not (token.is_punct or token.is_space)
+def _ptb_tokens(text: str) -> list[str]:
+    """The PTB tokenizer's tokens of `text`, case and punctuation kept (before pycocoevalcap's filter)."""
+    tokens = []
+    for match in _PIECE.finditer(text):
+        kind, piece = match.lastgroup, match.group()
+        if kind == "word":
+            tokens += _split_word(piece)
+        else:
+            tokens.append({"dots": "...", "dashes": "--", "amp": "&"}.get(kind) or _SYMBOLS.get(piece, piece))
+    return tokens
 
 
 def tokenize(text: str) -> list[str]:
-    """Split `text` into lower-case word tokens with spaCy's blank English tokenizer, dropping punctuation."""
+    """Split `text` into the COCO scorer's tokens: PTB tokenization, lower-cased, punctuation dropped."""
     if not isinstance(text, str):
         raise TypeError(f"tokenize() needs a string, got {type(text).__name__}; pass one caption at a time.")
-    # Tokenise the original text and lower-case afterwards: spaCy's exceptions ("U.S.", "Dr.") are case-aware.
-    return [token.text.lower() for token in _nlp()(text) if _keep(token)]
+    # Tokenise the original text and lower-case afterwards, as the Java tokenizer does ("AT&T" needs the capitals).
+    lowered = (token.lower() for token in _ptb_tokens(text))
+    return [token for token in lowered if token not in PTB_PUNCTUATION]
 
 
 def tokenize_all(texts: Iterable[str], progress: bool = False, total: int | None = None) -> list[list[str]]:
-    """Tokenize many captions at once (spaCy's batched `pipe`, with an optional progress bar)."""
+    """Tokenize many captions (with an optional progress bar)."""
     from tqdm.auto import tqdm
 
     texts = list(texts)
-    docs = _nlp().pipe(texts, batch_size=2048)
-    docs = tqdm(docs, total=total or len(texts), desc="tokenize", disable=not progress)
-    return [[token.text.lower() for token in doc if _keep(token)] for doc in docs]
+    return [tokenize(text) for text in tqdm(texts, total=total or len(texts), desc="tokenize", disable=not progress)]
 
 
 def count_words(captions: Iterable[str], progress: bool = False) -> Counter:

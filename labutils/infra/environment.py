@@ -51,13 +51,6 @@ def setup_checks(cfg) -> list[Check]:
     java = java_version()
     checks.append(Check("java", java is not None, java or "missing",
                         "" if java else "install a JRE (apt-get install default-jre-headless) for the COCO metrics"))
-    try:
-        import spacy
-
-        spacy.blank("en")("a red circle")
-        checks.append(Check("spacy", True, f"{spacy.__version__} (blank English tokenizer, no download)"))
-    except Exception as exc:  # noqa: BLE001 - report, don't crash the setup notebook
-        checks.append(Check("spacy", False, str(exc).splitlines()[0], "pip install 'spacy>=3.7'"))
     data_root = Path(cfg.data_root)
     data_root.mkdir(parents=True, exist_ok=True)
     free_gb = shutil.disk_usage(data_root).free / 1e9
