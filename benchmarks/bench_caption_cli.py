@@ -238,19 +238,19 @@ def upscaled(paths: list[Path], folder: Path) -> list[Path]:
 
 
 def find_or_train_checkpoint(given: Path | None) -> tuple[Path, dict]:
-    from labutils import checkpoint, get_config, train
+    from labutils import checkpoint, course, get_config
 
-    finished = [given] if given else [train.checkpoint_path_for(get_config("quick"), "attention")]
+    finished = [given] if given else [course.checkpoint_path_for(get_config("quick"), "attention")]
     for path in finished:
         if path and path.is_file():
             saved = checkpoint.load_checkpoint(path)
             return path, {"path": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                           "trained_here": False, "test_bleu4": saved.get("test_metric")}
     cfg = get_config("quick", build_dir=ROOT / "build" / "bench_caption_cli", time_budget_s=60)
-    path = train.checkpoint_path_for(cfg, "attention")
+    path = course.checkpoint_path_for(cfg, "attention")
     if not path.is_file():
         print(f"No quick checkpoint: training a small one for about a minute into {path} ...", flush=True)
-        train.train_quick_captioner(cfg, "attention", progress=False)
+        course.train_quick_captioner(cfg, "attention", progress=False)
     saved = checkpoint.load_checkpoint(path)
     return path, {"path": str(path.relative_to(ROOT)), "trained_here": True, "test_bleu4": saved.get("test_metric")}
 

@@ -182,7 +182,7 @@ def bench_train(cfg, device: torch.device, n_images: int) -> dict:
     def lab_epoch() -> float:
         decoder = build_decoder("attention", len(vocab), 2048, cfg)
         decoder.load_state_dict(initial)
-        result = train.train(run_cfg, decoder, loaders, vocab, epochs=1, patience=None, time_budget_s=None,
+        result = train.train(run_cfg.replace(epochs=1, time_budget_s=None), decoder, loaders, vocab, patience=None,
                              scheduler=None, progress=False)
         return float(result.history["seconds"].iloc[0])
 

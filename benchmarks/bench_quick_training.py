@@ -1,6 +1,6 @@
 """Quick-profile training gives the same model on a quiet and on a loaded machine (issue 11, item 5).
 
-Runs notebook 07's training call (`train.train_quick_captioner(cfg, kind)` with the quick profile's settings) in a
+Runs notebook 07's training call (`course.train_quick_captioner(cfg, kind)` with the quick profile's settings) in a
 fresh interpreter twice per decoder: once as the machine is, once with busy-loop processes competing for the CPU.
 It records each run's time, epochs, why it stopped, the validation and test BLEU-4 and a hash of the weights, and
 whether the two runs agree bit for bit. The time is the machine's; everything else must not depend on it.
@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def _child(kind: str, build_dir: str) -> None:
     """One training, as notebook 07 runs it; prints one JSON line."""
-    from labutils import get_config, train
+    from labutils import course, get_config
 
     cfg = get_config("quick", build_dir=Path(build_dir))
     started = time.perf_counter()
-    decoder, _vocab, result, _path = train.train_quick_captioner(cfg, kind, progress=False)
+    decoder, _vocab, result, _path = course.train_quick_captioner(cfg, kind, progress=False)
     weights = hashlib.sha256()
     for name, tensor in decoder.state_dict().items():
         weights.update(name.encode())

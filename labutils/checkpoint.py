@@ -82,7 +82,7 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}; train a model first (labutils.train.train_quick_captioner) "
+        raise FileNotFoundError(f"No checkpoint at {path}; train a model first (labutils.course.train_quick_captioner) "
                                 "or check the path.")
     _check_is_torch_file(path)
     try:

@@ -89,7 +89,7 @@ def check_split_against(coco, splits: Mapping[str, Iterable[int]]) -> list[int]:
         if absent:
             raise SplitError(f"{len(absent)} image id(s) of split {name!r} (e.g. {absent[0]}) are not in the "
                              "annotations; the split file belongs to another dataset, so regenerate it with "
-                             "`labutils.lab.ensure_dataset(cfg)`.")
+                             "`labutils.course.ensure_dataset(cfg)`.")
         assigned |= ids
     return sorted(set(coco.imgs) - assigned)
 
@@ -104,7 +104,7 @@ def show_image_with_captions(coco_caps, image_id: int, image_dir: str | Path, co
         raise KeyError(f"Image id {image_id} is not in the caption annotations; pick one from coco.getImgIds().")
     path = Path(image_dir) / coco_caps.imgs[image_id]["file_name"]
     if not path.is_file():
-        raise DatasetUnavailableError(f"Image file {path} is missing; run `labutils.lab.ensure_dataset(cfg)` "
+        raise DatasetUnavailableError(f"Image file {path} is missing; run `labutils.course.ensure_dataset(cfg)` "
                                       "(or notebook 00) and check that image_dir is cfg.image_dir.")
     with Image.open(path) as img:  # stored pixels, no EXIF rotation: COCO's boxes are in these coordinates
         pixels = np.asarray(to_rgb(img))

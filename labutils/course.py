@@ -4,15 +4,24 @@ and a trained captioner with one call each, so a notebook spends its cells on it
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import decode, models
+from . import checkpoint as ckpt
+from . import coco, data, decode, features, metrics, models, train
 from .checkpoint import load_checkpoint
-from .infra.datasets import ensure_dataset  # noqa: F401  (notebooks call course.ensure_dataset(cfg))
+from .decoders import build_decoder, canonical_kind
+from .infra.datasets import ensure_dataset
 from .infra.mscoco import network_available  # noqa: F401  (notebook 08: is there a network for SPICE's models?)
 from .infra.resize import image_root  # noqa: F401  (the folder the readers take the images from)
-from .train import decoder_from_checkpoint
+from .train import (
+    CFG_SETTINGS,
+    RESUMED_CFG_SETTINGS,
+    caption_loader,
+    decoder_from_checkpoint,
+    decoder_from_spec,
+)
 from .vocab import Vocabulary
 
 
@@ -105,3 +114,127 @@ def load_captioner(checkpoint_path: str | Path, device: str = "cpu") -> Captione
         raise CaptionCommandError(f"{path} was trained on {spec.get('feature_dim')}-channel features but encoder "
                                   f"{cfg['encoder']} gives {encoder.out_channels}; the checkpoint's config is damaged.")
     return Captioner(encoder.to(device), decoder.to(device), vocab, int(cfg["encoder_input_size"]), device)
+
+
+# -- data, features and a trained captioner, one call each (notebooks 06-09) -----------------------------------
+@dataclass
+class LabData:
+    """Everything a captioner trains on: vocabulary, split ids, references, feature source and data loaders."""
+
+    cfg: object
+    vocab: object
+    splits: dict
+    captions: dict  # image id -> reference captions
+    source: Callable  # image id -> features [P, C]
+    feature_dim: int
+    loaders: dict  # "train" (CaptionBatch), "val" and "test" (EvalBatch)
+
+
+def prepare_data(cfg, caption_mode: str = "sample", source: Callable | None = None,
+                 feature_dim: int | None = None, progress: bool = True) -> LabData:
+    """Dataset on disk, vocabulary from the training captions, cached encoder features, and the three loaders."""
+    ensure_dataset(cfg, progress=progress)
+    captions = coco.captions_by_image(coco.load_captions(cfg))
+    splits = coco.load_splits(cfg)
+    vocab = Vocabulary.build((c for i in splits["train"] for c in captions[i]), min_freq=cfg.min_freq)
+    if source is None:  # the frozen pretrained encoder's features, computed once and cached on disk
+        cache = features.ensure_features(cfg, splits=("train", "val", "test"), progress=progress)
+        source, feature_dim = cache.source, cache.channels
+    if feature_dim is None:
+        feature_dim = int(source(splits["train"][0]).shape[-1])
+    train_set = data.CaptionDataset(splits["train"], captions, vocab, source, mode=caption_mode,
+                                    max_len=cfg.max_caption_len, seed=cfg.seed)
+    loaders = {"train": data.make_loader(train_set, cfg, train=True, collate_fn=data.collate_captions)}
+    for name in ("val", "test"):
+        loaders[name] = data.make_loader(data.EvalDataset(splits[name], captions, source), cfg, train=False,
+                                         collate_fn=data.collate_eval)
+    return LabData(cfg, vocab, splits, captions, source, int(feature_dim), loaders)
+
+
+def checkpoint_path_for(cfg, kind: str) -> Path:
+    """Where the quick/full run of decoder `kind` saves its checkpoint: cfg.checkpoint_dir / f"{kind}.pt"."""
+    return Path(cfg.checkpoint_dir) / f"{canonical_kind(kind)}.pt"
+
+
+@train.on_cfg_threads
+def train_quick_captioner(cfg, kind: str = "attention", progress: bool = True, lab_data: LabData | None = None,
+                          caption_mode: str = "sample", resume: bool = False, **train_kwargs):
+    """Prepare the data, build decoder `kind`, train it, score the test split; return (decoder, vocab, result, path).
+
+    The checkpoint (best validation epoch) is saved to `cfg.checkpoint_dir / f"{kind}.pt"`, where notebooks 08
+    and 09 find it. `result.test_metric` is the greedy BLEU-4 on the test split. Settings of the config change
+    through it (`cfg.replace(epochs=3)`); extra keyword arguments are `train`'s own (e.g. `patience=...`). With
+    `resume=True` the run saved there continues where it stopped, with the decoder, epochs, learning rates and
+    training options it was started with (keyword arguments given here win) and `cfg.time_budget_s` as its
+    safety limit.
+    """
+    kind = canonical_kind(kind)
+    lab_data = lab_data or prepare_data(cfg, caption_mode=caption_mode, progress=progress)
+    path = checkpoint_path_for(cfg, kind)
+    if resume:
+        saved = ckpt.load_checkpoint(path)
+        decoder = decoder_from_spec(saved["decoder"])  # train() loads the weights to resume from
+        settings = saved.get("settings", {})
+        cfg = cfg.replace(**{key: settings[key] for key in RESUMED_CFG_SETTINGS if key in settings})
+        own = {key: value for key, value in settings.items() if key not in CFG_SETTINGS}
+        train_kwargs = {**own, **train_kwargs, "resume_from": path}
+    else:
+        train.seed_everything(cfg.seed)
+        decoder = build_decoder(kind, len(lab_data.vocab), lab_data.feature_dim, cfg)
+    result = train.train(cfg, decoder, lab_data.loaders, lab_data.vocab, checkpoint_path=path, progress=progress,
+                   **train_kwargs)
+    predictions, references = caption_loader(decoder, lab_data.loaders["test"], lab_data.vocab, cfg.device,
+                                             cfg.max_caption_len, progress=progress, desc="test captions")
+    result.test_metric = metrics.bleu4(predictions, references)
+    result.test_samples = dict(list(predictions.items())[:8])
+    saved = ckpt.load_checkpoint(path)
+    saved["test_metric"] = result.test_metric
+    ckpt.save_checkpoint(path, saved.pop("model_state"), saved.pop("vocab"), saved.pop("config"),
+                         **{k: v for k, v in saved.items() if k not in ("format", "version")})
+    return decoder.eval(), lab_data.vocab, result, path
+
+
+def _matches(saved_cfg: Mapping, cfg) -> bool:
+    keys = ("dataset_name", "n_images", "image_size", "encoder", "encoder_input_size", "grid_size", "seed")
+    now = cfg.to_dict()
+    return all(saved_cfg.get(k) == now.get(k) for k in keys)
+
+
+def _why_train_anew(saved: Mapping | None, cfg) -> str | None:
+    """Why `load_trained` cannot use or resume this checkpoint (None: it can)."""
+    if saved is None:
+        return "no checkpoint yet"
+    if not _matches(saved["config"], cfg):
+        return "the checkpoint was trained on other data/features"
+    if "finished" not in saved or saved.get("resume") is None:
+        return "the checkpoint does not say whether its run finished, so it may be from a cut-short run"
+    return None
+
+
+def load_trained(cfg, kind: str = "attention", progress: bool = True):
+    """Load the checkpoint of a finished run that `train_quick_captioner` saved for `kind`.
+
+    Without one it trains first, and says so before it starts: from scratch when there is no usable checkpoint,
+    and by resuming the run when its checkpoint is from a run that was interrupted (a Colab disconnect in
+    notebook 07, say) or cut short by the safety time limit: a learner expects the model notebook 07 was
+    training, and the resume continues that very run (exactly, epoch for epoch) without redoing the epochs
+    already done. A resumed run gets `cfg.time_budget_s` as its safety limit, not the one it was started with.
+    Returns (decoder in eval mode on cfg.device, vocabulary, checkpoint dict).
+    """
+    kind = canonical_kind(kind)
+    path = checkpoint_path_for(cfg, kind)
+    saved = ckpt.load_checkpoint(path) if path.is_file() else None
+    reason = _why_train_anew(saved, cfg)
+    if reason is not None:
+        print(f"Training the {kind} captioner first, for at most {cfg.epochs} epochs as notebook 07 does "
+              f"({reason}: {path}).")
+        train_quick_captioner(cfg, kind, progress=progress)
+        saved = ckpt.load_checkpoint(path)
+    elif not saved["finished"] or saved.get("stopped") == "time_budget":
+        planned = saved.get("settings", {}).get("epochs", cfg.epochs)
+        why = "the safety time limit cut short" if saved["finished"] else "stopped before it finished"
+        print(f"Resuming the {kind} captioner's training at epoch {int(saved['epoch']) + 1} of at most {planned}, "
+              f"because {path} is from a run that {why}.")
+        train_quick_captioner(cfg, kind, progress=progress, resume=True)
+        saved = ckpt.load_checkpoint(path)
+    return decoder_from_checkpoint(saved).to(cfg.device), Vocabulary.from_dict(saved["vocab"]), saved

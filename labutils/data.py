@@ -86,7 +86,7 @@ def file_names_from_captions(captions_file: str | Path) -> dict[int, str]:
     """image id -> file_name from a COCO captions JSON (plain json: fast, no pycocotools index building)."""
     path = Path(captions_file)
     if not path.is_file():
-        raise FileNotFoundError(f"No captions file at {path}; run labutils.lab.ensure_dataset(cfg) first.")
+        raise FileNotFoundError(f"No captions file at {path}; run labutils.course.ensure_dataset(cfg) first.")
     images = json.loads(path.read_text(encoding="utf-8"))["images"]
     return {int(img["id"]): img["file_name"] for img in images}
 

@@ -119,8 +119,8 @@ def _resolve_images(cfg, images, image_ids: list[int]) -> tuple[Callable[[Callab
 
     The loader is made only when something must be encoded: a cache hit reads no captions file and needs no
     image folder (on Colab you may even delete the images once their features are cached). `images=None` reads
-    the dataset's images where `labutils.infra.resize.image_root` says: the copy resized once by the preparation when it
-    is complete (part of the cache key), else `cfg.image_dir`.
+    the dataset's images where `labutils.infra.resize.image_root` says: the copy resized once by the
+    preparation when it is complete (part of the cache key), else `cfg.image_dir`.
     """
     if images is None or isinstance(images, (str, Path)):
         fingerprint = {"kind": "folder"}
@@ -133,7 +133,7 @@ def _resolve_images(cfg, images, image_ids: list[int]) -> tuple[Callable[[Callab
 
         def folder_loader(transform: Callable) -> ImageFolderSource:
             if not image_dir.is_dir():
-                raise FileNotFoundError(f"No image folder at {image_dir}; run labutils.lab.ensure_dataset(cfg) "
+                raise FileNotFoundError(f"No image folder at {image_dir}; run labutils.course.ensure_dataset(cfg) "
                                         "first.")
             return _folder_source(image_dir, file_names_from_captions(cfg.captions_file), image_ids, transform)
 
@@ -434,7 +434,7 @@ def _encode(cfg, encoder, ids: list[int], folder: Path, meta: dict, done: int, z
     rows = np.load(feat_path, mmap_mode="r+")  # the memory-mapped [N, P, C] array we fill
     inode = os.stat(feat_path).st_ino
     device = torch.device(cfg.device)
-    fast = inference_copy(encoder).to(device)  # BatchNorm folded, channels_last: 2-3x faster on CPU
+    fast = inference_copy(encoder).to(device)  # BatchNorm folded, channels_last: faster on CPU
     use_amp = device.type == "cuda" and bool(cfg.mixed_precision)
     autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
     dataset = _ImageFiles(ids[done:], loader_fn, encoder.eval_transform(cfg.encoder_input_size))
@@ -506,7 +506,7 @@ def ensure_features(cfg, encoder=None, splits: Iterable[str] = ("train", "val", 
     """The profile's cache over the given splits: built once (pretrained `cfg.encoder`), then reused instantly."""
     split_file = Path(cfg.split_file)
     if not split_file.is_file():
-        raise FileNotFoundError(f"No split file at {split_file}; run labutils.lab.ensure_dataset(cfg) first.")
+        raise FileNotFoundError(f"No split file at {split_file}; run labutils.course.ensure_dataset(cfg) first.")
     table = _read_json(split_file)
     unknown = [s for s in splits if s not in table]
     if unknown:

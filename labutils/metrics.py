@@ -20,8 +20,9 @@ What the numbers are:
 * `SPICE` (Anderson et al. 2016) only with `spice=True`: it needs Stanford CoreNLP, which pycocoevalcap downloads
   on first use, so offline it is left out with one message.
 
-METEOR and the tokenizer need `java` on the PATH (it is on Colab). Without it, captions are tokenised by a Python
-approximation of the PTB tokenizer, METEOR is left out, and a warning says so.
+METEOR and the tokenizer need `java` on the PATH (it is on Colab). Without it, captions are tokenised by
+`vocab.tokenize`, the Python re-implementation of the PTB tokenizer (tested equal to it on every Flickr8k caption),
+METEOR is left out, and a warning says so.
 
 pycocoevalcap's own PTBTokenizer and Spice write their temporary files into the installed package folder, which
 fails on a read-only install (a shared JupyterHub, a system conda) and leaves files there when a run is
@@ -35,7 +36,6 @@ import contextlib
 import errno
 import io
 import json
-import re
 import shutil
 import socket
 import subprocess
@@ -45,16 +45,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .infra.files import disk_full_as_error
+from .vocab import tokenize
 
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 DISPLAY_NAMES = {"Bleu_1": "BLEU-1", "Bleu_2": "BLEU-2", "Bleu_3": "BLEU-3", "Bleu_4": "BLEU-4",
                  "METEOR": "METEOR", "ROUGE_L": "ROUGE-L", "CIDEr": "CIDEr-D", "SPICE": "SPICE"}
-# The tokens pycocoevalcap's PTBTokenizer removes after tokenising.
-PTB_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
-                   "...", ";"}
-NO_JAVA = ("java was not found, so captions are tokenised with a Python approximation of the PTB tokenizer and "
-           "METEOR is left out; install a Java runtime (apt-get install default-jre, or conda install openjdk) "
-           "for the official COCO numbers.")
+NO_JAVA = ("java was not found, so captions are tokenised with the Python re-implementation of the PTB "
+           "tokenizer and METEOR is left out; install a Java runtime (apt-get install default-jre, or conda "
+           "install openjdk) for the official COCO numbers.")
 
 _ptb_cache: dict[str, str] = {}  # caption -> PTB tokens (see ptb_tokenize)
 _meteor = None  # one METEOR java process per Python process: starting it (loading paraphrases) takes seconds
@@ -94,13 +92,9 @@ def _aligned(predictions: Mapping, references: Mapping[int, Sequence[str]]) -> t
 
 
 def simple_ptb_tokenize(text: str) -> str:
-    """A Python stand-in for the PTB tokenizer (used without java): lower-case, split punctuation and clitics
-    ("isn't" -> "is n't", "it's" -> "it 's"), then drop the punctuation as pycocoevalcap does."""
-    text = text.lower().replace("\n", " ")
-    text = re.sub(r"(\w)n't\b", r"\1 n't", text)
-    text = re.sub(r"(\w)'(s|re|ll|d|ve|m)\b", r"\1 '\2", text)
-    tokens = re.findall(r"n't|'(?:s|re|ll|d|ve|m)\b|\w+|\.\.\.|--|\S", text)
-    return " ".join(t for t in tokens if t not in PTB_PUNCTUATION)
+    """The PTB tokenizer in Python (used without java and for validation during training): `vocab.tokenize`, the
+    same tokens the vocabulary is built from, tested equal to pycocoevalcap's Java tokenizer, joined by spaces."""
+    return " ".join(tokenize(text))
 
 
 @contextlib.contextmanager
@@ -143,7 +137,7 @@ def _java_ptb_tokenize(sentences: list[str]) -> list[str]:
 
 
 def ptb_tokenize(captions: Mapping[object, Sequence[str]]) -> dict[object, list[str]]:
-    """Tokenise {key: [caption, ...]} exactly as COCOEvalCap does (PTBTokenizer in Java; Python stand-in without).
+    """Tokenise {key: [caption, ...]} exactly as COCOEvalCap does (PTBTokenizer in Java; `vocab.tokenize` without).
 
     The tokenizer treats every line on its own, so each distinct caption is tokenised once per process and
     remembered: scoring several decoding methods against the same references starts Java only for new text.

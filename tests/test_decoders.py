@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from labutils import decoders
-from labutils.decoders import ShowAndTell, ShowAttendTell, build_decoder, doubly_stochastic_penalty
+from labutils.decoders import ShowAndTell, ShowAttendTell, build_decoder, doubly_stochastic_penalty, from_spec
 
 B, P, C, V, T = 4, 6, 10, 17, 8
 LENGTHS = torch.tensor([8, 3, 5, 2])
@@ -171,14 +171,41 @@ def test_build_decoder_reads_sizes_from_a_config():
     assert isinstance(sat, ShowAttendTell) and sat.encoder_att.out_features == 4 and sat.hidden_dim == 16
     # the lab's additions are on by default: LayerNorm, a 1x1 adapter of hidden_dim units, grid_size**2 positions
     assert sat.feature_norm is not None and sat.adapter_dim == 16 and sat.position.shape == (cfg.grid_size**2, 16)
-    plain = build_decoder("attention", V, C, cfg, feature_norm=False, adapter_dim=None, position_embedding=False)
+    plain = build_decoder("attention", V, C, cfg.replace(feature_norm=False, adapter=False, position_embedding=False))
     assert plain.feature_norm is None and plain.adapter is None and plain.position is None
     assert plain.lstm.input_size == 8 + C
-    nic = build_decoder("show_and_tell", V, C, {**cfg.to_dict(), "rnn": "gru", "num_layers": 2})
+    nic = build_decoder("show_and_tell", V, C, cfg.replace(rnn="gru", num_layers=2))
     assert isinstance(nic, ShowAndTell) and nic.rnn_type == "gru" and nic.num_layers == 2
     assert isinstance(build_decoder("SAT", V, C, cfg), ShowAttendTell)
     with pytest.raises(ValueError, match="Unknown decoder kind"):
         build_decoder("transformer", V, C, cfg)
+    with pytest.raises(TypeError, match="takes a LabConfig"):  # one channel: no dicts of settings beside it
+        build_decoder("attention", V, C, cfg.to_dict())
+
+
+def test_from_spec_rebuilds_the_same_decoder():
+    from labutils import get_config
+    from labutils.train import decoder_spec
+
+    cfg = get_config("quick", embed_dim=8, hidden_dim=16, attention_dim=4, rnn="gru", num_layers=2, adapter=False)
+    for kind in ("attention", "show_and_tell"):
+        torch.manual_seed(0)
+        built = build_decoder(kind, V, C, cfg)
+        torch.manual_seed(0)
+        rebuilt = from_spec(decoder_spec(built))
+        assert type(rebuilt) is type(built) and decoder_spec(rebuilt) == decoder_spec(built)
+        assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), rebuilt.state_dict().values(),
+                                                      strict=True))
+
+
+def test_class_defaults_are_the_configs():
+    from labutils.config import QUICK
+
+    sat, nic = ShowAttendTell(V, C), ShowAndTell(V, C)
+    assert (sat.embedding.embedding_dim, sat.hidden_dim, sat.encoder_att.out_features, sat.dropout.p) == (
+        QUICK.embed_dim, QUICK.hidden_dim, QUICK.attention_dim, QUICK.dropout)
+    assert (nic.embedding.embedding_dim, nic.rnn.hidden_size, nic.num_layers, nic.rnn_type, nic.dropout.p) == (
+        QUICK.embed_dim, QUICK.hidden_dim, QUICK.num_layers, QUICK.rnn, QUICK.dropout)
 
 
 def test_bad_inputs_give_one_clear_error():
@@ -208,8 +235,10 @@ def test_position_embedding_makes_the_decoder_see_where_things_are():
 
 def test_grouped_step_equals_step_on_per_beam_copies():
     torch.manual_seed(0)
-    decoder = build_decoder("attention", 30, 12, {"embed_dim": 8, "hidden_dim": 16, "attention_dim": 6,
-                                                  "dropout": 0.0, "grid_size": 3}).eval()
+    from labutils import get_config
+
+    cfg = get_config("quick", embed_dim=8, hidden_dim=16, attention_dim=6, dropout=0.0, grid_size=3)
+    decoder = build_decoder("attention", 30, 12, cfg).eval()
     h, c, features, enc_proj = decoder.init_state(torch.randn(4, 9, 12))  # 4 images, one copy each
     # 6 live beams: image 0 has 3 (slots 0-2), image 1 none, image 2 has 1 (slot 0), image 3 has 2 (slots 0 and 1)
     row_image, row_slot = torch.tensor([0, 0, 0, 2, 3, 3]), torch.tensor([0, 1, 2, 0, 0, 1])

@@ -201,6 +201,10 @@ def test_caption_photo_returns_the_encoders_view_and_attention(tmp_path):
     path = tmp_path / "photo.png"
     Image.fromarray(photo).save(path)
     assert evaluation.caption_photo(captioner, path, beam=2, max_len=4)[1].text == caption.text
+    # a transparent PNG is seen the way data.to_rgb shows it: over white, not over whatever its hidden pixels hold
+    clear = Image.fromarray(np.zeros((60, 90, 4), dtype=np.uint8), mode="RGBA")  # fully transparent black
+    seen_clear, _ = evaluation.caption_photo(captioner, clear, beam=2, max_len=4)
+    assert np.asarray(seen_clear).min() == 255
 
 
 def test_grounding_ceiling_is_reached_by_attention_on_the_most_covered_cell(tiny_cfg, tmp_path):

@@ -211,7 +211,8 @@ def test_without_java_a_python_tokenizer_is_used_and_meteor_left_out(monkeypatch
 
 def test_python_tokenizer_matches_ptb_on_typical_captions():
     captions = ["A man, riding a horse.", "Two dogs' toys on the grass!", "It isn't a cat; it's a DOG...",
-                "on the left is a blue circle , on the right are three green squares"]
+                "on the left is a blue circle , on the right are three green squares",
+                "A 2-year-old boy in a T-shirt (red) at 5 a.m."]
     ptb = metrics.ptb_tokenize({0: captions})[0]
     assert [metrics.simple_ptb_tokenize(c) for c in captions] == ptb
 

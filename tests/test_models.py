@@ -214,3 +214,21 @@ def test_inference_copy_gives_the_same_features_faster_layout(lite):
         got, _ = fast(x.contiguous(memory_format=torch.channels_last))
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)
     assert any(isinstance(m, nn.BatchNorm2d) for m in lite.body.modules())  # original untouched
+
+
+def test_encoder_eval_transform_is_the_lessons_with_the_encoders_statistics():
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from labutils import augment
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))  # not square: crop and resize
+    # ImageNet statistics: exactly notebook 02's augment.eval_transform
+    torch.testing.assert_close(models.eval_transform_for(models.IMAGENET, 32)(image),
+                               augment.eval_transform(32)(image), rtol=0, atol=0)
+    # other statistics: the same geometry, normalised with the encoder's own mean/std
+    lite = models.TF_LITE
+    by_hand = v2.Compose([v2.ToImage(), v2.Resize(32, antialias=True), v2.CenterCrop(32),
+                          v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(lite.mean), list(lite.std))])
+    torch.testing.assert_close(models.eval_transform_for(lite, 32)(image), by_hand(image), rtol=0, atol=0)

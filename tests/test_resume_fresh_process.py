@@ -21,8 +21,7 @@ EPOCHS, KILLED_AFTER = 4, 2
 # Tiny model and batches, so that each process spends its few seconds mostly importing torch.
 MODEL = dict(cpu_threads=1, embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.1, batch_size=8, decoder_lr=1e-2,
              time_budget_s=None, max_caption_len=16, grid_size=4, alpha_c=1.0)
-TRAIN = dict(epochs=EPOCHS, patience=None, restore_best=False, progress=False, scheduled_sampling=0.3,
-             ss_ramp_epochs=2)
+TRAIN = dict(patience=None, restore_best=False, progress=False, scheduled_sampling=0.3, ss_ramp_epochs=2)
 
 
 def _colour_grid_source(cfg):
@@ -39,13 +38,13 @@ def _colour_grid_source(cfg):
 def _worker(mode: str, cfg_overrides: dict, checkpoint: str, out: str) -> None:
     """One process of the experiment: `straight` (all epochs), `kill` (SIGKILL after epoch K) or `resume`."""
     torch.set_num_threads(1)
-    from labutils import get_config
+    from labutils import course, get_config
     from labutils import train as T
     from labutils.decoders import build_decoder
 
     cfg_overrides["split_fractions"] = tuple(cfg_overrides["split_fractions"])
-    cfg = get_config("quick", **cfg_overrides).replace(**MODEL)
-    lab = T.prepare_data(cfg, source=_colour_grid_source(cfg), feature_dim=3, progress=False)
+    cfg = get_config("quick", **cfg_overrides).replace(**MODEL, epochs=EPOCHS)
+    lab = course.prepare_data(cfg, source=_colour_grid_source(cfg), feature_dim=3, progress=False)
     callbacks = []
     if mode == "kill":
         def die(epoch, row):

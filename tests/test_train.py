@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from labutils import checkpoint as ckpt
-from labutils import decode, metrics
+from labutils import course, decode, metrics
 from labutils import train as T
 from labutils.decoders import ShowAttendTell, build_decoder
 
@@ -30,7 +30,7 @@ def lab(tiny_cfg):
     cfg = tiny_cfg.replace(embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.1, batch_size=8,
                            decoder_lr=1e-2, time_budget_s=None, max_caption_len=16, grid_size=4, alpha_c=1.0,
                            cpu_threads=1)
-    return T.prepare_data(cfg, source=_colour_grid_source(cfg), feature_dim=3, progress=False)
+    return course.prepare_data(cfg, source=_colour_grid_source(cfg), feature_dim=3, progress=False)
 
 
 def _decoder(lab, kind="attention", seed=0):
@@ -64,6 +64,9 @@ def test_validation_captions_are_decode_greedy_captions(lab):
     # Validation has no greedy decoder of its own: its captions are decode.greedy's, batch by batch, and its
     # number is metrics.bleu4 on them with the Python tokenizer.
     decoder = _decoder(lab, seed=5)
+    with torch.no_grad():
+        for weight in decoder.parameters():
+            weight.normal_(0.0, 1.0)  # large random weights: captions that differ between images
     predictions, references = T.caption_loader(decoder, lab.loaders["val"], lab.vocab, max_len=16)
     features = torch.stack([lab.loaders["val"].dataset.image_source(i) for i in predictions])  # [N, P, C]
     assert list(predictions.values()) == [c.text for c in decode.greedy(decoder, features, lab.vocab, max_len=16)]
@@ -76,7 +79,7 @@ def test_training_reduces_the_loss_and_is_reproducible(lab):
     runs = []
     for _ in range(2):
         decoder = _decoder(lab, seed=1)
-        result = T.train(lab.cfg, decoder, lab.loaders, lab.vocab, epochs=3, patience=None, progress=False)
+        result = T.train(lab.cfg.replace(epochs=3), decoder, lab.loaders, lab.vocab, patience=None, progress=False)
         runs.append((decoder, result))
     (first, r1), (second, r2) = runs
     losses = r1.history["train_loss"].tolist()
@@ -88,10 +91,10 @@ def test_training_reduces_the_loss_and_is_reproducible(lab):
 
 
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(lab, tmp_path):
-    settings = dict(epochs=4, patience=None, restore_best=False, progress=False, scheduled_sampling=0.3,
-                    ss_ramp_epochs=2)
+    cfg = lab.cfg.replace(epochs=4)
+    settings = dict(patience=None, restore_best=False, progress=False, scheduled_sampling=0.3, ss_ramp_epochs=2)
     straight = _decoder(lab, seed=2)
-    full = T.train(lab.cfg, straight, lab.loaders, lab.vocab, checkpoint_path=tmp_path / "full.pt", **settings)
+    full = T.train(cfg, straight, lab.loaders, lab.vocab, checkpoint_path=tmp_path / "full.pt", **settings)
 
     def stop_after_two(epoch, row):
         if epoch == 2:
@@ -99,12 +102,12 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(lab, tmp_path):
 
     path = tmp_path / "interrupted.pt"
     with pytest.raises(T.TrainingInterrupted):
-        T.train(lab.cfg, _decoder(lab, seed=2), lab.loaders, lab.vocab, checkpoint_path=path,
+        T.train(cfg, _decoder(lab, seed=2), lab.loaders, lab.vocab, checkpoint_path=path,
                 callbacks=[stop_after_two], **settings)
     assert ckpt.load_checkpoint(path)["epoch"] == 2
     torch.manual_seed(123)  # the resumed process starts from other random state and other weights
     resumed_decoder = _decoder(lab, seed=7)
-    resumed = T.train(lab.cfg, resumed_decoder, lab.loaders, lab.vocab, checkpoint_path=path, resume_from=path,
+    resumed = T.train(cfg, resumed_decoder, lab.loaders, lab.vocab, checkpoint_path=path, resume_from=path,
                       **settings)
     assert len(resumed.history) == 4
     for (name, a), b in zip(straight.state_dict().items(), resumed_decoder.state_dict().values(), strict=True):
@@ -120,11 +123,11 @@ def test_training_runs_on_the_configured_thread_count_and_gives_it_back(lab):
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
-        T.train(lab.cfg.replace(cpu_threads=2), _decoder(lab, "show_and_tell"), lab.loaders, lab.vocab, epochs=2,
+        T.train(lab.cfg.replace(cpu_threads=2, epochs=2), _decoder(lab, "show_and_tell"), lab.loaders, lab.vocab,
                 patience=None, progress=False, callbacks=[lambda epoch, row: seen.append(torch.get_num_threads())])
         assert seen == [2, 2] and torch.get_num_threads() == 3
-        T.train(lab.cfg.replace(cpu_threads=None), _decoder(lab, "show_and_tell"), lab.loaders, lab.vocab,
-                epochs=1, patience=None, progress=False,
+        T.train(lab.cfg.replace(cpu_threads=None, epochs=1), _decoder(lab, "show_and_tell"), lab.loaders,
+                lab.vocab, patience=None, progress=False,
                 callbacks=[lambda epoch, row: seen.append(torch.get_num_threads())])
         assert seen[-1] == 3  # None: torch's own count, untouched
     finally:
@@ -132,12 +135,12 @@ def test_training_runs_on_the_configured_thread_count_and_gives_it_back(lab):
 
 
 def test_early_stopping_and_the_safety_time_limit_that_says_so(lab, capsys):
-    frozen = T.train(lab.cfg, _decoder(lab), lab.loaders, lab.vocab, epochs=6, decoder_lr=0.0, patience=2,
+    frozen = T.train(lab.cfg.replace(epochs=6, decoder_lr=0.0), _decoder(lab), lab.loaders, lab.vocab, patience=2,
                      progress=False)
     assert frozen.stopped == "early_stopping" and len(frozen.history) == 3 and frozen.best_epoch == 1
     assert capsys.readouterr().out == ""  # only a cut by the clock is announced
-    rushed = T.train(lab.cfg, _decoder(lab, "show_and_tell"), lab.loaders, lab.vocab, epochs=6,
-                     time_budget_s=0.0, progress=False)
+    rushed = T.train(lab.cfg.replace(epochs=6, time_budget_s=0.0), _decoder(lab, "show_and_tell"), lab.loaders,
+                     lab.vocab, progress=False)
     assert rushed.stopped == "time_budget" and len(rushed.history) == 1
     assert capsys.readouterr().out.strip() == (
         "Training stopped after 1 of 6 epochs because the 0 s safety limit (time_budget_s) was reached; results "
@@ -145,12 +148,12 @@ def test_early_stopping_and_the_safety_time_limit_that_says_so(lab, capsys):
 
 
 def test_best_checkpoint_rebuilds_the_decoder(lab, tmp_path):
-    cfg = lab.cfg.replace(build_dir=tmp_path)
-    decoder, vocab, result, path = T.train_quick_captioner(cfg, "show_and_tell", progress=False, lab_data=lab,
-                                                           epochs=2, patience=None)
+    cfg = lab.cfg.replace(build_dir=tmp_path, epochs=2)
+    decoder, vocab, result, path = course.train_quick_captioner(cfg, "show_and_tell", progress=False, lab_data=lab,
+                                                           patience=None)
     assert path == cfg.checkpoint_dir / "show_and_tell.pt" and path.is_file()
     assert 0.0 <= result.test_metric <= 1.0 and len(result.test_samples) == 8
-    loaded, loaded_vocab, saved = T.load_trained(cfg, "show_and_tell", progress=False)
+    loaded, loaded_vocab, saved = course.load_trained(cfg, "show_and_tell", progress=False)
     assert loaded_vocab == vocab and saved["test_metric"] == result.test_metric
     assert all(torch.equal(a, b) for a, b in zip(decoder.state_dict().values(), loaded.state_dict().values(),
                                                   strict=True))
@@ -212,11 +215,11 @@ def test_training_and_validation_never_read_the_test_split(lab, tmp_path):
         read.append(int(image_id))
         return lab.source(image_id)
 
-    cfg = lab.cfg.replace(build_dir=tmp_path)
-    recorded = T.prepare_data(cfg, source=recording_source, feature_dim=3, progress=False)
+    cfg = lab.cfg.replace(build_dir=tmp_path, epochs=2)
+    recorded = course.prepare_data(cfg, source=recording_source, feature_dim=3, progress=False)
     read.clear()  # from here on, every feature read is training's, validation's or the final test scoring's
     seen_after_epoch = []
-    T.train_quick_captioner(cfg, "show_and_tell", progress=False, lab_data=recorded, epochs=2, patience=None,
+    course.train_quick_captioner(cfg, "show_and_tell", progress=False, lab_data=recorded, patience=None,
                             callbacks=[lambda epoch, row: seen_after_epoch.append(set(read))])
     splits = {name: set(ids) for name, ids in lab.splits.items()}
     during_training = seen_after_epoch[-1]
@@ -228,27 +231,28 @@ def test_training_and_validation_never_read_the_test_split(lab, tmp_path):
 def test_only_the_checkpoint_of_the_last_epoch_says_the_run_finished(lab, tmp_path):
     path = tmp_path / "run.pt"
 
-    def flags(**settings):
+    def flags(cfg, **options):
         seen = []
 
         def record(epoch, row):
             saved = ckpt.load_checkpoint(path)
             seen.append((saved["finished"], saved["stopped"]))
 
-        T.train(lab.cfg, _decoder(lab, "show_and_tell"), lab.loaders, lab.vocab, checkpoint_path=path,
-                callbacks=[record], progress=False, **settings)
+        T.train(cfg, _decoder(lab, "show_and_tell"), lab.loaders, lab.vocab, checkpoint_path=path,
+                callbacks=[record], progress=False, **options)
         return seen
 
-    assert flags(epochs=3, patience=None) == [(False, None), (False, None), (True, "epochs")]
-    assert flags(epochs=6, decoder_lr=0.0, patience=2) == [(False, None), (False, None), (True, "early_stopping")]
-    assert flags(epochs=6, time_budget_s=0.0) == [(True, "time_budget")]
+    assert flags(lab.cfg.replace(epochs=3), patience=None) == [(False, None), (False, None), (True, "epochs")]
+    assert flags(lab.cfg.replace(epochs=6, decoder_lr=0.0), patience=2) == [(False, None), (False, None),
+                                                                            (True, "early_stopping")]
+    assert flags(lab.cfg.replace(epochs=6, time_budget_s=0.0)) == [(True, "time_budget")]
     assert ckpt.load_checkpoint(path)["settings"]["epochs"] == 6
 
 
 def test_load_trained_resumes_a_cut_short_run_and_says_so(lab, tmp_path, monkeypatch, capsys):
     cfg = lab.cfg.replace(epochs=3)
-    monkeypatch.setattr(T, "prepare_data", lambda *args, **kwargs: lab)  # the colour grids, not the encoder's
-    _, _, _, straight_path = T.train_quick_captioner(cfg.replace(build_dir=tmp_path / "straight"), "show_and_tell",
+    monkeypatch.setattr(course, "prepare_data", lambda *args, **kwargs: lab)  # the colour grids, not the encoder's
+    _, _, _, straight_path = course.train_quick_captioner(cfg.replace(build_dir=tmp_path / "straight"), "show_and_tell",
                                                      progress=False)
     straight = ckpt.load_checkpoint(straight_path)
 
@@ -258,24 +262,24 @@ def test_load_trained_resumes_a_cut_short_run_and_says_so(lab, tmp_path, monkeyp
 
     cut = cfg.replace(build_dir=tmp_path / "cut")
     with pytest.raises(T.TrainingInterrupted):
-        T.train_quick_captioner(cut, "show_and_tell", progress=False, callbacks=[disconnect])
+        course.train_quick_captioner(cut, "show_and_tell", progress=False, callbacks=[disconnect])
     capsys.readouterr()
-    decoder, _, saved = T.load_trained(cut, "show_and_tell", progress=False)
+    decoder, _, saved = course.load_trained(cut, "show_and_tell", progress=False)
     assert capsys.readouterr().out.strip() == (
         f"Resuming the show_and_tell captioner's training at epoch 2 of at most 3, because "
-        f"{T.checkpoint_path_for(cut, 'show_and_tell')} is from a run that stopped before it finished.")
+        f"{course.checkpoint_path_for(cut, 'show_and_tell')} is from a run that stopped before it finished.")
     assert saved["finished"] and saved["epoch"] == 3 and "test_metric" in saved
     assert _metrics(pd.DataFrame(saved["history"])) == _metrics(pd.DataFrame(straight["history"]))
     for name, weight in straight["model_state"].items():
         assert torch.equal(weight, saved["model_state"][name]) and torch.equal(weight, decoder.state_dict()[name])
 
-    T.load_trained(cut, "show_and_tell", progress=False)  # now finished: used as it is, without a word
+    course.load_trained(cut, "show_and_tell", progress=False)  # now finished: used as it is, without a word
     assert capsys.readouterr().out == ""
 
     legacy = {k: v for k, v in saved.items() if k not in ("format", "version", "finished")}  # an older labutils'
-    path = ckpt.save_checkpoint(T.checkpoint_path_for(cut, "show_and_tell"), legacy.pop("model_state"),
+    path = ckpt.save_checkpoint(course.checkpoint_path_for(cut, "show_and_tell"), legacy.pop("model_state"),
                                 legacy.pop("vocab"), legacy.pop("config"), **legacy)
-    _, _, retrained = T.load_trained(cut, "show_and_tell", progress=False)
+    _, _, retrained = course.load_trained(cut, "show_and_tell", progress=False)
     said = capsys.readouterr().out
     assert said.startswith("Training the show_and_tell captioner first, for at most 3 epochs as notebook 07 does "
                            "(the checkpoint does not say whether its run finished") and str(path) in said
@@ -284,7 +288,7 @@ def test_load_trained_resumes_a_cut_short_run_and_says_so(lab, tmp_path, monkeyp
 
 def test_load_trained_says_it_trains_before_it_starts(lab, tmp_path, monkeypatch, capsys):
     cfg = lab.cfg.replace(epochs=2, build_dir=tmp_path)
-    monkeypatch.setattr(T, "prepare_data", lambda *args, **kwargs: lab)
+    monkeypatch.setattr(course, "prepare_data", lambda *args, **kwargs: lab)
     said_before_training = []
     real_train = T.train
 
@@ -293,8 +297,8 @@ def test_load_trained_says_it_trains_before_it_starts(lab, tmp_path, monkeypatch
         return real_train(*args, **kwargs)
 
     monkeypatch.setattr(T, "train", train_and_note)
-    T.load_trained(cfg, "show_and_tell", progress=False)
-    path = T.checkpoint_path_for(cfg, "show_and_tell")
+    course.load_trained(cfg, "show_and_tell", progress=False)
+    path = course.checkpoint_path_for(cfg, "show_and_tell")
     assert said_before_training == [
         f"Training the show_and_tell captioner first, for at most 2 epochs as notebook 07 does (no checkpoint yet: "
         f"{path}).\n"]
@@ -302,15 +306,15 @@ def test_load_trained_says_it_trains_before_it_starts(lab, tmp_path, monkeypatch
 
 def test_load_trained_resumes_a_run_the_safety_limit_cut_short(lab, tmp_path, monkeypatch, capsys):
     cfg = lab.cfg.replace(epochs=3)
-    monkeypatch.setattr(T, "prepare_data", lambda *args, **kwargs: lab)
-    straight = ckpt.load_checkpoint(T.train_quick_captioner(cfg.replace(build_dir=tmp_path / "straight"),
+    monkeypatch.setattr(course, "prepare_data", lambda *args, **kwargs: lab)
+    straight = ckpt.load_checkpoint(course.train_quick_captioner(cfg.replace(build_dir=tmp_path / "straight"),
                                                             "show_and_tell", progress=False, patience=None)[3])
     cut = cfg.replace(build_dir=tmp_path / "cut")
-    T.train_quick_captioner(cut, "show_and_tell", progress=False, patience=None, time_budget_s=0.0)
-    path = T.checkpoint_path_for(cut, "show_and_tell")
+    course.train_quick_captioner(cut.replace(time_budget_s=0.0), "show_and_tell", progress=False, patience=None)
+    path = course.checkpoint_path_for(cut, "show_and_tell")
     assert ckpt.load_checkpoint(path)["stopped"] == "time_budget"
     capsys.readouterr()
-    _, _, saved = T.load_trained(cut, "show_and_tell", progress=False)  # cut's safety limit: None
+    _, _, saved = course.load_trained(cut, "show_and_tell", progress=False)  # cut's safety limit: None
     assert capsys.readouterr().out.strip() == (
         f"Resuming the show_and_tell captioner's training at epoch 2 of at most 3, because {path} is from a run "
         "that the safety time limit cut short.")
@@ -330,7 +334,7 @@ def test_train_runs_the_module_level_epoch_function(lab, monkeypatch):
     monkeypatch.setattr(T, "train_one_epoch", no_learning)
     decoder = _decoder(lab, seed=3)
     before = {name: value.clone() for name, value in decoder.state_dict().items()}
-    result = T.train(lab.cfg, decoder, lab.loaders, lab.vocab, epochs=3, patience=None, progress=False)
+    result = T.train(lab.cfg.replace(epochs=3), decoder, lab.loaders, lab.vocab, patience=None, progress=False)
     assert len(calls) == 3 and result.history["train_loss"].tolist() == [1.0, 1.0, 1.0]
     assert all(torch.equal(before[name], value) for name, value in decoder.state_dict().items())
 

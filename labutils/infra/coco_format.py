@@ -45,14 +45,14 @@ def _load_coco(path: Path, verbose: bool):
 
     if not path.is_file():
         raise DatasetUnavailableError(
-            f"No annotation file at {path}; run `labutils.lab.ensure_dataset(cfg)` (or notebook 00) first.")
+            f"No annotation file at {path}; run `labutils.course.ensure_dataset(cfg)` (or notebook 00) first.")
     quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     try:
         with quiet:
             return COCO(str(path))
     except (json.JSONDecodeError, UnicodeDecodeError, AssertionError):
         raise ValueError(f"{path} is not a COCO JSON file (perhaps a cut-off download); delete it and run "
-                         "`labutils.lab.ensure_dataset(cfg)` again.") from None
+                         "`labutils.course.ensure_dataset(cfg)` again.") from None
 
 
 def load_captions(cfg_or_path, verbose: bool = False):
@@ -108,11 +108,11 @@ def load_splits(cfg_or_path) -> dict[str, list[int]]:
     path = _split_path(cfg_or_path)
     if not path.is_file():
         raise DatasetUnavailableError(
-            f"No split file at {path}; run `labutils.lab.ensure_dataset(cfg)` (or notebook 00) first.")
+            f"No split file at {path}; run `labutils.course.ensure_dataset(cfg)` (or notebook 00) first.")
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError:
-        raise SplitError(f"{path} is not valid JSON; delete it and run `labutils.lab.ensure_dataset(cfg)` "
+        raise SplitError(f"{path} is not valid JSON; delete it and run `labutils.course.ensure_dataset(cfg)` "
                          "again.") from None
     return validate_splits(raw)
 

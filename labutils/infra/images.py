@@ -73,7 +73,7 @@ def load_image(path: str | Path, min_side: int | None = None) -> Image.Image:
         raise ImageLoadError(f"{path} is a folder, not an image file; pass the path of one image.")
     if not path.is_file():
         raise ImageLoadError(f"Image file {path} does not exist; check the path and that the dataset was "
-                             "downloaded/generated completely (labutils.lab.ensure_dataset).")
+                             "downloaded/generated completely (labutils.course.ensure_dataset).")
     try:
         with Image.open(path) as image:
             if min_side:
