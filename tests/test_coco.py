@@ -661,8 +661,8 @@ def test_resize_runs_once_and_every_reader_uses_the_resized_folder(tmp_path, cap
     assert data.ImageFolderSource.from_config(cfg).image_dir == resized
     make_loader, fingerprint = features._resolve_images(cfg, None, sorted(caps.imgs))
     assert fingerprint == {"kind": "folder", "resized": 8}
-    source = make_loader(None)  # no transform: the PIL images as read
-    assert source.image_dir == resized and source(9).size == (11, 8)
+    source = make_loader(None)  # no transform: the images as read, [3, H, W]
+    assert source.image_dir == resized and tuple(source(9).shape) == (3, 8, 11)
 
 
 def test_reconverted_annotations_make_the_resize_record_stale(tmp_path):
