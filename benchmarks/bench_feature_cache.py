@@ -7,9 +7,9 @@ in where the grid features come from:
 
 - cached: `labutils.features` (fp16 memory-mapped file, built once before; its build time is reported too);
 - reference_plain (written here, the plain reference): load each JPEG, normalise it, run the frozen pretrained
-  encoder (`models.build_encoder`, eval mode, `torch.no_grad()`) on every batch, as a training loop without a
+  encoder (`encoders.build_encoder`, eval mode, `torch.no_grad()`) on every batch, as a training loop without a
   cache does;
-- reference_fast: the same with `models.inference_copy` (BatchNorm folded, channels_last), the fastest frozen
+- reference_fast: the same with `encoders.inference_copy` (BatchNorm folded, channels_last), the fastest frozen
   encoder we have, to show how much of the gain survives against an optimised encoder.
 
 Each variant runs in its own child process, so its peak memory (ru_maxrss; on CUDA also
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.p
 
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py, next to this script)
 
-from labutils import coco, course, data, features, models  # noqa: E402
+from labutils import coco, course, data, encoders, features  # noqa: E402
 from labutils.config import get_config  # noqa: E402
 from labutils.decoders import build_decoder  # noqa: E402
 from labutils.vocab import Vocabulary  # noqa: E402
@@ -90,14 +90,14 @@ def run_variant(variant: str, kind: str, cache_dir: Path, device: str, max_batch
     splits = coco.load_splits(cfg.split_file)
     captions = coco.captions_by_image(coco.load_captions(cfg))
     vocab = Vocabulary.build((c for i in splits["train"] for c in captions[i]), min_freq=cfg.min_freq)
-    encoder = models.build_encoder(cfg.encoder, pretrained=True, grid_size=cfg.grid_size, progress=False)
+    encoder = encoders.build_encoder(cfg.encoder, pretrained=True, grid_size=cfg.grid_size, progress=False)
     if variant == "cached":
         cache = features.ensure_features(cfg, encoder, progress=False)  # built by the parent: a cache hit
         source, fwd = cache.source, None
     else:
         file_names = data.file_names_from_captions(cfg.captions_file)
         source = data.ImageFolderSource(cfg.image_dir, file_names, encoder.eval_transform(cfg.encoder_input_size))
-        frozen = models.inference_copy(encoder) if variant == "reference_fast" else encoder.eval()
+        frozen = encoders.inference_copy(encoder) if variant == "reference_fast" else encoder.eval()
         frozen = frozen.to(device)
         layout = torch.channels_last if variant == "reference_fast" else torch.contiguous_format
 
@@ -144,7 +144,7 @@ def run_variant(variant: str, kind: str, cache_dir: Path, device: str, max_batch
 def build_cache(cache_dir: Path, device: str) -> dict:
     """Child process: build the quick profile's cache from scratch (all splits) and time it."""
     cfg = get_config("quick", device=device, build_dir=cache_dir)
-    encoder = models.build_encoder(cfg.encoder, pretrained=True, grid_size=cfg.grid_size, progress=False)
+    encoder = encoders.build_encoder(cfg.encoder, pretrained=True, grid_size=cfg.grid_size, progress=False)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     start = time.perf_counter()
     cache = features.ensure_features(cfg, encoder, progress=False)

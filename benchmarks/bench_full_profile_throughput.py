@@ -6,7 +6,7 @@ JPEGs from the synthetic generator rendered at the full profile's 256 px (COCO i
 Show-Attend-Tell decoder with 512-wide layers, a 10,000-word vocabulary (MS-COCO at min_freq 5 gives about
 10k) and 7x7x2048 features. Each measurement pairs the lab's code path with a plain reference in the same run:
 
-- encode: the lab's frozen encoder (`models.inference_copy`: BatchNorm folded, channels_last, fp16 autocast on
+- encode: the lab's frozen encoder (`encoders.inference_copy`: BatchNorm folded, channels_last, fp16 autocast on
   CUDA) vs the plain encoder (fp32, NCHW) on the same in-memory batch; outputs must agree.
 - decode_jpeg: reading + transforming 256-px JPEGs with the DataLoader settings of the profile (2 workers, as
   on Colab's 2 vCPUs): the CPU-side ceiling of feature extraction.
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/machine.p
 
 from machine import machine_info  # noqa: E402  (benchmarks/machine.py, next to this script)
 
-from labutils import data, features, models, train  # noqa: E402
+from labutils import data, encoders, features, train  # noqa: E402
 from labutils.config import get_config  # noqa: E402
 from labutils.decoders import build_decoder  # noqa: E402
 from labutils.infra import synthetic  # noqa: E402
@@ -75,8 +75,8 @@ def count_flops(fn) -> int:
 
 def bench_encode(cfg, device: torch.device, batch: int, repeat: int) -> dict:
     """The lab's frozen-encoder forward vs the plain fp32 NCHW forward, images/s on one in-memory batch."""
-    encoder = models.build_encoder(cfg.encoder, pretrained=False, grid_size=cfg.grid_size, progress=False).eval()
-    fast = models.inference_copy(encoder).to(device)
+    encoder = encoders.build_encoder(cfg.encoder, pretrained=False, grid_size=cfg.grid_size, progress=False).eval()
+    fast = encoders.inference_copy(encoder).to(device)
     plain = encoder.to(device)
     x = torch.randn(batch, 3, cfg.encoder_input_size, cfg.encoder_input_size, device=device)
     use_amp = device.type == "cuda" and cfg.mixed_precision
@@ -104,7 +104,7 @@ def bench_encode(cfg, device: torch.device, batch: int, repeat: int) -> dict:
 
 def resnet50_gflops(size: int) -> float:
     """GFLOPs of one ResNet-50 forward at `size` px (to scale a published ResNet-50 throughput to ResNet-101)."""
-    enc = models.build_encoder("resnet50", pretrained=False, grid_size=7, progress=False).eval()
+    enc = encoders.build_encoder("resnet50", pretrained=False, grid_size=7, progress=False).eval()
     with torch.inference_mode():
         return count_flops(lambda: enc(torch.randn(1, 3, size, size))) / 1e9
 
@@ -116,7 +116,7 @@ def make_images(folder: Path, n: int, size: int) -> Path:
 
 def bench_decode_jpeg(cfg, dataset_dir: Path, workers: int) -> dict:
     """JPEG read + encoder transform through a DataLoader with `workers` processes: images/s, no model."""
-    encoder = models.build_encoder(cfg.encoder, pretrained=False, grid_size=cfg.grid_size, progress=False)
+    encoder = encoders.build_encoder(cfg.encoder, pretrained=False, grid_size=cfg.grid_size, progress=False)
     file_names = data.file_names_from_captions(dataset_dir / "annotations" / "captions.json")
     source = data.ImageFolderSource(dataset_dir / "images", file_names, encoder.eval_transform(cfg.encoder_input_size))
     ids = sorted(file_names)
@@ -137,7 +137,7 @@ def bench_decode_jpeg(cfg, dataset_dir: Path, workers: int) -> dict:
 
 def bench_feature_cache(cfg, dataset_dir: Path, build_dir: Path) -> dict:
     """`features.build_feature_cache` end to end on the rendered JPEGs: images/s and cache bytes per image."""
-    encoder = models.build_encoder(cfg.encoder, pretrained=False, grid_size=cfg.grid_size, progress=False)
+    encoder = encoders.build_encoder(cfg.encoder, pretrained=False, grid_size=cfg.grid_size, progress=False)
     file_names = data.file_names_from_captions(dataset_dir / "annotations" / "captions.json")
     paths = {i: dataset_dir / "images" / name for i, name in file_names.items()}
     run_cfg = cfg.replace(build_dir=build_dir)

@@ -55,7 +55,7 @@ class LabConfig:
     min_freq: int = 1
     max_caption_len: int = 24
     # encoder
-    encoder: str = "efficientnet_lite0_multiscale"  # stride-16 cells + their stride-32 context: see labutils.models
+    encoder: str = "efficientnet_lite0_multiscale"  # stride-16 cells + their stride-32 context: see labutils.encoders
     encoder_input_size: int = 128
     grid_size: int = 8
     # decoder / training

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from . import coco, data, decode, features, metrics, models, train
+from . import coco, data, decode, encoders, features, metrics, train
 from .checkpoint import load_checkpoint
 from .decoders import build_decoder, canonical_kind
 from .infra.datasets import ensure_dataset
@@ -109,7 +109,7 @@ def load_captioner(checkpoint_path: str | Path, device: str = "cpu") -> Captione
         raise CaptionCommandError(f"{path} does not match the decoder it names ({str(exc).splitlines()[0][:120]}); "
                                   "retrain with the current labutils.") from exc
     cfg = saved["config"]
-    encoder = models.build_encoder(cfg["encoder"], pretrained=True, grid_size=int(cfg["grid_size"]))
+    encoder = encoders.build_encoder(cfg["encoder"], pretrained=True, grid_size=int(cfg["grid_size"]))
     if encoder.out_channels != spec.get("feature_dim"):
         raise CaptionCommandError(f"{path} was trained on {spec.get('feature_dim')}-channel features but encoder "
                                   f"{cfg['encoder']} gives {encoder.out_channels}; the checkpoint's config is damaged.")

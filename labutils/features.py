@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .data import ImageFolderSource, file_names_from_captions
+from .encoders import build_encoder, inference_copy
 from .infra.files import (
     DiskFullError,
     atomic_write_json,
@@ -42,7 +43,6 @@ from .infra.files import (
     remove_lab_folder,
 )
 from .infra.resize import image_root
-from .models import build_encoder, inference_copy
 
 CACHE_VERSION = 1
 META_FILE = "meta.json"

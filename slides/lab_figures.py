@@ -39,12 +39,12 @@ class Context:
     _encoders: dict = field(default_factory=dict)
 
     def encoder(self, name: str, grid_size: int):
-        """A pretrained `labutils.models` encoder, built once per (name, grid size) for all figures."""
-        from labutils import models
+        """A pretrained `labutils.encoders` encoder, built once per (name, grid size) for all figures."""
+        from labutils import encoders
 
         key = (name, grid_size)
         if key not in self._encoders:
-            self._encoders[key] = models.build_encoder(name, pretrained=True, grid_size=grid_size, progress=False)
+            self._encoders[key] = encoders.build_encoder(name, pretrained=True, grid_size=grid_size, progress=False)
         return self._encoders[key]
 
     @property
@@ -277,8 +277,8 @@ def vocab_counts(path: Path, ctx: Context) -> Path:
 
 
 def encoder_top5(path: Path, ctx: Context) -> Path:
-    """What the pretrained encoder sees: top-3 ImageNet labels for scikit-image photos (labutils.models)."""
-    from labutils import models
+    """What the pretrained encoder sees: top-3 ImageNet labels for scikit-image photos (labutils.encoders)."""
+    from labutils import encoders
 
     try:
         encoder = ctx.encoder("efficientnet_lite0", 4)
@@ -289,7 +289,7 @@ def encoder_top5(path: Path, ctx: Context) -> Path:
     fig, axes = plt.subplots(1, 4, figsize=(14, 4.6))
     for ax, name in zip(axes, names, strict=True):
         img = _photo(name, 224)
-        top = models.topk_imagenet(encoder, img, k=3)
+        top = encoders.topk_imagenet(encoder, img, k=3)
         ax.imshow(img)
         ax.set_title(f"{name}", fontsize=size)
         ax.set_xlabel("\n".join(f"{label[:18]}: {p:.2f}" for label, p in top), fontsize=size)

@@ -54,13 +54,13 @@ def wait_for(path: Path, timeout: float = 120) -> None:
 
 def encoder(channels: int = 6):
     """A small deterministic CNN with the Encoder interface (as tests/test_features.py builds one)."""
-    from labutils import models
+    from labutils import encoders
 
     torch.manual_seed(0)
     body = nn.Sequential(Hook(), nn.Conv2d(3, 8, 5, stride=4, padding=2), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.Conv2d(8, channels, 3, stride=2, padding=1))
-    return models.Encoder(f"race{channels}", body, None, out_channels=channels, grid_size=4,
-                          normalization=models.IMAGENET, weights_id="race-v1", input_size=INPUT)
+    return encoders.Encoder(f"race{channels}", body, None, out_channels=channels, grid_size=4,
+                          normalization=encoders.IMAGENET, weights_id="race-v1", input_size=INPUT)
 
 
 def config(data_root, build_dir):

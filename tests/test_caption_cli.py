@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from labutils import checkpoint, decoders, get_config, models, train
+from labutils import checkpoint, decoders, encoders, get_config, train
 from labutils.cli import caption as caption_cli
 from labutils.vocab import Vocabulary
 
@@ -23,7 +23,7 @@ def attention_checkpoint(tmp_path_factory):
     cfg = get_config("quick")
     vocab = Vocabulary.build(["a red circle on the left", "two blue squares"])
     torch.manual_seed(0)
-    channels = models.build_encoder(cfg.encoder, pretrained=False, grid_size=cfg.grid_size).out_channels
+    channels = encoders.build_encoder(cfg.encoder, pretrained=False, grid_size=cfg.grid_size).out_channels
     decoder = decoders.build_decoder("attention", len(vocab), channels, cfg)
     path = checkpoint.save_checkpoint(folder / "attention.pt", decoder.state_dict(), vocab, cfg.to_dict(),
                                       decoder=train.decoder_spec(decoder))
@@ -256,7 +256,7 @@ def test_reduced_size_decoding_gives_the_encoder_nearly_the_same_input(tmp_path)
 
     astronaut = Image.fromarray(photos.astronaut()).resize((1536, 1536), Image.LANCZOS)
     astronaut.save(tmp_path / "astronaut.jpg", quality=92)
-    encoder = models.build_encoder(get_config("quick").encoder, pretrained=False, grid_size=8)
+    encoder = encoders.build_encoder(get_config("quick").encoder, pretrained=False, grid_size=8)
     transform = encoder.eval_transform(128)
     full = transform(load_image(tmp_path / "astronaut.jpg"))
     reduced_image = load_image(tmp_path / "astronaut.jpg", min_side=256)

@@ -186,10 +186,10 @@ def test_attention_for_split_feeds_grounding_and_uniform_baseline(attention_mode
 def test_caption_photo_returns_the_encoders_view_and_attention(tmp_path):
     from PIL import Image
 
-    from labutils import models
+    from labutils import encoders
     from labutils.course import Captioner
 
-    encoder = models.build_encoder("efficientnet_lite0", pretrained=False, grid_size=2)
+    encoder = encoders.build_encoder("efficientnet_lite0", pretrained=False, grid_size=2)
     vocab = Vocabulary.build(["a red circle"])
     decoder = ShowAttendTell(len(vocab), encoder.out_channels, embed_dim=8, hidden_dim=8, attention_dim=8).eval()
     captioner = Captioner(encoder.eval(), decoder, vocab, input_size=64)

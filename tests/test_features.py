@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from labutils import data, features, models
+from labutils import data, encoders, features
 
 
 class Counting(nn.Module):
@@ -34,8 +34,8 @@ def tiny_encoder(grid_size=2, name="tiny", weights_id="tiny-v1"):
     torch.manual_seed(0)
     body = nn.Sequential(Counting(), nn.Conv2d(3, 8, 5, stride=4, padding=2), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.Conv2d(8, 6, 3, stride=2, padding=1))
-    return models.Encoder(name, body, None, out_channels=6, grid_size=grid_size,
-                          normalization=models.IMAGENET, weights_id=weights_id, input_size=32)
+    return encoders.Encoder(name, body, None, out_channels=6, grid_size=grid_size,
+                          normalization=encoders.IMAGENET, weights_id=weights_id, input_size=32)
 
 
 @pytest.fixture
@@ -143,7 +143,7 @@ def test_interrupted_build_resumes_and_matches_an_uninterrupted_one(cfg, ids, tm
 
 
 def test_fine_tunable_encoders_are_refused(cfg, ids):
-    encoder = models.build_encoder("resnet18", pretrained=False, fine_tune=True)
+    encoder = encoders.build_encoder("resnet18", pretrained=False, fine_tune=True)
     with pytest.raises(features.FeatureCacheError, match="fine_tune=False"):
         features.build_feature_cache(cfg, encoder, ids, progress=False)
 
@@ -189,7 +189,7 @@ def test_cache_works_as_a_caption_dataset_source_and_travels_to_workers(cfg, ids
 
 def test_ensure_features_builds_the_profile_cache_once_with_the_real_encoder(tiny_cfg, tmp_path):
     cfg = tiny_cfg.replace(build_dir=tmp_path / "build")
-    encoder = models.build_encoder(cfg.encoder, grid_size=cfg.grid_size)
+    encoder = encoders.build_encoder(cfg.encoder, grid_size=cfg.grid_size)
     cache = features.ensure_features(cfg, encoder, progress=False)
     splits = json.loads(cfg.split_file.read_text())
     assert len(cache) == sum(len(v) for v in splits.values())
@@ -262,7 +262,7 @@ def test_a_cache_marked_complete_with_empty_rows_is_refused_and_rebuilt(cfg, ids
 
 def test_an_image_whose_features_really_are_zero_is_not_mistaken_for_an_unwritten_row(cfg, ids):
     body = nn.Sequential(nn.Conv2d(3, 6, 5, stride=8, padding=2, bias=False), nn.ReLU())
-    encoder = models.Encoder("nobias", body, None, out_channels=6, grid_size=2, normalization=models.IMAGENET,
+    encoder = encoders.Encoder("nobias", body, None, out_channels=6, grid_size=2, normalization=encoders.IMAGENET,
                              weights_id="nobias-v1", input_size=32)
     rng = torch.Generator().manual_seed(0)
     black = ids[len(ids) // 2]  # features of a black image through a conv without bias: exactly zero

@@ -177,15 +177,15 @@ def test_features_beyond_float16_are_refused_not_cached(tiny_cfg, tmp_path):
     import torch
     from torch import nn
 
-    from labutils import features, models
+    from labutils import encoders, features
 
     cfg = tiny_cfg.replace(build_dir=tmp_path / "build", encoder_input_size=32, batch_size=8)
     ids = json.loads(cfg.split_file.read_text())["train"]
     conv = nn.Conv2d(3, 4, 8, stride=8)
     with torch.no_grad():
         conv.weight.fill_(1e4)  # sums of 192 inputs of about 1: far beyond float16's 65,504
-    encoder = models.Encoder("huge", nn.Sequential(conv), None, out_channels=4, grid_size=2,
-                             normalization=models.IMAGENET, weights_id="huge-v1", input_size=32)
+    encoder = encoders.Encoder("huge", nn.Sequential(conv), None, out_channels=4, grid_size=2,
+                             normalization=encoders.IMAGENET, weights_id="huge-v1", input_size=32)
     with pytest.raises(features.FeatureCacheError, match="float16"):
         features.build_feature_cache(cfg, encoder, ids, progress=False)
     folder = cfg.feature_dir / features.cache_key(features.cache_parts(cfg, encoder, ids))

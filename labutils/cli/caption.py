@@ -15,9 +15,9 @@ from pathlib import Path
 
 from ..checkpoint import CheckpointError
 from ..course import CaptionCommandError, Captioner, load_captioner
+from ..encoders import EncoderWeightsError
 from ..infra.files import DiskFullError, atomic_write_bytes
 from ..infra.images import ImageLoadError, load_image
-from ..models import EncoderWeightsError
 from ..viz import attention_mosaic, encode_image
 
 DEFAULT_BATCH_SIZE = 16

@@ -15,14 +15,14 @@ import sys
 import time
 from pathlib import Path
 
-from .. import models
+from .. import encoders
 from ..config import get_config
+from ..encoders import EncoderWeightsError
 from ..features import ensure_features
 from ..infra import mscoco, resize
 from ..infra.datasets import ensure_dataset
 from ..infra.download import human_bytes
 from ..infra.files import DiskFullError, FolderBusyError, NotLabFolderError
-from ..models import EncoderWeightsError
 
 RESIZE_IMAGES_PER_S = 95  # measured: infra.resize.resize_all on 2 shared cores, 640x480 JPEGs to 256 px (INSTRUCTORS.md)
 
@@ -43,22 +43,22 @@ def _host(url: str) -> str:
 def encoder_weights(name: str) -> tuple[Path, str | None]:
     """(file the pretrained weights of encoder `name` are loaded from, URL they download from or None if pip-installed)."""
     key = name.lower().replace("-", "_")
-    if key in models.TORCHVISION_ENCODERS:
+    if key in encoders.TORCHVISION_ENCODERS:
         import torch
         from torchvision.models import get_model_weights
 
         url = get_model_weights(key).DEFAULT.url
         return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name, url
-    return models.lite_weights_file(), None
+    return encoders.lite_weights_file(), None
 
 
 def _build_encoder(cfg, progress: bool):
     try:
-        return models.build_encoder(cfg.encoder, pretrained=True, grid_size=cfg.grid_size, progress=progress)
-    except models.EncoderWeightsError:
+        return encoders.build_encoder(cfg.encoder, pretrained=True, grid_size=cfg.grid_size, progress=progress)
+    except encoders.EncoderWeightsError:
         try:
             target, url = encoder_weights(cfg.encoder)
-        except models.EncoderWeightsError as err:  # the pip-installed weights are missing
+        except encoders.EncoderWeightsError as err:  # the pip-installed weights are missing
             raise PrepareError(str(err)) from None
         raise PrepareError(f"The ImageNet weights of {cfg.encoder} could not be downloaded from {_host(url or '')}, "
                            f"so the feature cache was not built; run the command again where there is internet, or "

