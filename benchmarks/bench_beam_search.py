@@ -190,11 +190,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="results file; runs of the same setup already in it are kept (a tiny try: /tmp/...)")
+    parser.add_argument("--show", action="store_true", help="print the recorded results as a table; run nothing")
     return parser.parse_args(argv)
+
+
+def table(results: dict) -> str:
+    """The recorded runs as a Markdown table (what benchmarks/README.md points at)."""
+    rows = ["| model | torch threads | OMP_WAIT_POLICY | per-image (median) | batched (median) | speed-up "
+            "[min, max] | same best caption | load avg 1 min | date |", "|---|---|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        low, high = run["speedup_min_max"]
+        rows.append(f"| {run['model_variant']} | {run['torch_threads']} | {run.get('omp_wait_policy') or '-'} | "
+                    f"{run['per_image_s_median']:.2f} s | {run['batched_s_median']:.3f} s | "
+                    f"**{run['speedup_median']:.1f}x** [{low:.1f}, {high:.1f}] | "
+                    f"{run['identical_best_captions']} / {run['images']} | "
+                    f"{run['load_average_1_5_15min_before'][0]:.2f} | {run['date'][:10]} |")
+    return "\n".join(rows)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.show:
+        print(table(json.loads(args.out.read_text())))
+        return 0
     decoder, vocab, model_note = load_model(args.seed, args.random_init)
     trained = CHECKPOINT.is_file() and not args.random_init
     feats, feature_note = load_features(args.images, args.seed, decoder.feature_dim, trained=trained)
