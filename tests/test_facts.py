@@ -23,6 +23,7 @@ from labutils import get_config
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = get_config("quick")
 FULL = get_config("full")
+FLICKR8K = get_config("flickr8k")
 RESNET101_CHANNELS = 2048  # torchvision's resnet101 fc.in_features; test_resnet101_channels keeps it true
 FP16_BYTES = 2
 # A stride-32 backbone gives (input size / 32) cells per side: the last block alone of the quick encoder.
@@ -33,8 +34,10 @@ PROFILE_WORDS = {
     "lite0": re.compile(r"last block|efficientnet_lite0(?!_)|320 channels", re.I),
     "quick": re.compile(r"\bquick\b|multiscale", re.I),
     "full": re.compile(r"\bfull\b|ResNet|MS-COCO", re.I),
+    "flickr8k": re.compile(r"flickr8k", re.I),
 }
-EXPECTED_GRID = {"quick": QUICK.grid_size, "full": FULL.grid_size, "lite0": LAST_BLOCK_GRID}
+EXPECTED_GRID = {"quick": QUICK.grid_size, "full": FULL.grid_size, "lite0": LAST_BLOCK_GRID,
+                 "flickr8k": FLICKR8K.grid_size}
 GRID_RE = re.compile(r"(?<![\d.×])\$?(\d{1,2})\s*(?:×|x|\\times|by)\s*(\d{1,2})\$?(?![\d])")
 # Sentences that name a grid that is not the lab's on purpose (the paper's VGG map, ViT patches, a counterfactual).
 GRID_EXCEPTIONS = re.compile(r"VGG|patch|would only repeat|16x16 Words|Show, Attend and Tell used", re.I)
@@ -227,7 +230,7 @@ def input_size_problems(unit: Unit) -> list[str]:
     problems = []
     for match in PX_RE.finditer(unit.text):
         profile = profile_of(unit, match)
-        cfg = {"quick": QUICK, "lite0": QUICK, "full": FULL}.get(profile)
+        cfg = {"quick": QUICK, "lite0": QUICK, "full": FULL, "flickr8k": FLICKR8K}.get(profile)
         if cfg and int(match.group(1)) not in (cfg.image_size, cfg.encoder_input_size):
             problems.append(f"{match.group(1)} px stated for the {profile} profile, config gives image_size "
                             f"{cfg.image_size} and encoder_input_size {cfg.encoder_input_size}: {unit.text[:120]!r}")
@@ -375,6 +378,8 @@ MUTATIONS = [
      None),  # a header row is not a statement: nothing is reported for it
     ("| | quick | full |\n|---|---|---|\n| encoder | EfficientNet-Lite0, 4×4 multiscale grid | ResNet-101, 7×7 grid |",
      "grid 4×4 stated for the quick grid"),
+    ("| | `quick` | `flickr8k` |\n|---|---|---|\n| encoder | EfficientNet-Lite0, 8×8 grid | EfficientNet-Lite0, 7×7 grid |",
+     "grid 7×7 stated for the flickr8k grid"),
 ]
 
 
