@@ -109,6 +109,14 @@ def make_caption(vocab, tokens: list[int], log_prob: float, score: float, alphas
                    alphas=None if alphas is None else alphas.detach().float().cpu(), finished=finished)
 
 
+def words_only(scores: Tensor, vocab) -> Tensor:
+    """`scores` [rows, V] (logits or log-probabilities) with <pad>, <start> and <unk> made impossible: a caption
+    is words and <end>, never an "unknown word" that `vocab.decode` would silently drop ("a dog is jumping over
+    a"). The searches choose among these; a caption's log-prob stays the model's own."""
+    banned = torch.tensor([vocab.pad_id, vocab.start_id, vocab.unk_id], device=scores.device)
+    return scores.index_fill(1, banned, float("-inf"))
+
+
 def length_penalty(length: int | float, alpha: float) -> float:
     """Wu et al. (2016) length penalty ((5 + length) / 6) ** alpha; a beam's score is log_prob / penalty."""
     return ((5.0 + length) / 6.0) ** alpha
@@ -139,7 +147,7 @@ def _run_sequential(decoder, features: Tensor, vocab, max_len: int,
         for step in range(max_len):
             logits, state, alpha = decoder.step(tokens, state)
             logp = F.log_softmax(logits.float(), dim=1)
-            tokens = choose(logits.float(), step)
+            tokens = choose(words_only(logits.float(), vocab), step)
             token_logp = logp.gather(1, tokens.unsqueeze(1)).squeeze(1)
             ended = tokens == vocab.end_id
             # One transfer per step instead of one per image keeps the bookkeeping cheap.
@@ -312,7 +320,7 @@ def beam_search(decoder, features: Tensor, vocab, beam_size: int = 5, max_len: i
                                   for c, new, old in zip(image_constant, new_state, state, strict=True)]
             state = tuple(new_state)
             vocab_size = logits.size(1)
-            candidates = row_score.unsqueeze(1) + F.log_softmax(logits.float(), dim=1)  # [rows, V]
+            candidates = row_score.unsqueeze(1) + words_only(F.log_softmax(logits.float(), dim=1), vocab)
 
             # Lay the live rows out as [image, slot, word]; empty slots are -inf, so the flat index order is
             # exactly the per-image reference's (slot-major, then word id).
@@ -419,7 +427,7 @@ def greedy_one_image(decoder, features: Tensor, vocab, max_len: int = DEFAULT_MA
         token, tokens, log_prob = vocab.start_id, [], 0.0
         for _ in range(max_len):
             logits, state, _ = decoder.step(torch.tensor([token], device=features.device), state)  # [1, V]
-            token = int(logits[0].argmax())  # the most likely next word
+            token = int(words_only(logits, vocab)[0].argmax())  # the most likely next word (never <unk>)
             log_prob += float(F.log_softmax(logits[0].float(), dim=0)[token])
             tokens.append(token)
             if token == vocab.end_id:
@@ -450,8 +458,9 @@ def beam_search_one_image(decoder, features: Tensor, vocab, beam_size: int = 5, 
         for _ in range(max_len):
             last = torch.tensor([b[-1] if b else vocab.start_id for b in beams], device=features.device)
             logits, state, _ = decoder.step(last, state)  # [beams, V]
+            log_probs = words_only(F.log_softmax(logits.float(), dim=1), vocab)  # [beams, V]: never <unk>
             n = beam_size - len(finished)  # every finished beam retires its slot
-            best, parent, word = expand(scores, F.log_softmax(logits.float(), dim=1), n)  # [<= n] each
+            best, parent, word = expand(scores, log_probs, n)  # [<= n] each
             ends = word == vocab.end_id  # [n]: the candidates that finish here
             for s, p in zip(best[ends].tolist(), parent[ends].tolist(), strict=True):
                 finished.append((s, beams[p] + [vocab.end_id]))

@@ -75,14 +75,16 @@ def _read_json(path: Path):
 
 
 def dataset_fingerprint(cfg) -> dict:
-    """What identifies the dataset's contents cheaply: generator.json (synthetic) or the captions file's stat."""
+    """What identifies the dataset's images by content: generator.json (synthetic), else the image id -> file name
+    table of the captions file. Features depend on the images, not on the captions or on when a file was
+    written, so rewriting identical annotations (or editing a caption) keeps the cache."""
     marker = Path(cfg.dataset_dir) / "generator.json"
     if marker.is_file():
         return {"generator": _read_json(marker)}
     captions = Path(cfg.captions_file)
     if captions.is_file():
-        st = captions.stat()
-        return {"captions_file": captions.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        names = sorted(file_names_from_captions(captions).items())
+        return {"file_names_sha256": hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16]}
     return {"dataset_dir": str(cfg.dataset_dir)}
 
 

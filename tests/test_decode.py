@@ -475,3 +475,27 @@ def test_readable_beam_search_breaks_ties_like_the_batched_one():
     readable = decode.beam_search_one_image(decoder, features[0], vocab, beam_size=2)
     assert readable.text == batched[0].text == "a c"
     assert readable.score == batched[0].score
+
+
+def test_no_search_emits_unk_pad_or_start_even_when_the_model_prefers_them():
+    """A model trained with <unk> targets will rank <unk> first at times; every decoding function must take the
+    best real word instead (else `vocab.decode` drops it and leaves a caption like "a dog is jumping over a")."""
+    vocab = Vocabulary(["dog", "runs"])
+    dog, runs, end = vocab["dog"], vocab["runs"], vocab.end_id
+    specials = {vocab.unk_id: 0.5, vocab.pad_id: 0.2, vocab.start_id: 0.1}
+    # "dog runs <end>" is also the most likely caption of real words (0.18 x 0.19 x 0.2, against "runs <end>"
+    # 0.02 x 0.2 and "dog <end>" 0.18 x 0.01), so beam search must find it too.
+    table = log_table({vocab.start_id: {**specials, dog: 0.18, runs: 0.02},
+                       dog: {**specials, runs: 0.19, end: 0.01}, runs: {**specials, end: 0.2}}, len(vocab))
+    decoder, features = TableDecoder(table), zero_features(1, len(vocab))
+    found = {
+        "greedy": decode.greedy(decoder, features, vocab, max_len=6)[0],
+        "beam": decode.beam_search(decoder, features, vocab, beam_size=3, max_len=6)[0][0],
+        "sample": decode.sample(decoder, features, vocab, generator=0, max_len=6)[0],
+        "greedy_one_image": decode.greedy_one_image(decoder, features[0], vocab, max_len=6),
+        "beam_one_image": decode.beam_search_one_image(decoder, features[0], vocab, beam_size=3, max_len=6),
+    }
+    for name, caption in found.items():
+        assert caption.tokens == [dog, runs, end], name
+        assert caption.finished, name
+        assert caption.log_prob == pytest.approx(math.log(0.18 * 0.19 * 0.2), abs=1e-5), name  # the model's own

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from labutils import data, encoders, features
+from labutils import data, encoders, features, get_config
 
 
 class Counting(nn.Module):
@@ -275,3 +275,23 @@ def test_an_image_whose_features_really_are_zero_is_not_mistaken_for_an_unwritte
     state = json.loads((cache.folder / features.PROGRESS_FILE).read_text())
     assert state["zero_rows"] == [len(ids) // 2] and state["complete"]
     assert features.FeatureCache.load(cache.folder).key == cache.key
+
+
+def test_the_cache_key_follows_the_images_not_when_the_captions_file_was_written(tmp_path):
+    """Rewriting identical annotations (or editing a caption) keeps a real dataset's cache; renaming an image,
+    which may point at another photo, gives another key."""
+    import os
+
+    cfg = get_config("quick", data_root=tmp_path / "data", dataset_name="photos")
+    cfg.captions_file.parent.mkdir(parents=True)
+    captions = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+                "annotations": [{"id": 1, "image_id": 1, "caption": "a dog"}]}
+    cfg.captions_file.write_text(json.dumps(captions))
+    before = features.dataset_fingerprint(cfg)
+    os.utime(cfg.captions_file, ns=(1, 1))  # an older file with the same content
+    captions["annotations"][0]["caption"] = "a brown dog"
+    cfg.captions_file.write_text(json.dumps(captions))
+    assert features.dataset_fingerprint(cfg) == before
+    captions["images"][1]["file_name"] = "c.jpg"
+    cfg.captions_file.write_text(json.dumps(captions))
+    assert features.dataset_fingerprint(cfg) != before

@@ -85,7 +85,7 @@ def test_a_comment_edit_and_a_renamed_function_are_caught_too(tmp_path):
 def test_an_edit_in_the_library_is_caught(tmp_path, monkeypatch):
     # A changed copy of the library module, and a copy of the notebook pointing at it.
     library = (ROOT / "labutils" / "decode.py").read_text()
-    changed = library.replace("token = int(logits[0].argmax())", "token = int(logits[0].argmax(dim=0))")
+    changed = library.replace("token = int(words_only(logits, vocab)[0].argmax())", "token = int(words_only(logits, vocab)[0].argmax(dim=0))")
     assert changed != library
     (tmp_path / "decode_edited.py").write_text(changed)
     monkeypatch.syspath_prepend(str(tmp_path))
