@@ -182,8 +182,8 @@ def bench_train(cfg, device: torch.device, n_images: int) -> dict:
     def lab_epoch() -> float:
         decoder = build_decoder("attention", len(vocab), 2048, cfg)
         decoder.load_state_dict(initial)
-        result = train.train(run_cfg.replace(epochs=1, time_budget_s=None), decoder, loaders, vocab, patience=None,
-                             scheduler=None, progress=False)
+        result = train.train(run_cfg.replace(epochs=1, time_budget_s=None, lr_schedule="none"), decoder, loaders,
+                             vocab, patience=None, progress=False)
         return float(result.history["seconds"].iloc[0])
 
     def plain_epoch() -> float:

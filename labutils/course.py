@@ -176,7 +176,9 @@ def train_quick_captioner(cfg, kind: str = "attention", progress: bool = True, l
         decoder = decoder_from_spec(saved["decoder"])  # train() loads the weights to resume from
         settings = saved.get("settings", {})
         cfg = cfg.replace(**{key: settings[key] for key in RESUMED_CFG_SETTINGS if key in settings})
-        own = {key: value for key, value in settings.items() if key not in CFG_SETTINGS}
+        if "scheduler" in settings:  # checkpoints from before the schedule was a config setting
+            cfg = cfg.replace(lr_schedule=settings["scheduler"] or "none")
+        own = {key: value for key, value in settings.items() if key not in (*CFG_SETTINGS, "scheduler")}
         train_kwargs = {**own, **train_kwargs, "resume_from": path}
     else:
         train.seed_everything(cfg.seed)

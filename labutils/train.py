@@ -46,9 +46,9 @@ from .decoders import (
 
 METRIC = "bleu4"
 # The settings `train` takes from its config (recorded in a checkpoint's "settings" under these names) ...
-CFG_SETTINGS = ("epochs", "decoder_lr", "encoder_lr", "time_budget_s", "max_len")
+CFG_SETTINGS = ("epochs", "decoder_lr", "encoder_lr", "lr_schedule", "time_budget_s", "max_len")
 # ... and those a resumed run keeps from the run it continues (the safety limit and lengths are the config's).
-RESUMED_CFG_SETTINGS = ("epochs", "decoder_lr", "encoder_lr")
+RESUMED_CFG_SETTINGS = ("epochs", "decoder_lr", "encoder_lr", "lr_schedule")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -437,14 +437,14 @@ def _set_epoch(loader, epoch: int) -> None:
 
 @on_cfg_threads
 def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Module | None = None,
-          patience: int | None = 4, scheduler: str | None = "plateau", lr_factor: float = 0.5,
+          patience: int | None = 4, lr_factor: float = 0.5,
           lr_patience: int = 1, step_size: int = 5, scheduled_sampling: float = 0.0, ss_ramp_epochs: int = 8,
           ss_schedule: str = "linear", checkpoint_path: str | Path | None = None,
           resume_from: str | Path | None = None, callbacks: Iterable[Callable] = (), restore_best: bool = True,
           progress: bool = True) -> TrainResult:
     """Train `decoder` on `loaders["train"]` (CaptionBatch), validating on `loaders["val"]` (EvalBatch) each epoch.
 
-    `cfg` is the one place of the settings it has (epochs, decoder_lr, encoder_lr, grad_clip, alpha_c,
+    `cfg` is the one place of the settings it has (epochs, decoder_lr, encoder_lr, lr_schedule, grad_clip, alpha_c,
     time_budget_s, max_caption_len as the validation captions' length, device, mixed_precision, seed,
     cpu_threads): change one with `cfg.replace(epochs=3)`. `patience`: epochs without a better validation
     BLEU-4 before stopping early (None: never). `scheduled_sampling`: the largest probability of feeding the model's own word (0 = pure
@@ -462,9 +462,10 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
     if "train" not in loaders or "val" not in loaders:
         raise ValueError("train() needs loaders={'train': caption loader, 'val': evaluation loader}.")
     epochs, decoder_lr, encoder_lr = int(cfg.epochs), float(cfg.decoder_lr), float(cfg.encoder_lr)
+    scheduler = cfg.lr_schedule
     budget, max_len = cfg.time_budget_s, int(cfg.max_caption_len)
     settings = {"epochs": epochs, "decoder_lr": decoder_lr, "encoder_lr": encoder_lr, "patience": patience,
-                "scheduler": scheduler, "lr_factor": lr_factor, "lr_patience": lr_patience, "step_size": step_size,
+                "lr_schedule": scheduler, "lr_factor": lr_factor, "lr_patience": lr_patience, "step_size": step_size,
                 "scheduled_sampling": scheduled_sampling, "ss_ramp_epochs": ss_ramp_epochs,
                 "ss_schedule": ss_schedule, "time_budget_s": budget, "max_len": max_len, "restore_best": restore_best}
     device = torch.device(cfg.device)
