@@ -1,0 +1,151 @@
+"""The flickr8k profile's recipe, end to end on this machine: prepared photos -> feature cache -> training ->
+scored test captions, with the time of every stage and the dev curve (metric vs minutes).
+
+Runs what a learner's notebooks run (`features.ensure_features`, `course.train_quick_captioner`,
+`evaluation.evaluate_methods`) on the flickr8k profile's config, with named overrides for the experiments that
+chose the recipe (`--set hidden_dim=256 --set epochs=12`). The recipe is chosen on the dev ("val") split; the test
+split is scored once per run, with the coco-caption scorers (BLEU-4, METEOR, CIDEr-D) and beam search.
+
+    python benchmarks/bench_flickr8k_recipe.py --from ../shared/flickr8k --label recipe
+    python benchmarks/bench_flickr8k_recipe.py --from ../shared/flickr8k --set epochs=8 --label short --dev-only
+
+Each run is appended to benchmarks/results/flickr8k_recipe.json (runs with the same label are replaced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import machine_info  # noqa: E402
+
+from labutils import course, evaluation, features, get_config  # noqa: E402
+from labutils.infra import flickr8k  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "flickr8k_recipe.json"
+GOAL = {"Bleu_4": 0.22, "METEOR": 0.20, "CIDEr": 0.55, "minutes": 12.0}  # issue 12: on 2 CPU cores
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """`name=value` pairs (values as Python literals, else strings) for `cfg.replace`."""
+    out = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        try:
+            out[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[name] = text
+    return out
+
+
+def scored(decoder, vocab, cache, lab, split: str, beam: int, length_penalty: float) -> dict:
+    """coco-caption scores of beam search (and greedy) on one split, plus caption length and diversity."""
+    ids = lab.splits[split]
+    methods = {f"beam{beam}": {"method": "beam", "beam_size": beam, "length_penalty": length_penalty},
+               "greedy": {"method": "greedy"}}
+    comparison = evaluation.evaluate_methods(decoder, vocab, cache.source, {i: lab.captions[i] for i in ids},
+                                             methods=methods, max_len=lab.cfg.max_caption_len, progress=False)
+    table = comparison.table
+    rows = {}
+    for name in methods:
+        row = table.loc[name]
+        rows[name] = {key: round(float(row[col]), 4) for key, col in
+                      (("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"), ("CIDEr", "CIDEr-D"), ("ROUGE_L", "ROUGE-L"),
+                       ("words_per_caption", "words/caption"), ("distinct", "distinct"), ("decode_s", "decode s"))
+                      if col in row}
+    examples = {str(i): comparison.captions[f"beam{beam}"][i].text for i in ids[:10]}
+    return {"methods": rows, "examples": examples}
+
+
+def run(args) -> dict:
+    overrides = parse_overrides(args.set)
+    cfg = get_config("flickr8k", device=args.device, **overrides)
+    if args.data_root:
+        cfg = cfg.replace(data_root=Path(args.data_root))
+    stages: dict[str, float] = {}
+    started = time.perf_counter()
+    if args.source is not None:
+        flickr8k.prepare_flickr8k(cfg, source=args.source, progress=False)
+    course.ensure_dataset(cfg, progress=False)
+    stages["dataset"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    cache = features.ensure_features(cfg, splits=("train", "val", "test"), progress=False)
+    stages["features"] = time.perf_counter() - started
+
+    curve = []
+    t0 = time.perf_counter()
+
+    def record(epoch, row):
+        curve.append({"epoch": int(epoch), "minutes": round((time.perf_counter() - t0) / 60, 2),
+                      "val_bleu4_greedy": round(float(row["val_bleu4"]), 4), "train_loss": round(float(row["train_loss"]), 4),
+                      "lr": float(row["lr"])})
+        print(json.dumps(curve[-1]), flush=True)
+
+    started = time.perf_counter()
+    lab = course.prepare_data(cfg, progress=False)
+    stages["data"] = time.perf_counter() - started
+    started = time.perf_counter()
+    decoder, vocab, result, _path = course.train_quick_captioner(cfg, "attention", progress=False, lab_data=lab,
+                                                                 callbacks=[record])
+    stages["training"] = time.perf_counter() - started
+    started = time.perf_counter()
+    dev = scored(decoder, vocab, cache, lab, "val", args.beam, args.length_penalty)
+    stages["dev_scoring"] = time.perf_counter() - started
+    test = None
+    if not args.dev_only:
+        started = time.perf_counter()
+        test = scored(decoder, vocab, cache, lab, "test", args.beam, args.length_penalty)
+        stages["test_scoring"] = time.perf_counter() - started
+    recipe_minutes = (stages["features"] + stages["data"] + stages["training"] + stages.get("test_scoring", 0)) / 60
+    return {
+        "label": args.label, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python benchmarks/bench_flickr8k_recipe.py " + " ".join(sys.argv[1:]),
+        "overrides": overrides, "beam": args.beam, "length_penalty": args.length_penalty,
+        "settings": {k: getattr(cfg, k) for k in ("encoder", "encoder_input_size", "grid_size", "min_freq",
+                                                  "max_caption_len", "embed_dim", "hidden_dim", "attention_dim",
+                                                  "dropout", "batch_size", "epochs", "decoder_lr", "lr_schedule",
+                                                  "alpha_c", "cpu_threads", "device")},
+        "vocab_size": len(vocab), "train_images": len(lab.splits["train"]), "epochs_run": len(result.history),
+        "stopped": result.stopped,
+        "stages_s": {k: round(v, 1) for k, v in stages.items()}, "recipe_minutes": round(recipe_minutes, 2),
+        "curve": curve, "dev": dev, "test": test,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "machine": machine_info(),
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--from", dest="source", type=Path, default=None, help="a local copy of Flickr8k")
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a config override")
+    parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--length-penalty", type=float, default=0.0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--label", default="recipe")
+    parser.add_argument("--dev-only", action="store_true", help="score the dev split only (choosing the recipe)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    record = run(args)
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    old["runs"] = [r for r in old.get("runs", []) if r.get("label") != args.label] + [record]
+    old["goal"] = GOAL
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(old, indent=1) + "\n")
+    print(json.dumps({k: record[k] for k in ("label", "stages_s", "recipe_minutes", "epochs_run", "vocab_size")}))
+    print(json.dumps({"dev": record["dev"]["methods"], "test": record["test"] and record["test"]["methods"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
