@@ -10,7 +10,8 @@ from ..infra.datasets import ensure_dataset
 
 # Each command's module is imported only when that command runs, so `run` or `--help` do not load torch.
 COMMANDS = {"run": "labutils.infra.runner", "caption": "labutils.cli.caption", "prepare": "labutils.cli.prepare",
-            "refs": "labutils.infra.notebook_refs", "layout": "labutils.infra.layout"}
+            "refs": "labutils.infra.notebook_refs", "layout": "labutils.infra.layout",
+            "notebook-header": "labutils.infra.colab"}
 
 USAGE = """usage: python -m labutils COMMAND [...]
 
@@ -21,6 +22,7 @@ commands:
   prepare   before a workshop: download, resize once and build the feature cache (--help for options)
   refs      re-record the notebooks' reference outputs for nbval (maintainers)
   layout    list the package's modules floor by floor (maintainers)
+  notebook-header  regenerate the notebooks' Colab badge and install cell from the repository address (maintainers)
 
 `python -m labutils COMMAND --help` shows a command's options."""
 
