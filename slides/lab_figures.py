@@ -112,10 +112,11 @@ def placeholder(path: Path, title: str, reason: str, how: str) -> Path:
     ax.axis("off")
     ax.add_patch(Rectangle((0.02, 0.04), 0.96, 0.92, facecolor="#f3f4f6", edgecolor="#9ca3af", linewidth=2,
                            linestyle="--", transform=ax.transAxes))
-    ax.text(0.5, 0.78, f"Placeholder: {title}", ha="center", fontsize=18, weight="bold", color="#374151")
-    ax.text(0.5, 0.52, "\n".join(textwrap.wrap(f"Not available when these slides were built: {reason}", 80)),
-            ha="center", va="center", fontsize=12, color="#b91c1c")
-    ax.text(0.5, 0.24, "\n".join(textwrap.wrap(how, 85)), ha="center", va="center", fontsize=12, color="#374151")
+    # 17 pt and more: over 20 px when a slide shows the figure 900 px wide (the render check's floor).
+    ax.text(0.5, 0.8, f"Placeholder: {title}", ha="center", fontsize=21, weight="bold", color="#374151")
+    ax.text(0.5, 0.54, "\n".join(textwrap.wrap(f"Not available when these slides were built: {reason}", 58)),
+            ha="center", va="center", fontsize=17, color="#b91c1c")
+    ax.text(0.5, 0.22, "\n".join(textwrap.wrap(how, 62)), ha="center", va="center", fontsize=17, color="#374151")
     fig.savefig(path, dpi=DPI, facecolor="white",
                 metadata=diagrams.text_size_metadata(fig, DPI, Path(path).stem))
     plt.close(fig)
