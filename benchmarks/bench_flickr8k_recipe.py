@@ -72,6 +72,8 @@ def run(args) -> dict:
     cfg = get_config("flickr8k", device=args.device, **overrides)
     if args.data_root:
         cfg = cfg.replace(data_root=Path(args.data_root))
+    if args.build_dir:  # a fresh folder: the feature cache is built (and timed) as a learner's first run builds it
+        cfg = cfg.replace(build_dir=Path(args.build_dir))
     stages: dict[str, float] = {}
     started = time.perf_counter()
     if args.source is not None:
@@ -131,6 +133,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a config override")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--length-penalty", type=float, default=0.0)
+    parser.add_argument("--build-dir", default=None, help="build folder (an empty one times the feature cache)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--label", default="recipe")
     parser.add_argument("--dev-only", action="store_true", help="score the dev split only (choosing the recipe)")
