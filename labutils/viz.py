@@ -109,7 +109,7 @@ def plot_attention(image, words: list[str], alphas, grid_size: int, cols: int = 
 
     The picture is shown at most `max_side` pixels on its longer side (a panel is about 200 pixels on screen), so a
     large photo does not multiply the cost of every overlay. For many figures in a row (the caption command) use
-    `attention_mosaic`, which draws the same panels without matplotlib, about a hundred times faster.
+    `attention_mosaic`, which draws the same panels without matplotlib, far faster (benchmarks/results/caption_cli.json).
     """
     picture = as_array(_fit_within(_as_image(image), max_side))
     height, width = picture.shape[:2]
@@ -202,13 +202,13 @@ _FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 def encode_image(image: Image.Image, suffix: str) -> bytes:
     """The file contents of `image` in the format of `suffix` ('.png', '.jpg', ...).
 
-    JPEG (quality 90) is written about 20x faster than PNG, whose per-row filtering and zlib cost some 20 ms for
-    a caption of ten words; PNG uses zlib's fastest level (files about 7 % larger than at the default level, 4x
-    faster).
+    JPEG (quality 90) is written much faster than PNG, whose per-row filtering and zlib dominate a figure's cost
+    (benchmarks/results/caption_cli.json); PNG uses zlib's fastest level (slightly larger files, several times
+    faster to write).
     """
     import io
 
-    # The common suffixes without Image.registered_extensions(), which loads every Pillow plugin (~40 ms).
+    # The common suffixes without Image.registered_extensions(), which loads every Pillow plugin.
     kind = _FORMATS.get(suffix.lower()) or Image.registered_extensions().get(suffix.lower())
     if kind is None:
         raise ValueError(f"{suffix!r} is not an image suffix Pillow knows; use .png or .jpg.")

@@ -69,8 +69,8 @@ def _attention_path(base: Path, index: int, total: int) -> Path:
 
 
 class FigureFiles:
-    """Writes figures on one background thread, so the disk's wait (the atomic write's fsync: 1-5 ms, more than
-    drawing the figure) overlaps with captioning the next photos; at most `ahead` files wait.
+    """Writes figures on one background thread, so the disk's wait (the atomic write's fsync, which can take longer
+    than drawing the figure) overlaps with captioning the next photos; at most `ahead` files wait.
 
     Each "attention figure: PATH" line is printed, in order, once its file is complete; a file that cannot be
     written is one sentence on stderr and counts in `close()`'s result.
