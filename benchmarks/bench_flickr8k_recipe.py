@@ -126,6 +126,21 @@ def run(args) -> dict:
     }
 
 
+def table(results: dict) -> str:
+    """The recorded runs as a Markdown table: test (else dev) scores of beam search, minutes per stage."""
+    rows = ["| run | split | BLEU-4 | METEOR | CIDEr-D | words | distinct | features min | training min | "
+            "recipe min (goal 12) | epochs | date |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        split = "test" if run.get("test") else "dev"
+        scores = run[split]["methods"][f"beam{run['beam']}"]
+        stages = run["stages_s"]
+        rows.append(f"| {run['label']} | {split} | {scores['Bleu_4']:.3f} | {scores['METEOR']:.3f} | "
+                    f"{scores['CIDEr']:.3f} | {scores['words_per_caption']:.1f} | {scores['distinct']:.2f} | "
+                    f"{stages['features'] / 60:.1f} | {stages['training'] / 60:.1f} | {run['recipe_minutes']:.1f} | "
+                    f"{run['epochs_run']} | {run['date'][:10]} |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", type=Path, default=None, help="a local copy of Flickr8k")
@@ -138,7 +153,11 @@ def main(argv=None) -> int:
     parser.add_argument("--label", default="recipe")
     parser.add_argument("--dev-only", action="store_true", help="score the dev split only (choosing the recipe)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--show", action="store_true", help="print the recorded runs as a table; run nothing")
     args = parser.parse_args(argv)
+    if args.show:
+        print(table(json.loads(args.out.read_text())))
+        return 0
     record = run(args)
     old = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
     old["runs"] = [r for r in old.get("runs", []) if r.get("label") != args.label] + [record]
