@@ -152,8 +152,17 @@ def prepare_data(cfg, caption_mode: str = "sample", source: Callable | None = No
 
 
 def checkpoint_path_for(cfg, kind: str) -> Path:
-    """Where the quick/full run of decoder `kind` saves its checkpoint: cfg.checkpoint_dir / f"{kind}.pt"."""
+    """Where the learner's run of decoder `kind` saves its checkpoint: cfg.checkpoint_dir / f"{kind}.pt"."""
     return Path(cfg.checkpoint_dir) / f"{canonical_kind(kind)}.pt"
+
+
+def instructor_checkpoint_path(cfg, kind: str) -> Path:
+    """Where an instructor puts a trained fallback of decoder `kind`: cfg.checkpoint_dir / "instructor" / f"{kind}.pt".
+
+    Nothing in the lab writes there (training saves to `checkpoint_path_for`, a different file), so a learner's
+    run can never overwrite the fallback; `load_trained` uses it when the learner has no finished run of their own.
+    """
+    return Path(cfg.checkpoint_dir) / "instructor" / f"{canonical_kind(kind)}.pt"
 
 
 @train.on_cfg_threads
@@ -213,20 +222,41 @@ def _why_train_anew(saved: Mapping | None, cfg) -> str | None:
     return None
 
 
-def load_trained(cfg, kind: str = "attention", progress: bool = True):
+def _instructor_fallback(cfg, kind: str, why: str):
+    """The instructor's checkpoint for `kind` when there is one trained on this data and features, else None."""
+    path = instructor_checkpoint_path(cfg, kind)
+    if not path.is_file():
+        return None
+    saved = ckpt.load_checkpoint(path)
+    if not _matches(saved["config"], cfg):
+        print(f"Not using the instructor's checkpoint {path}: it was trained on other data/features than the "
+              f"{cfg.profile} profile's.")
+        return None
+    print(f"Using the instructor's trained {kind} captioner ({path}), because {why}. Your own run is used as "
+          f"soon as notebook 07 finishes it.")
+    return saved
+
+
+def load_trained(cfg, kind: str = "attention", progress: bool = True, use_instructor: bool = True):
     """Load the checkpoint of a finished run that `train_quick_captioner` saved for `kind`.
 
-    Without one it trains first, and says so before it starts: from scratch when there is no usable checkpoint,
-    and by resuming the run when its checkpoint is from a run that was interrupted (a Colab disconnect in
-    notebook 07, say) or cut short by the safety time limit: a learner expects the model notebook 07 was
-    training, and the resume continues that very run (exactly, epoch for epoch) without redoing the epochs
-    already done. A resumed run gets `cfg.time_budget_s` as its safety limit, not the one it was started with.
-    Returns (decoder in eval mode on cfg.device, vocabulary, checkpoint dict).
+    Without one it uses the instructor's fallback (`instructor_checkpoint_path`) when there is one and
+    `use_instructor`, and says so; otherwise it trains first, and says so before it starts: from scratch when
+    there is no usable checkpoint, and by resuming the run when its checkpoint is from a run that was interrupted
+    (a Colab disconnect in notebook 07, say) or cut short by the safety time limit: a learner expects the model
+    notebook 07 was training, and the resume continues that very run (exactly, epoch for epoch) without redoing
+    the epochs already done. A resumed run gets `cfg.time_budget_s` as its safety limit, not the one it was
+    started with. Returns (decoder in eval mode on cfg.device, vocabulary, checkpoint dict).
     """
     kind = canonical_kind(kind)
     path = checkpoint_path_for(cfg, kind)
     saved = ckpt.load_checkpoint(path) if path.is_file() else None
     reason = _why_train_anew(saved, cfg)
+    unfinished = reason is None and (not saved["finished"] or saved.get("stopped") == "time_budget")
+    if use_instructor and (reason is not None or unfinished):
+        fallback = _instructor_fallback(cfg, kind, reason or f"your run in {path} has not finished")
+        if fallback is not None:
+            return decoder_from_checkpoint(fallback).to(cfg.device), Vocabulary.from_dict(fallback["vocab"]), fallback
     if reason is not None:
         print(f"Training the {kind} captioner first, for at most {cfg.epochs} epochs as notebook 07 does "
               f"({reason}: {path}).")

@@ -7,7 +7,8 @@ The pieces, in the order data flows through them:
 * An *image source* is any callable `image_id -> Tensor`: `ImageFolderSource` loads and transforms the image, a
   feature cache (`labutils.features`) returns pre-computed encoder features. The Datasets do not care which.
 * `CaptionDataset` (training: image + one encoded caption) and `EvalDataset` (image + all reference strings).
-* `collate_captions` pads captions with `<pad>`=0 into a `CaptionBatch`; `make_loader` builds the DataLoader.
+* `collate_captions` pads captions with `<pad>`=0 into a `CaptionBatch`; `make_loader` builds the DataLoader,
+  optionally with a `LengthGroupedBatchSampler` (random batches of captions of similar length: less padding).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import coco
 from .infra.coco_format import SPLITS
@@ -216,6 +217,12 @@ class CaptionDataset(Dataset):
         pick = np.random.default_rng([self.seed, self.epoch, index]).integers(n) if n > 1 else 0
         return int(self._first_caption[index] + pick)
 
+    def item_lengths(self) -> np.ndarray:
+        """Token count of the caption each item uses in the current epoch (what `LengthGroupedBatchSampler` sorts)."""
+        if self.mode == "all":
+            return self._caption_len.copy()
+        return self._caption_len[[self.caption_index(i) for i in range(len(self))]]
+
     def caption_ids(self, caption: int) -> torch.Tensor:
         """Encoded caption number `caption` (global position) as a LongTensor."""
         start = self._caption_start[caption]
@@ -317,12 +324,43 @@ def collate_eval(batch: Sequence[tuple[torch.Tensor, list[str], int]]) -> EvalBa
     return EvalBatch(torch.stack(inputs), [list(r) for r in references], [int(i) for i in image_ids])
 
 
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Random batches whose captions have similar lengths, so a teacher-forced step computes little padding.
+
+    Each epoch: shuffle all items, cut the order into pools of `pool_batches` batches, sort each pool by the
+    length of the caption each item uses this epoch, cut it into batches and shuffle the batches. Every item is
+    still seen once per epoch and which items share a batch is still random; only their lengths are alike. All
+    randomness comes from `generator` (the DataLoader's), so a resumed run continues the same order.
+    """
+
+    def __init__(self, dataset: CaptionDataset, batch_size: int, generator: torch.Generator, pool_batches: int = 50):
+        if not hasattr(dataset, "item_lengths"):
+            raise TypeError(f"LengthGroupedBatchSampler needs a dataset with item_lengths(), got {type(dataset).__name__}.")
+        self.dataset, self.batch_size, self.generator = dataset, int(batch_size), generator
+        self.pool = self.batch_size * int(pool_batches)
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(len(self.dataset), generator=self.generator).numpy()
+        lengths = self.dataset.item_lengths()  # after set_epoch: this epoch's caption picks
+        batches = []
+        for start in range(0, len(order), self.pool):
+            pool = order[start:start + self.pool]
+            pool = pool[np.argsort(lengths[pool], kind="stable")]
+            batches += [pool[i:i + self.batch_size].tolist() for i in range(0, len(pool), self.batch_size)]
+        for k in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[k]
+
+
 def make_loader(dataset: Dataset, cfg, train: bool, collate_fn: Callable | None = None,
                 batch_size: int | None = None, seed: int | None = None) -> DataLoader:
     """DataLoader with the lab's settings: shuffle when training, `cfg.num_workers` workers, pinned memory on CUDA.
 
     `collate_fn` defaults to `collate_eval` for an `EvalDataset` and `collate_captions` otherwise. The shuffle
-    order comes from a generator seeded with `cfg.seed` (or `seed`), so a run is repeatable.
+    order comes from a generator seeded with `cfg.seed` (or `seed`), so a run is repeatable. With
+    `cfg.group_by_length`, a training loader of a `CaptionDataset` batches captions of similar length together.
     """
     if collate_fn is None:
         collate_fn = collate_eval if isinstance(dataset, EvalDataset) else collate_captions
@@ -331,17 +369,20 @@ def make_loader(dataset: Dataset, cfg, train: bool, collate_fn: Callable | None 
     if workers > 0:
         # Keep workers alive between epochs: starting them (and importing torch in each) costs seconds per epoch.
         kwargs.update(persistent_workers=True, prefetch_factor=2)
+    generator = torch.Generator().manual_seed(int(cfg.seed if seed is None else seed))
+    batch_size = int(batch_size or cfg.batch_size)
+    if train and getattr(cfg, "group_by_length", False) and hasattr(dataset, "item_lengths"):
+        kwargs["batch_sampler"] = LengthGroupedBatchSampler(dataset, batch_size, generator)
+    else:
+        kwargs.update(batch_size=batch_size, shuffle=bool(train), drop_last=False)
     return DataLoader(
         dataset,
-        batch_size=int(batch_size or cfg.batch_size),
-        shuffle=bool(train),
         num_workers=workers,
         collate_fn=collate_fn,
         # Page-locked host memory makes host->GPU copies faster and lets them overlap compute (non_blocking=True);
         # on a CPU-only run it only costs memory.
         pin_memory=str(cfg.device).startswith("cuda"),
-        drop_last=False,
-        generator=torch.Generator().manual_seed(int(cfg.seed if seed is None else seed)),
+        generator=generator,
         **kwargs,
     )
 

@@ -50,12 +50,15 @@ class ShowAndTell(nn.Module):
     # Defaults: the quick profile's settings (labutils.config), the one place they are written down.
     def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = QUICK.embed_dim,
                  hidden_dim: int = QUICK.hidden_dim, num_layers: int = QUICK.num_layers, rnn: str = QUICK.rnn,
-                 dropout: float = QUICK.dropout):
+                 dropout: float = QUICK.dropout, feature_norm: bool = False):
         super().__init__()
         rnn = rnn.lower()
         if rnn not in ("lstm", "gru"):
             raise ValueError(f"rnn must be 'lstm' or 'gru', got {rnn!r}.")
         self.vocab_size, self.feature_dim, self.rnn_type, self.num_layers = vocab_size, feature_dim, rnn, num_layers
+        # Frozen ImageNet features are far from unit scale (on Flickr8k's photos: std 3.4, values -49..33); fed raw,
+        # one large image vector can swamp the word inputs and every photo gets the same caption.
+        self.feature_norm = nn.LayerNorm(feature_dim) if feature_norm else None
         self.image_proj = nn.Linear(feature_dim, embed_dim)
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         rnn_class = nn.LSTM if rnn == "lstm" else nn.GRU
@@ -67,7 +70,8 @@ class ShowAndTell(nn.Module):
 
     def image_vector(self, features: Tensor) -> Tensor:
         """Mean over grid positions, projected to the word-embedding size: the LSTM's input at time -1."""
-        return self.image_proj(features.mean(dim=1))
+        pooled = features.mean(dim=1)  # [B, C]
+        return self.image_proj(pooled if self.feature_norm is None else self.feature_norm(pooled))  # [B, E]
 
     def forward(self, features: Tensor, captions: Tensor, lengths: Tensor) -> DecoderOutput:
         """Teacher-forced logits [B, T-1, V] for `captions[:, 1:]` (alphas is None: no attention)."""
@@ -190,10 +194,13 @@ class ShowAttendTell(nn.Module):
         running = (decode_lengths.unsqueeze(0) > torch.arange(steps, device=captions.device).unsqueeze(1)).sum(1)
         running = running[running > 0].cpu()
         words, hiddens, contexts, alphas = [], [], [], []
+        batch = features.size(0)
         for t, b_t in enumerate(running.tolist()):
-            context, alpha = self.attend(features[:b_t], enc_proj[:b_t], h[:b_t])
-            h, c = self.lstm(torch.cat([embedded[:b_t, t], context], dim=1), (h[:b_t], c[:b_t]))
-            words.append(embedded[:b_t, t])
+            # Slicing all rows would still cost a gradient copy of the whole grid per step in backward.
+            rows = slice(None) if b_t == batch else slice(b_t)
+            context, alpha = self.attend(features[rows], enc_proj[rows], h[rows])
+            h, c = self.lstm(torch.cat([embedded[rows, t], context], dim=1), (h[rows], c[rows]))
+            words.append(embedded[rows, t])
             hiddens.append(h)
             contexts.append(context)
             alphas.append(alpha)
@@ -301,7 +308,7 @@ def build_decoder(kind: str, vocab_size: int, feature_dim: int, cfg: LabConfig) 
     common = dict(vocab_size=vocab_size, feature_dim=feature_dim, embed_dim=cfg.embed_dim,
                   hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
     if kind == "show_and_tell":
-        return ShowAndTell(**common, num_layers=cfg.num_layers, rnn=cfg.rnn)
+        return ShowAndTell(**common, num_layers=cfg.num_layers, rnn=cfg.rnn, feature_norm=bool(cfg.feature_norm))
     return ShowAttendTell(**common, attention_dim=cfg.attention_dim, deep_output=bool(cfg.deep_output),
                           num_positions=cfg.grid_size ** 2 if cfg.position_embedding else None,
                           feature_norm=bool(cfg.feature_norm), adapter_dim=cfg.hidden_dim if cfg.adapter else None)

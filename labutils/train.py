@@ -240,7 +240,8 @@ def decoder_spec(decoder: nn.Module) -> dict:
     if isinstance(decoder, nn.Module) and type(decoder).__name__ == "ShowAndTell":
         return {"kind": "show_and_tell", "vocab_size": decoder.vocab_size, "feature_dim": decoder.feature_dim,
                 "embed_dim": decoder.embedding.embedding_dim, "hidden_dim": decoder.rnn.hidden_size,
-                "num_layers": decoder.rnn.num_layers, "rnn": decoder.rnn_type, "dropout": decoder.dropout.p}
+                "num_layers": decoder.rnn.num_layers, "rnn": decoder.rnn_type, "dropout": decoder.dropout.p,
+                "feature_norm": decoder.feature_norm is not None}
     if isinstance(decoder, nn.Module) and type(decoder).__name__ == "ShowAttendTell":
         return {"kind": "attention", "vocab_size": decoder.vocab_size, "feature_dim": decoder.feature_dim,
                 "embed_dim": decoder.embedding.embedding_dim, "hidden_dim": decoder.hidden_dim,

@@ -3,6 +3,7 @@
 import functools
 import http.server
 import json
+import re
 import threading
 import zipfile
 from pathlib import Path
@@ -454,7 +455,7 @@ def _zip(path: Path, files: dict[str, Path | bytes]) -> None:
             zf.writestr(name, content if isinstance(content, bytes) else content.read_bytes())
 
 
-def test_prepare_mscoco_downloads_archives_from_a_server(tmp_path, server):
+def test_prepare_mscoco_downloads_archives_from_a_server(tmp_path, server, capsys):
     www, url = server
     staging = tmp_path / "staging"
     data = write_fake_coco2014(staging, n_train=8, n_val=8)
@@ -467,6 +468,11 @@ def test_prepare_mscoco_downloads_archives_from_a_server(tmp_path, server):
                                         "dataset_flickr8k.json": b"{}"})
     cfg = full_cfg(tmp_path)
     root = mscoco.prepare_mscoco(cfg, base_url=url, karpathy_url=f"{url}/caption_datasets.zip", progress=False)
+    first = capsys.readouterr().out.splitlines()[0]  # size and time are said before anything is fetched
+    assert re.match(r"Preparing MS-COCO 2014 \(the whole dataset\) under .*: about 20\.4 GB to download, about "
+                    r"\d+ min at 50 MB/s, then unpacked and resized once\. Interrupt now", first), first
+    mscoco.announce_download(cfg, base_url=url)  # prepared now: nothing left to fetch, nothing said
+    assert capsys.readouterr().out == ""
     assert json.loads((root / "prepared.json").read_text())["split_source"] == "karpathy"
     assert not (root / "dataset_flickr8k.json").exists()  # only dataset_coco.json is taken from that zip
     assert not list((root / "downloads").glob("*"))  # zips removed after unpacking, no .part left

@@ -191,3 +191,53 @@ def test_missing_opencv_is_named_before_anything_is_installed(run_cell, capsys):
     with pytest.raises(SystemExit) as stopped:
         run_cell(on_colab=True, cv2=False)
     assert "opencv-python-headless" in _one_sentence(str(stopped.value))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_is_followed_by_the_optional_drive_cell(path):
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    at = next(i for i, c in enumerate(cells) if "parameters" in c["metadata"].get("tags", []))
+    assert "".join(cells[at]["source"]) == colab.PARAMETERS_CELL
+    assert cells[at + 1]["id"] == colab.DRIVE_CELL_ID and "".join(cells[at + 1]["source"]) == colab.DRIVE_CELL
+    namespace = {}
+    exec(compile("".join(cells[at]["source"]) + "\n" + colab.DRIVE_CELL, "<cells>", "exec"), namespace)
+    assert namespace["PROFILE"] is None and namespace["USE_DRIVE"] is False  # off unless the learner turns it on
+
+
+def test_generator_inserts_the_drive_cell_once():
+    notebook, _, _ = _cells(NOTEBOOKS[2])
+    without = copy.deepcopy(notebook)
+    without["cells"] = [c for c in without["cells"] if c.get("id") != colab.DRIVE_CELL_ID]
+    assert colab.with_header(without, NOTEBOOKS[2].name) == notebook
+    assert colab.with_header(copy.deepcopy(notebook), NOTEBOOKS[2].name) == notebook
+    untagged = copy.deepcopy(notebook)
+    for cell in untagged["cells"]:
+        cell["metadata"].pop("tags", None)
+    with pytest.raises(ValueError, match="no cell tagged 'parameters'"):
+        colab.with_header(untagged, NOTEBOOKS[2].name)
+
+
+def test_use_drive_mounts_on_colab_and_points_data_and_build_there(monkeypatch, tmp_path, capsys):
+    mounted = []
+    google, fake = types.ModuleType("google"), types.ModuleType("google.colab")
+    fake.drive = types.SimpleNamespace(mount=lambda where: (mounted.append(where), (tmp_path / "MyDrive").mkdir()))
+    google.colab = fake
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", fake)
+    for variable in ("LAB_DATA_DIR", "LAB_BUILD_DIR"):  # recorded, so the test's values are undone afterwards
+        monkeypatch.setenv(variable, "unset")
+    root = colab.use_drive(mount_point=str(tmp_path))
+    assert mounted == [str(tmp_path)] and root == tmp_path / colab.DRIVE_FOLDER
+    assert (root / "data").is_dir() and (root / "build").is_dir()
+    from labutils import get_config
+
+    cfg = get_config("quick")
+    assert cfg.data_root == root / "data" and cfg.build_dir == root / "build"
+    colab.use_drive(mount_point=str(tmp_path))  # mounted already: not again
+    assert mounted == [str(tmp_path)] and capsys.readouterr().out.count("live under") == 2
+
+
+def test_use_drive_outside_colab_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    with pytest.raises(SystemExit, match="USE_DRIVE works on Google Colab.*set USE_DRIVE = False"):
+        colab.use_drive(mount_point=str(tmp_path / "nothing"))

@@ -17,6 +17,7 @@ from labutils.data import (
     CaptionDataset,
     EvalDataset,
     ImageFolderSource,
+    LengthGroupedBatchSampler,
     ImageLoadError,
     build_caption_datasets,
     build_eval_datasets,
@@ -314,6 +315,64 @@ def test_make_loader_shuffle_is_seeded(vocab):
     loader = make_loader(ds, cfg, train=True, collate_fn=functools.partial(collate_captions, sort=True))
     for batch in loader:
         assert batch.lengths.tolist() == sorted(batch.lengths.tolist(), reverse=True)
+
+
+# -- batches of similar length -----------------------------------------------------------------------------------
+def varied_captions(n_images=120, per_image=3):
+    """Captions of 2..14 words, several per image, so each epoch's picks have other lengths."""
+    rng = np.random.default_rng(0)
+    return {i: [" ".join(["red"] * int(rng.integers(2, 15))) for _ in range(per_image)] for i in range(n_images)}
+
+
+def test_length_grouped_batches_see_every_item_once_with_similar_lengths():
+    captions = varied_captions()
+    ds = CaptionDataset(list(captions), captions, Vocabulary.build(["red"]), fake_source)
+    ds.set_epoch(3)
+    sampler = LengthGroupedBatchSampler(ds, 8, torch.Generator().manual_seed(0), pool_batches=5)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 15
+    assert sorted(i for b in batches for i in b) == list(range(120)) and all(len(b) <= 8 for b in batches)
+    lengths = ds.item_lengths()
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    shuffled = np.random.default_rng(1).permutation(120).reshape(15, 8)
+    assert spread < 0.5 * np.mean([np.ptp(lengths[b]) for b in shuffled])
+    # item_lengths follows the epoch's caption picks, which is what the batches are grouped by
+    assert [len(ds[i][1]) for i in range(120)] == lengths.tolist()
+    ds.set_epoch(4)
+    assert ds.item_lengths().tolist() != lengths.tolist()
+
+
+def test_length_grouped_order_is_seeded_and_resumes_from_the_generator_state():
+    captions = varied_captions()
+    ds = CaptionDataset(list(captions), captions, Vocabulary.build(["red"]), fake_source)
+
+    def epochs(generator, n):
+        return [list(LengthGroupedBatchSampler(ds, 8, generator)) for _ in range(n)]
+
+    full = epochs(torch.Generator().manual_seed(5), 3)
+    assert full == epochs(torch.Generator().manual_seed(5), 3)
+    assert full[0] != full[1] and full[0] != epochs(torch.Generator().manual_seed(6), 1)[0]
+    generator = torch.Generator().manual_seed(5)
+    epochs(generator, 1)
+    state = generator.get_state()
+    resumed = torch.Generator()
+    resumed.set_state(state)
+    assert epochs(resumed, 2) == full[1:]
+
+
+def test_make_loader_groups_by_length_only_when_asked_and_training(vocab):
+    captions = varied_captions()
+    ds = CaptionDataset(list(captions), captions, Vocabulary.build(["red"]), fake_source)
+    cfg = get_config("quick", batch_size=8, num_workers=0, seed=7)
+    assert not isinstance(make_loader(ds, cfg, train=True).batch_sampler, LengthGroupedBatchSampler)
+    grouped = make_loader(ds, cfg.replace(group_by_length=True), train=True)
+    assert isinstance(grouped.batch_sampler, LengthGroupedBatchSampler)
+    assert not isinstance(make_loader(ds, cfg.replace(group_by_length=True), train=False).batch_sampler,
+                          LengthGroupedBatchSampler)
+    batches = list(grouped)
+    assert sum(len(b.image_ids) for b in batches) == 120 and grouped.generator is grouped.batch_sampler.generator
+    with pytest.raises(TypeError, match="item_lengths"):
+        LengthGroupedBatchSampler(EvalDataset([10], CAPTIONS, fake_source), 4, torch.Generator())
 
 
 # -- on the real (tiny synthetic) dataset ------------------------------------------------------------------------

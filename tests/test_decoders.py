@@ -253,3 +253,21 @@ def test_grouped_step_equals_step_on_per_beam_copies():
     torch.testing.assert_close(state[0], want_state[0])
     torch.testing.assert_close(state[1], want_state[1])
     assert state[2] is features and state[3] is enc_proj  # the per-image grid is passed on, never copied
+
+
+def test_show_and_tell_normalises_the_pooled_features_when_the_config_asks():
+    from labutils import get_config
+    from labutils.train import decoder_spec
+
+    cfg = get_config("quick")
+    torch.manual_seed(0)
+    features = torch.randn(3, 4, 16) * 3.4 + 1.0  # the scale of frozen ImageNet features on real photos
+    normed = build_decoder("show_and_tell", 20, 16, cfg.replace(feature_norm=True)).eval()
+    plain = build_decoder("show_and_tell", 20, 16, cfg.replace(feature_norm=False)).eval()
+    # with the norm, the LSTM's first input does not depend on the features' scale; without it, it does
+    assert torch.allclose(normed.image_vector(features), normed.image_vector(features * 10), atol=1e-4)
+    assert not torch.allclose(plain.image_vector(features), plain.image_vector(features * 10), atol=1e-2)
+    rebuilt = from_spec(decoder_spec(normed))
+    rebuilt.load_state_dict(normed.state_dict())
+    captions, lengths = torch.tensor([[1, 5, 6, 2]] * 3), torch.tensor([4, 4, 4])
+    assert torch.equal(rebuilt.eval()(features, captions, lengths).logits, normed(features, captions, lengths).logits)

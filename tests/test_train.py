@@ -323,6 +323,39 @@ def test_load_trained_resumes_a_run_the_safety_limit_cut_short(lab, tmp_path, mo
     assert all(torch.equal(w, saved["model_state"][k]) for k, w in straight["model_state"].items())
 
 
+def test_instructor_fallback_is_used_until_the_learner_finishes_and_never_overwritten(lab, tmp_path, monkeypatch,
+                                                                                     capsys):
+    cfg = lab.cfg.replace(epochs=2, build_dir=tmp_path / "room")
+    monkeypatch.setattr(course, "prepare_data", lambda *args, **kwargs: lab)
+    instructor = course.train_quick_captioner(cfg.replace(build_dir=tmp_path / "instructor", epochs=3),
+                                              "show_and_tell", progress=False, patience=None)[3]
+    fallback = course.instructor_checkpoint_path(cfg, "show_and_tell")
+    fallback.parent.mkdir(parents=True)
+    fallback.write_bytes(instructor.read_bytes())
+    capsys.readouterr()
+    _, _, used = course.load_trained(cfg, "show_and_tell", progress=False)
+    said = capsys.readouterr().out
+    assert said.startswith("Using the instructor's trained show_and_tell captioner") and "no checkpoint yet" in said
+    assert used["epoch"] == 3 and not course.checkpoint_path_for(cfg, "show_and_tell").exists()
+
+    def disconnect(epoch, row):
+        raise T.TrainingInterrupted("simulated Colab disconnect")
+
+    with pytest.raises(T.TrainingInterrupted):  # the learner's run, cut short: the fallback still serves
+        course.train_quick_captioner(cfg, "show_and_tell", progress=False, callbacks=[disconnect])
+    assert course.load_trained(cfg, "show_and_tell", progress=False)[2]["epoch"] == 3
+    assert "has not finished" in capsys.readouterr().out
+    course.train_quick_captioner(cfg, "show_and_tell", progress=False, patience=None)
+    assert fallback.read_bytes() == instructor.read_bytes()  # the learner's training wrote its own file only
+    _, _, own = course.load_trained(cfg, "show_and_tell", progress=False)
+    assert own["epoch"] == 2 and capsys.readouterr().out == ""
+    other = cfg.replace(build_dir=tmp_path / "other", grid_size=cfg.grid_size + 1)
+    course.instructor_checkpoint_path(other, "show_and_tell").parent.mkdir(parents=True)
+    course.instructor_checkpoint_path(other, "show_and_tell").write_bytes(instructor.read_bytes())
+    assert course._instructor_fallback(other, "show_and_tell", "no checkpoint yet") is None
+    assert "trained on other data/features" in capsys.readouterr().out
+
+
 def test_train_runs_the_module_level_epoch_function(lab, monkeypatch):
     # Notebook 07 plugs its own train_one_epoch into the module; train must run that one, once per epoch.
     calls = []

@@ -3,8 +3,10 @@
 `REPOSITORY_URL` is the one place the address is written: a constant here rather than `[project.urls]` in
 pyproject.toml, because the generator, the test and an installed copy all import it, and pyproject.toml is
 neither installed nor readable without a TOML parser on Python 3.10. `python -m labutils notebook-header`
-rewrites, in every numbered notebook, the badge line of the first markdown cell and the whole first code cell
-(the install cell), and README.md's install snippet; tests/test_colab.py fails when any of them differs.
+rewrites, in every numbered notebook, the badge line of the first markdown cell, the whole first code cell
+(the install cell), the parameters cell (`PROFILE = ...`) and the optional Drive cell after it (`use_drive`:
+each Colab notebook runs on its own fresh runtime, and Drive is where one finds what another prepared), and
+README.md's install snippet; tests/test_colab.py fails when any of them differs.
 
 The install cell runs before labutils is importable, so its code is `ensure_labutils` below pasted verbatim
 (imports, the function, one call with the address), and the test runs exactly that text with Colab faked.
@@ -57,6 +59,41 @@ def ensure_labutils(url: str, drive: str = "/content/drive/MyDrive/captioning-la
                              f"and {url} reachable (or set LAB_REPO_DIR to a copy), then rerun this cell.")
 
 
+DRIVE_MOUNT = "/content/drive"
+DRIVE_FOLDER = "MyDrive/captioning-lab"
+PARAMETERS_CELL = """\
+# "quick": synthetic shapes, any CPU, minutes, offline. "flickr8k": 8,091 real photos (a 1 GB download), the default
+# on a GPU runtime. "full": MS-COCO (20 GB), only when named here. None: $LAB_PROFILE, else that automatic choice.
+PROFILE = None"""
+DRIVE_CELL_ID = "cell-drive"
+DRIVE_CELL = """\
+# Optional, on Colab: keep data, feature caches and checkpoints on Google Drive. Each notebook gets a fresh runtime,
+# so without Drive it prepares its data again (minutes on flickr8k); with it, it finds what another one prepared.
+USE_DRIVE = False
+if USE_DRIVE:
+    from labutils.infra.colab import use_drive
+    use_drive()"""
+
+
+def use_drive(mount_point: str = DRIVE_MOUNT, folder: str = DRIVE_FOLDER) -> pathlib.Path:
+    """Mount Google Drive (on Colab) and point LAB_DATA_DIR and LAB_BUILD_DIR at `folder` on it, creating both."""
+    mount = pathlib.Path(mount_point)
+    root = mount / folder
+    if "google.colab" in sys.modules:
+        if not (mount / "MyDrive").is_dir():
+            from google.colab import drive
+
+            drive.mount(str(mount))
+    elif not (mount / "MyDrive").is_dir():
+        raise SystemExit(f"USE_DRIVE works on Google Colab, and {mount / 'MyDrive'} does not exist here; set "
+                         "USE_DRIVE = False, or set LAB_DATA_DIR and LAB_BUILD_DIR to folders of your own.")
+    for name, variable in (("data", "LAB_DATA_DIR"), ("build", "LAB_BUILD_DIR")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        os.environ[variable] = str(root / name)
+    print(f"Data, feature caches and checkpoints live under {root}: what one notebook prepares, the others find.")
+    return root
+
+
 def install_cell_source(url: str = REPOSITORY_URL) -> str:
     """The install cell: the header, `ensure_labutils` verbatim, then the call with the repository address."""
     return f'{CELL_HEADER}\n{inspect.getsource(ensure_labutils)}\nensure_labutils("{url}")'
@@ -88,6 +125,15 @@ def with_header(notebook: dict, name: str) -> dict:
     badge = re.compile(rf"^{re.escape(BADGE_PREFIX)}.*$", re.M)
     markdown["source"] = _lines(badge.sub(lambda _: badge_line(name), text, count=1))
     code.update(source=_lines(install_cell_source()), outputs=[], execution_count=None)
+    cells = notebook["cells"]
+    at = next((i for i, c in enumerate(cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if at is None:
+        raise ValueError(f"{name} has no cell tagged 'parameters' (the PROFILE cell); tag the cell that sets PROFILE")
+    cells[at].update(source=_lines(PARAMETERS_CELL), outputs=[], execution_count=None)
+    if at + 1 >= len(cells) or cells[at + 1].get("id") != DRIVE_CELL_ID:
+        cells.insert(at + 1, {"cell_type": "code", "execution_count": None, "id": DRIVE_CELL_ID, "metadata": {},
+                              "outputs": [], "source": []})
+    cells[at + 1].update(source=_lines(DRIVE_CELL), outputs=[], execution_count=None)
     return notebook
 
 

@@ -285,6 +285,22 @@ def mscoco_status(cfg) -> dict[str, bool]:
 AVERAGE_IMAGE_BYTES = 161_000  # mean MS-COCO 2014 JPEG: (13.5 GB + 6.6 GB) / 123,287 images (2017: 163 kB)
 
 
+# Not a measurement: the rate that turns a size into the "about N minutes" said before a download starts.
+ASSUMED_DOWNLOAD_BYTES_PER_S = 50e6
+
+
+def announce_download(cfg, subset: int | None = None, base_url: str | None = None) -> int:
+    """Say, before anything is fetched, how much MS-COCO will download and roughly how long; return the bytes."""
+    total = sum(size for _, _, size in mscoco_plan(cfg, subset, base_url))
+    if total:
+        minutes = max(1, round(total / ASSUMED_DOWNLOAD_BYTES_PER_S / 60))
+        what = f"a {subset:,}-image subset" if subset else "the whole dataset"
+        print(f"Preparing MS-COCO {coco_year(cfg)} ({what}) under {cfg.dataset_dir}: about {human_bytes(total)} to "
+              f"download, about {minutes} min at {ASSUMED_DOWNLOAD_BYTES_PER_S / 1e6:.0f} MB/s, then unpacked and "
+              f"resized once. Interrupt now to use the flickr8k profile (1 GB) instead.")
+    return total
+
+
 def mscoco_plan(cfg, subset: int | None = None, base_url: str | None = None) -> list[tuple[str, str, int]]:
     """What `prepare_mscoco` still has to fetch: one (short name, sentence, bytes) per missing piece, no network.
 
@@ -547,6 +563,7 @@ def prepare_mscoco(cfg, subset: int | None = None, *, base_url: str | None = Non
         return root
 
     if not _is_current(_prepared(cfg), subset, cfg.seed, year):
+        announce_download(cfg, subset, base_url)
         if not status["caption annotations"]:
             missing = [f"{year} caption annotations"]
             if want_zips:
