@@ -29,7 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine_info  # noqa: E402
 
-from labutils import course, evaluation, features, get_config  # noqa: E402
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from labutils import coco, course, decode, evaluation, features, get_config, viz  # noqa: E402
 from labutils.infra import flickr8k  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "flickr8k_recipe.json"
@@ -65,6 +70,38 @@ def scored(decoder, vocab, cache, lab, split: str, beam: int, length_penalty: fl
                       if col in row}
     examples = {str(i): comparison.captions[f"beam{beam}"][i].text for i in ids[:10]}
     return {"methods": rows, "examples": examples}
+
+
+def attention_figures(decoder, vocab, cache, lab, folder: Path, beam: int, length_penalty: float, n: int = 10):
+    """One attention figure per test photo (`viz.plot_attention`), into `folder` (build output, never committed)."""
+    captions = coco.load_captions(lab.cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    for image_id in lab.splits["test"][:n]:
+        best = decode.beam_search(decoder, cache.source(image_id).unsqueeze(0), vocab, beam_size=beam,
+                                  length_penalty=length_penalty, max_len=lab.cfg.max_caption_len)[0][0]
+        photo = lab.cfg.image_dir / captions.loadImgs(image_id)[0]["file_name"]
+        viz.plot_attention(photo, best.words, best.alphas.numpy(), lab.cfg.grid_size, title=best.text,
+                           save_to=folder / f"test_{image_id}.png")
+        plt.close("all")
+        print(f"{image_id}: {best.text}", flush=True)
+
+
+def decode_sweep(decoder, vocab, cache, lab, beams=(2, 3, 5), penalties=(0.0, 0.5, 1.0)) -> list[dict]:
+    """Dev scores of beam search for each beam size and length penalty (the decoding half of the recipe)."""
+    ids = lab.splits["val"]
+    methods = {f"beam{b}-lp{lp}": {"method": "beam", "beam_size": b, "length_penalty": lp}
+               for b in beams for lp in penalties}
+    table = evaluation.evaluate_methods(decoder, vocab, cache.source, {i: lab.captions[i] for i in ids},
+                                        methods=methods, max_len=lab.cfg.max_caption_len, progress=False).table
+    rows = []
+    for name, method in methods.items():
+        row = table.loc[name]
+        rows.append({"beam": method["beam_size"], "length_penalty": method["length_penalty"],
+                     **{key: round(float(row[col]), 4) for key, col in (("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"),
+                                                                         ("CIDEr", "CIDEr-D"),
+                                                                         ("words_per_caption", "words/caption"))}})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def run(args) -> dict:
@@ -104,6 +141,10 @@ def run(args) -> dict:
     started = time.perf_counter()
     dev = scored(decoder, vocab, cache, lab, "val", args.beam, args.length_penalty)
     stages["dev_scoring"] = time.perf_counter() - started
+    if args.figures:  # the first ten test photos, their beam captions and word-by-word attention (not recorded)
+        attention_figures(decoder, vocab, cache, lab, Path(args.figures), args.beam, args.length_penalty)
+    if args.decode_sweep:  # choosing beam size and length penalty, on dev only
+        dev["decoding"] = decode_sweep(decoder, vocab, cache, lab)
     test = None
     if not args.dev_only:
         started = time.perf_counter()
@@ -152,6 +193,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--label", default="recipe")
     parser.add_argument("--dev-only", action="store_true", help="score the dev split only (choosing the recipe)")
+    parser.add_argument("--figures", default=None, help="folder for attention figures of ten test photos")
+    parser.add_argument("--decode-sweep", action="store_true", help="also score beam sizes x length penalties on dev")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--show", action="store_true", help="print the recorded runs as a table; run nothing")
     args = parser.parse_args(argv)

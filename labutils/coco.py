@@ -26,7 +26,21 @@ from .infra.coco_format import (  # noqa: F401  (the lesson's API: notebook 01 c
     missing_images,
     validate_splits,
 )
+from .config import get_config
 from .infra.images import to_rgb
+from .infra.synthetic import ensure_synthetic
+
+
+def objects_config(cfg):
+    """The config whose dataset has object annotations: `cfg` itself, or for a caption-only dataset (Flickr8k) the
+    shapes of the quick profile, generated in seconds, so the object half of the COCO API still has objects."""
+    if cfg.instances_file.is_file() or not cfg.captions_file.is_file():
+        return cfg  # has objects, or is not prepared yet: load_instances will say what to do
+    shapes = get_config("quick").replace(data_root=cfg.data_root, build_dir=cfg.build_dir)
+    ensure_synthetic(shapes, progress=False)
+    print(f"{cfg.dataset_name} has captions only (no object annotations), so the object sections use the "
+          f"synthetic shapes under {shapes.dataset_dir}.")
+    return shapes
 
 
 def load_results(coco, results, verbose: bool = False):

@@ -246,7 +246,8 @@ def load_trained(cfg, kind: str = "attention", progress: bool = True, use_instru
     (a Colab disconnect in notebook 07, say) or cut short by the safety time limit: a learner expects the model
     notebook 07 was training, and the resume continues that very run (exactly, epoch for epoch) without redoing
     the epochs already done. A resumed run gets `cfg.time_budget_s` as its safety limit, not the one it was
-    started with. Returns (decoder in eval mode on cfg.device, vocabulary, checkpoint dict).
+    started with. Returns (decoder in eval mode on cfg.device, vocabulary, checkpoint dict with its file as
+    `"checkpoint_file"`).
     """
     kind = canonical_kind(kind)
     path = checkpoint_path_for(cfg, kind)
@@ -256,6 +257,7 @@ def load_trained(cfg, kind: str = "attention", progress: bool = True, use_instru
     if use_instructor and (reason is not None or unfinished):
         fallback = _instructor_fallback(cfg, kind, reason or f"your run in {path} has not finished")
         if fallback is not None:
+            fallback["checkpoint_file"] = str(instructor_checkpoint_path(cfg, kind))
             return decoder_from_checkpoint(fallback).to(cfg.device), Vocabulary.from_dict(fallback["vocab"]), fallback
     if reason is not None:
         print(f"Training the {kind} captioner first, for at most {cfg.epochs} epochs as notebook 07 does "
@@ -269,4 +271,5 @@ def load_trained(cfg, kind: str = "attention", progress: bool = True, use_instru
               f"because {path} is from a run that {why}.")
         train_quick_captioner(cfg, kind, progress=progress, resume=True)
         saved = ckpt.load_checkpoint(path)
+    saved["checkpoint_file"] = str(path)  # which file this is: the caption command and load_captioner take a path
     return decoder_from_checkpoint(saved).to(cfg.device), Vocabulary.from_dict(saved["vocab"]), saved

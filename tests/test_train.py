@@ -337,6 +337,7 @@ def test_instructor_fallback_is_used_until_the_learner_finishes_and_never_overwr
     said = capsys.readouterr().out
     assert said.startswith("Using the instructor's trained show_and_tell captioner") and "no checkpoint yet" in said
     assert used["epoch"] == 3 and not course.checkpoint_path_for(cfg, "show_and_tell").exists()
+    assert used["checkpoint_file"] == str(fallback)
 
     def disconnect(epoch, row):
         raise T.TrainingInterrupted("simulated Colab disconnect")
@@ -349,6 +350,7 @@ def test_instructor_fallback_is_used_until_the_learner_finishes_and_never_overwr
     assert fallback.read_bytes() == instructor.read_bytes()  # the learner's training wrote its own file only
     _, _, own = course.load_trained(cfg, "show_and_tell", progress=False)
     assert own["epoch"] == 2 and capsys.readouterr().out == ""
+    assert own["checkpoint_file"] == str(course.checkpoint_path_for(cfg, "show_and_tell"))
     other = cfg.replace(build_dir=tmp_path / "other", grid_size=cfg.grid_size + 1)
     course.instructor_checkpoint_path(other, "show_and_tell").parent.mkdir(parents=True)
     course.instructor_checkpoint_path(other, "show_and_tell").write_bytes(instructor.read_bytes())
