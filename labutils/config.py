@@ -78,6 +78,11 @@ class LabConfig:
     feature_norm: bool = True
     adapter: bool = True
     position_embedding: bool = True
+    # The Transformer decoder (notebook 10): 2 pre-norm layers, so each word can look at the words and the grid
+    # twice (the second look informed by the first) at a small model's cost.
+    transformer_layers: int = 2
+    num_heads: int = 4  # 4 heads of 64 channels: several places per word, each head still wide enough to match
+    transformer_dim: int = 256  # width of words and memory (FFN 4x wider, as Vaswani et al.); the LSTM's hidden size
     batch_size: int = 64
     # Batch captions of similar length together (data.LengthGroupedBatchSampler): less padding, so a step costs
     # less; off on the quick profile, whose recorded results use plain shuffled batches.

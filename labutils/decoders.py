@@ -1,4 +1,5 @@
-"""Caption decoders with ONE interface: Show and Tell (Vinyals et al. 2015) and Show, Attend and Tell (Xu et al. 2015).
+"""Caption decoders with ONE interface: Show and Tell (Vinyals et al. 2015), Show, Attend and Tell (Xu et al. 2015)
+and a small pre-norm Transformer decoder (Vaswani et al. 2017).
 
 Every decoder takes the encoder's grid of features `[B, P, C]` (P positions of C channels) and offers
 
@@ -12,6 +13,7 @@ Every decoder takes the encoder's grid of features `[B, P, C]` (P positions of C
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -277,14 +279,203 @@ def doubly_stochastic_penalty(alphas: Tensor, lengths: Tensor, alpha_c: float = 
     return alpha_c * ((1.0 - attention_per_position) ** 2).mean()
 
 
-DECODER_KINDS = {"show_and_tell": ShowAndTell, "attention": ShowAttendTell}
+# -- a Transformer decoder with the same interface ---------------------------------------------------------------
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product attention with `heads` heads (Vaswani et al. 2017, section 3.2), written out so that its
+    weights [B, heads, Tq, Tk] can be returned and drawn. Used for self-attention (words look at earlier words)
+    and cross-attention (words look at grid positions)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"transformer_dim={dim} must be a multiple of num_heads={heads}; change one of them.")
+        self.heads, self.head_dim = heads, dim // heads
+        self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """[B, T, D] -> [B, heads, T, D/heads]: each head works on its own slice of the channels."""
+        return x.view(x.size(0), x.size(1), self.heads, self.head_dim).transpose(1, 2)
+
+    def keys_values(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values [B, heads, Tk, D/heads] of `x` [B, Tk, D]: computed once per memory or cached token."""
+        return self.split_heads(self.key(x)), self.split_heads(self.value(x))
+
+    def attend(self, x: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Output [B, Tq, D] and weights [B, heads, Tq, Tk] of the queries from `x` [B, Tq, D]; `mask` [Tq, Tk] is
+        True where a query may look."""
+        queries = self.split_heads(self.query(x))  # [B, h, Tq, d]
+        scores = queries @ keys.transpose(-2, -1) / math.sqrt(self.head_dim)  # [B, h, Tq, Tk]
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))  # softmax gives exactly 0 there
+        weights = torch.softmax(scores, dim=-1)  # [B, h, Tq, Tk]: each query's weights sum to 1
+        mixed = (weights @ values).transpose(1, 2)  # [B, Tq, h, d]: the heads' weighted values side by side
+        return self.out(mixed.reshape(x.size(0), x.size(1), -1)), weights  # [B, Tq, D]
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Queries from `x` [B, Tq, D] attend over `context` [B, Tk, D] (self-attention: context is x)."""
+        return self.attend(x, *self.keys_values(context), mask)
+
+
+class TransformerDecoderLayer(nn.Module):
+    """One pre-norm layer: x + SelfAttn(LN x) (causal), x + CrossAttn(LN x, memory), x + FFN(LN x).
+
+    Pre-norm (LayerNorm inside each branch, Xiong et al. 2020) leaves the residual path an identity from the
+    embeddings to the last layer, so a small model trains without the learning-rate warm-up post-norm needs.
+    """
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.norm_self, self.self_attention = nn.LayerNorm(dim), MultiHeadAttention(dim, heads)
+        self.norm_cross, self.cross_attention = nn.LayerNorm(dim), MultiHeadAttention(dim, heads)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Linear(ffn_dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], causal: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher forcing: all T words [B, T, D] at once; word t sees words <= t only (`causal` [T, T])."""
+        normed = self.norm_self(x)
+        x = x + self.dropout(self.self_attention(normed, normed, causal)[0])  # [B, T, D]
+        return self.cross_and_ffn(x, memory_kv)
+
+    def step(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], past_keys: Tensor,
+             past_values: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One new word [B, 1, D] attending over the cached keys/values [B, h, t, d] of the earlier words and its
+        own; returns the output, the cross-attention weights and the extended cache [B, h, t+1, d]."""
+        normed = self.norm_self(x)
+        keys, values = self.self_attention.keys_values(normed)  # [B, h, 1, d]: only the new word is projected
+        keys, values = torch.cat([past_keys, keys], dim=2), torch.cat([past_values, values], dim=2)
+        x = x + self.dropout(self.self_attention.attend(normed, keys, values)[0])  # no mask: no future is cached
+        x, weights = self.cross_and_ffn(x, memory_kv)
+        return x, weights, keys, values
+
+    def cross_and_ffn(self, x: Tensor, memory_kv: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """The cross-attention and feed-forward branches; returns x and the cross weights [B, h, T, P]."""
+        looked, weights = self.cross_attention.attend(self.norm_cross(x), *memory_kv)  # [B, T, D], [B, h, T, P]
+        x = x + self.dropout(looked)
+        return x + self.dropout(self.ffn(self.norm_ffn(x))), weights
+
+
+class CaptionTransformer(nn.Module):
+    """A pre-norm Transformer caption decoder (Vaswani et al. 2017's decoder, as in the d2l and TensorFlow
+    captioning tutorials) with the same `forward` / `init_state` / `step` interface as the LSTM decoders.
+
+    The grid [B, P, C] becomes a memory of P vectors (optional LayerNorm, a Linear to `dim`, plus a learned
+    embedding per grid position, as ShowAttendTell's `num_positions`). Words are token + learned position
+    embeddings for up to `max_len` positions. `forward` runs the whole caption in one pass with a causal mask;
+    `step` feeds one word and reuses a cache of the earlier words' keys and values, so each step costs one word.
+    `alphas` are the cross-attention weights averaged over heads and layers, [B, T-1, P], each row summing to 1.
+    """
+
+    uses_attention = True
+
+    def __init__(self, vocab_size: int, feature_dim: int, dim: int = QUICK.transformer_dim,
+                 num_layers: int = QUICK.transformer_layers, num_heads: int = QUICK.num_heads,
+                 ffn_dim: int | None = None, dropout: float = QUICK.dropout, max_len: int = QUICK.max_caption_len,
+                 num_positions: int | None = None, feature_norm: bool = False):
+        super().__init__()
+        self.vocab_size, self.feature_dim, self.dim, self.max_len = vocab_size, feature_dim, dim, max_len
+        self.num_layers, self.num_heads, self.ffn_dim = num_layers, num_heads, ffn_dim or 4 * dim
+        self.num_positions, self.dropout_p = num_positions, dropout
+        self.feature_norm = nn.LayerNorm(feature_dim) if feature_norm else None
+        self.memory_proj = nn.Linear(feature_dim, dim)
+        # Starts at zero ("no position"), as ShowAttendTell's: cross-attention learns where things are from data.
+        self.grid_position = nn.Parameter(torch.zeros(num_positions, dim)) if num_positions else None
+        # Not scaled by sqrt(dim): the embeddings are not shared with the output layer, so they keep
+        # nn.Embedding's unit scale, the same as the position embedding they are added to.
+        self.embedding = nn.Embedding(vocab_size, dim)
+        self.word_position = nn.Embedding(max_len, dim)
+        self.layers = nn.ModuleList(TransformerDecoderLayer(dim, num_heads, self.ffn_dim, dropout)
+                                    for _ in range(num_layers))
+        self.final_norm = nn.LayerNorm(dim)  # pre-norm leaves the residual stream unnormalised: do it once here
+        self.fc = nn.Linear(dim, vocab_size)
+        self.dropout = nn.Dropout(dropout)
+        self.last_cross_attention: Tensor | None = None  # [B, layers, heads, P] of the latest `step`
+
+    def memory(self, features: Tensor) -> Tensor:
+        """Grid [B, P, C] -> memory [B, P, D] that the words attend over (position-aware when asked for)."""
+        if self.feature_norm is not None:
+            features = self.feature_norm(features)
+        memory = self.memory_proj(features)  # [B, P, D]
+        if self.grid_position is None:
+            return memory
+        if memory.size(1) != self.grid_position.size(0):
+            raise ValueError(f"This decoder was built for {self.grid_position.size(0)} grid positions, got "
+                             f"{memory.size(1)}; use features from the encoder/grid size it was trained on.")
+        return memory + self.grid_position
+
+    def memory_keys_values(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Every layer's cross-attention keys and values [B, layers, heads, P, d], computed once per image."""
+        memory = self.memory(features)
+        pairs = [layer.cross_attention.keys_values(memory) for layer in self.layers]
+        return torch.stack([k for k, _ in pairs], dim=1), torch.stack([v for _, v in pairs], dim=1)
+
+    def embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
+        """Token + position embeddings [B, T, D] of `tokens` [B, T] at `positions` [T]."""
+        return self.dropout(self.embedding(tokens) + self.word_position(positions))  # [B, T, D]
+
+    def run(self, features: Tensor, captions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher forcing in one pass: logits [B, T-1, V] and cross-attention [B, layers, heads, T-1, P]."""
+        check_inputs(features, captions, lengths)
+        keys, values = self.memory_keys_values(features)  # [B, L, h, P, d] each
+        steps = captions.size(1) - 1
+        if steps > self.max_len:
+            raise ValueError(f"This decoder has position embeddings for {self.max_len} words, got captions of "
+                             f"{steps + 1} tokens; cap them at max_len + 1 tokens or build it with a larger max_len.")
+        x = self.embed(captions[:, :-1], torch.arange(steps, device=captions.device))  # [B, T-1, D]: <start> w1 ..
+        causal = torch.ones(steps, steps, dtype=torch.bool, device=x.device).tril()  # [T-1, T-1]: j <= t
+        maps = []
+        for i, layer in enumerate(self.layers):
+            x, weights = layer(x, (keys[:, i], values[:, i]), causal)  # weights [B, h, T-1, P]
+            maps.append(weights)
+        mask = valid_step_mask(lengths.to(x.device), steps)[:, None, None, :, None]  # [B, 1, 1, T-1, 1]
+        return self.fc(self.final_norm(x)), torch.stack(maps, dim=1) * mask  # zero at padded steps
+
+    def forward(self, features: Tensor, captions: Tensor, lengths: Tensor) -> DecoderOutput:
+        """Teacher-forced logits [B, T-1, V] and attention [B, T-1, P] (mean over heads and layers, 0 when padded)."""
+        logits, maps = self.run(features, captions, lengths)
+        return DecoderOutput(logits, maps.mean(dim=(1, 2)))
+
+    def cross_attention_maps(self, features: Tensor, captions: Tensor, lengths: Tensor) -> Tensor:
+        """Every layer's and head's cross-attention [B, layers, heads, T-1, P] of a teacher-forced pass."""
+        return self.run(features, captions, lengths)[1]
+
+    def init_state(self, features: Tensor) -> State:
+        """(memory keys, memory values [B, L, h, P, d], word keys, word values [B, L, h, 0, d]): all batch-first;
+        the cache of earlier words starts empty and its length is the next word's position (capped at max_len - 1).
+        """
+        keys, values = self.memory_keys_values(features)
+        empty = keys.new_zeros(keys.size(0), self.num_layers, self.num_heads, 0, self.dim // self.num_heads)
+        return keys, values, empty, empty.clone()
+
+    def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State, Tensor]:
+        """Logits [B, V] for the word after `tokens` [B], the state with this word cached, and alpha [B, P]."""
+        memory_keys, memory_values, past_keys, past_values = state
+        # Training captions never reach past max_len positions; a longer decode (decode's default max_len may be
+        # larger than cfg.max_caption_len) reuses the last position's embedding instead of failing mid-caption.
+        position = torch.tensor([min(past_keys.size(3), self.max_len - 1)], device=tokens.device)  # [1]
+        x = self.embed(tokens.unsqueeze(1), position)  # [B, 1, D]: at the next position
+        new_keys, new_values, maps = [], [], []
+        for i, layer in enumerate(self.layers):
+            x, weights, keys, values = layer.step(x, (memory_keys[:, i], memory_values[:, i]),
+                                                  past_keys[:, i], past_values[:, i])
+            new_keys.append(keys)  # [B, h, t+1, d]
+            new_values.append(values)
+            maps.append(weights[:, :, 0])  # [B, h, P]
+        self.last_cross_attention = torch.stack(maps, dim=1)  # [B, L, h, P]
+        logits = self.fc(self.final_norm(x[:, 0]))  # [B, V]
+        state = (memory_keys, memory_values, torch.stack(new_keys, dim=1), torch.stack(new_values, dim=1))
+        return logits, state, self.last_cross_attention.mean(dim=(1, 2))  # alpha [B, P]
+
+
+DECODER_KINDS = {"show_and_tell": ShowAndTell, "attention": ShowAttendTell, "transformer": CaptionTransformer}
 _ALIASES = {"show_tell": "show_and_tell", "showandtell": "show_and_tell", "nic": "show_and_tell",
             "lstm": "show_and_tell", "show_attend_tell": "attention", "showattendtell": "attention",
-            "sat": "attention"}
+            "sat": "attention", "tfm": "transformer", "caption_transformer": "transformer",
+            "captiontransformer": "transformer"}
 
 
 def canonical_kind(kind: str) -> str:
-    """Map a decoder name or alias ("sat", "show_tell", ...) to `show_and_tell` or `attention`."""
+    """Map a decoder name or alias ("sat", "show_tell", "tfm", ...) to `show_and_tell`, `attention` or `transformer`."""
     key = kind.lower().replace("-", "_").replace(" ", "_")
     key = _ALIASES.get(key, key)
     if key not in DECODER_KINDS:
@@ -293,7 +484,7 @@ def canonical_kind(kind: str) -> str:
 
 
 def build_decoder(kind: str, vocab_size: int, feature_dim: int, cfg: LabConfig) -> nn.Module:
-    """Build the decoder `kind` ("show_and_tell" or "attention") with every setting from `cfg`.
+    """Build the decoder `kind` ("show_and_tell", "attention" or "transformer") with every setting from `cfg`.
 
     The config is the one place of the decoder's settings: change one on it, e.g.
     `build_decoder("attention", V, C, cfg.replace(adapter=False))`. The attention decoder's additions are config
@@ -309,6 +500,11 @@ def build_decoder(kind: str, vocab_size: int, feature_dim: int, cfg: LabConfig) 
                   hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
     if kind == "show_and_tell":
         return ShowAndTell(**common, num_layers=cfg.num_layers, rnn=cfg.rnn, feature_norm=bool(cfg.feature_norm))
+    if kind == "transformer":  # its own sizes: transformer_dim, transformer_layers, num_heads (FFN 4x the dim)
+        return CaptionTransformer(vocab_size, feature_dim, dim=cfg.transformer_dim, num_layers=cfg.transformer_layers,
+                                  num_heads=cfg.num_heads, dropout=cfg.dropout, max_len=cfg.max_caption_len,
+                                  num_positions=cfg.grid_size ** 2 if cfg.position_embedding else None,
+                                  feature_norm=bool(cfg.feature_norm))
     return ShowAttendTell(**common, attention_dim=cfg.attention_dim, deep_output=bool(cfg.deep_output),
                           num_positions=cfg.grid_size ** 2 if cfg.position_embedding else None,
                           feature_norm=bool(cfg.feature_norm), adapter_dim=cfg.hidden_dim if cfg.adapter else None)
@@ -318,7 +514,7 @@ def from_spec(spec) -> nn.Module:
     """Rebuild a decoder from its constructor arguments plus "kind" (what checkpoints store: `train.decoder_spec`)."""
     arguments = dict(spec)
     kind = canonical_kind(arguments.pop("kind"))
-    return (ShowAndTell if kind == "show_and_tell" else ShowAttendTell)(**arguments)
+    return DECODER_KINDS[kind](**arguments)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

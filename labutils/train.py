@@ -248,6 +248,11 @@ def decoder_spec(decoder: nn.Module) -> dict:
                 "attention_dim": decoder.encoder_att.out_features, "dropout": decoder.dropout.p,
                 "deep_output": decoder.deep_output, "num_positions": decoder.num_positions,
                 "feature_norm": decoder.feature_norm is not None, "adapter_dim": decoder.adapter_dim}
+    if isinstance(decoder, nn.Module) and type(decoder).__name__ == "CaptionTransformer":
+        return {"kind": "transformer", "vocab_size": decoder.vocab_size, "feature_dim": decoder.feature_dim,
+                "dim": decoder.dim, "num_layers": decoder.num_layers, "num_heads": decoder.num_heads,
+                "ffn_dim": decoder.ffn_dim, "dropout": decoder.dropout_p, "max_len": decoder.max_len,
+                "num_positions": decoder.num_positions, "feature_norm": decoder.feature_norm is not None}
     return {"kind": type(decoder).__name__}
 
 

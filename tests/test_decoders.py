@@ -178,7 +178,7 @@ def test_build_decoder_reads_sizes_from_a_config():
     assert isinstance(nic, ShowAndTell) and nic.rnn_type == "gru" and nic.num_layers == 2
     assert isinstance(build_decoder("SAT", V, C, cfg), ShowAttendTell)
     with pytest.raises(ValueError, match="Unknown decoder kind"):
-        build_decoder("transformer", V, C, cfg)
+        build_decoder("perceiver", V, C, cfg)
     with pytest.raises(TypeError, match="takes a LabConfig"):  # one channel: no dicts of settings beside it
         build_decoder("attention", V, C, cfg.to_dict())
 
