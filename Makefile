@@ -17,6 +17,9 @@ $(STAMP): requirements.txt pyproject.toml
 	@command -v java >/dev/null 2>&1 || { \
 	  echo "Java not found: installing a headless JRE for pycocoevalcap (needs apt and root)."; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless >/dev/null; }
+	@command -v espeak-ng >/dev/null 2>&1 || { \
+	  echo "espeak-ng not found: installing the offline speech engine for notebook 11 (needs apt and root)."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt

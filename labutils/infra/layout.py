@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1]
 LESSONS = {"coco": "01", "augment": "02", "vocab": "03", "data": "04", "encoders": "05", "features": "05",
            "decoders": "06", "checkpoint": "07", "train": "07", "decode": "08", "metrics": "08", "evaluation": "08",
            "grounding": "09", "viz": "09",
-           "scst": "10"}  # module -> the notebook whose idea it holds
+           "scst": "10", "applications": "11"}  # module -> the notebook whose idea it holds
 COURSE = ("course", "exercises", "solutions")
 FLOOR_NAMES = ("config", "infra", "lessons", "course", "commands")
 
