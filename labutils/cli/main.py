@@ -10,14 +10,19 @@ from ..infra.datasets import ensure_dataset
 
 # Each command's module is imported only when that command runs, so `run` or `--help` do not load torch.
 COMMANDS = {"run": "labutils.infra.runner", "caption": "labutils.cli.caption", "prepare": "labutils.cli.prepare",
+            "demo": "labutils.cli.demo",
             "refs": "labutils.infra.notebook_refs", "layout": "labutils.infra.layout",
-            "notebook-header": "labutils.infra.colab"}
+            "notebook-header": "labutils.infra.colab", "alt-text": "labutils.cli.alt_text",
+            "video": "labutils.cli.video"}
 
 USAGE = """usage: python -m labutils COMMAND [...]
 
 commands:
   run       execute the lab's notebooks in order and print a summary
   caption   caption one or more images with a trained checkpoint
+  demo      a local web page: caption a photo, see where the model looked, hear it (needs gradio)
+  alt-text  write alt text for a folder of photos: an accessible HTML gallery, a CSV, optionally EXIF/XMP
+  video     caption a video scene by scene into WebVTT subtitles
   dataset   generate (quick) or prepare (full) the profile's dataset
   prepare   before a workshop: download, resize once and build the feature cache (--help for options)
   refs      re-record the notebooks' reference outputs for nbval (maintainers)
