@@ -443,7 +443,7 @@ def _set_epoch(loader, epoch: int) -> None:
 
 @on_cfg_threads
 def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Module | None = None,
-          patience: int | None = 4, lr_factor: float = 0.5,
+          patience: int | None | str = "auto", lr_factor: float = 0.5,
           lr_patience: int = 1, step_size: int = 5, scheduled_sampling: float = 0.0, ss_ramp_epochs: int = 8,
           ss_schedule: str = "linear", checkpoint_path: str | Path | None = None,
           resume_from: str | Path | None = None, callbacks: Iterable[Callable] = (), restore_best: bool = True,
@@ -453,7 +453,8 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
     `cfg` is the one place of the settings it has (epochs, decoder_lr, encoder_lr, lr_schedule, grad_clip, alpha_c,
     time_budget_s, max_caption_len as the validation captions' length, device, mixed_precision, seed,
     cpu_threads): change one with `cfg.replace(epochs=3)`. `patience`: epochs without a better validation
-    BLEU-4 before stopping early (None: never). `scheduled_sampling`: the largest probability of feeding the model's own word (0 = pure
+    BLEU-4 before stopping early (None: never; "auto": 4, but never under a cosine schedule, whose learning rate
+    is planned to reach ~0 at the last epoch: stopping on a noisy dip would cut the run before its best epochs). `scheduled_sampling`: the largest probability of feeding the model's own word (0 = pure
     teacher forcing). `time_budget_s` is a safety limit, not part of the recipe: checked between epochs, it stops
     training before an epoch that, judging by the last one, would end past it, and prints one sentence saying
     that the run was cut short. `checkpoint_path`: written after every epoch (best weights, the state
@@ -469,6 +470,8 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
         raise ValueError("train() needs loaders={'train': caption loader, 'val': evaluation loader}.")
     epochs, decoder_lr, encoder_lr = int(cfg.epochs), float(cfg.decoder_lr), float(cfg.encoder_lr)
     scheduler = cfg.lr_schedule
+    if patience == "auto":
+        patience = None if scheduler == "cosine" else 4
     budget, max_len = cfg.time_budget_s, int(cfg.max_caption_len)
     settings = {"epochs": epochs, "decoder_lr": decoder_lr, "encoder_lr": encoder_lr, "patience": patience,
                 "lr_schedule": scheduler, "lr_factor": lr_factor, "lr_patience": lr_patience, "step_size": step_size,

@@ -134,6 +134,14 @@ def test_training_runs_on_the_configured_thread_count_and_gives_it_back(lab):
         torch.set_num_threads(before)
 
 
+def test_automatic_patience_never_stops_a_cosine_run_early(lab):
+    frozen = lab.cfg.replace(epochs=6, decoder_lr=0.0)  # nothing improves after epoch 1
+    plateau = T.train(frozen.replace(lr_schedule="plateau"), _decoder(lab), lab.loaders, lab.vocab, progress=False)
+    assert plateau.stopped == "early_stopping" and len(plateau.history) == 5  # "auto" is 4 epochs there
+    cosine = T.train(frozen.replace(lr_schedule="cosine"), _decoder(lab), lab.loaders, lab.vocab, progress=False)
+    assert cosine.stopped == "epochs" and len(cosine.history) == 6 and cosine.best_epoch == 1
+
+
 def test_early_stopping_and_the_safety_time_limit_that_says_so(lab, capsys):
     frozen = T.train(lab.cfg.replace(epochs=6, decoder_lr=0.0), _decoder(lab), lab.loaders, lab.vocab, patience=2,
                      progress=False)
