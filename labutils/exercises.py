@@ -471,3 +471,95 @@ def _mass_hint(got, alpha: np.ndarray, mask: np.ndarray, g: int) -> None:
                     "of an [H, W] mask gives them")
     raise Wrong("for each of the grid_size**2 regions take the fraction of its pixels inside the mask, multiply "
                 "by that region's alpha, and sum")
+
+
+# ---------------------------------------------------------------------------------------------- 10 causal mask
+def check_causal_mask(fn: Callable) -> Callable:
+    """10 · `fn(T) -> bool [T, T]`, True where query t may look at word j: j <= t (itself and the words before)."""
+    def attempt() -> str:
+        for T in (5, 1, 8):
+            _causal_mask_hint(_call(fn, T), T)
+        return "Right: each word sees itself and the words before it, never a later one."
+    return _verdict(fn, solutions.causal_mask, attempt)
+
+
+def _causal_mask_hint(got, T: int) -> None:
+    try:
+        got = torch.as_tensor(got)
+    except (TypeError, ValueError, RuntimeError):
+        raise Wrong("return a [T, T] tensor of booleans, e.g. built with torch.ones(...)") from None
+    if tuple(got.shape) != (T, T):
+        raise Wrong(f"for T={T} your mask is shaped {tuple(got.shape)}: one row per query word and one column "
+                    "per word it may look at, [T, T]")
+    expected = solutions.causal_mask(T)
+    if got.dtype != torch.bool:
+        if torch.equal(got != 0, expected):
+            raise Wrong("the pattern is right but the dtype is not: attend() calls masked_fill(~mask, ...), which "
+                        "needs dtype=torch.bool")
+        raise Wrong("return a bool mask (dtype=torch.bool), True where a query may look")
+    if torch.equal(got, expected):
+        return
+    if torch.equal(got, expected.T):
+        raise Wrong("your mask lets each word look at the LATER words and hides the earlier ones: row t is the "
+                    "query (word t), column j the word it looks at; keep the lower triangle, not the upper")
+    if torch.equal(got, ~expected):
+        raise Wrong("your mask is inverted: True must mark where a query MAY look (attend() hides the positions "
+                    "where ~mask is True), not where it is hidden")
+    if torch.equal(got, expected.tril(-1)):
+        raise Wrong("in your mask no word may look at itself: keep the diagonal (without it the first word, "
+                    "<start>, has nothing to look at and its softmax row is all -inf)")
+    if bool(got.all()):
+        raise Wrong("every word may look at every word, the future included: teacher forcing feeds the whole "
+                    "caption at once, so a word could copy the next word from its input")
+    raise Wrong("mask[t, j] must be True exactly when word j is word t itself or an earlier word; "
+                "torch.tril keeps the lower triangle and the diagonal")
+
+
+# ---------------------------------------------------------------------------------------------- 10 SCST baseline
+def _baseline_cases() -> list[tuple[torch.Tensor, int]]:
+    """(rewards [R], n_samples): images with different reward levels, so per-image and batch means differ."""
+    gen = torch.Generator().manual_seed(0)
+    levels = torch.tensor([0.5, 2.0, 1.0]).repeat_interleave(4)  # [12]: 3 images, 4 samples each
+    return [(levels + torch.rand(12, generator=gen), 4), (torch.tensor([0.2, 1.4, 3.0, 0.6]), 2),
+            (torch.rand(10, generator=gen) * 3, 5)]
+
+
+def check_baseline(fn: Callable) -> Callable:
+    """10 · `fn(rewards [R], n_samples) -> baseline [R]`: each sample's image's OTHER samples' mean reward."""
+    def attempt() -> str:
+        for rewards, n in _baseline_cases():
+            _baseline_hint(_call(fn, rewards.clone(), n), rewards, n)
+        return "Right: each sample is judged against its siblings' mean, itself left out."
+    return _verdict(fn, solutions.leave_one_out, attempt)
+
+
+def _baseline_hint(got, rewards: torch.Tensor, n: int) -> None:
+    try:
+        got = torch.as_tensor(got, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise Wrong("return a tensor of baselines, one per sample") from None
+    if got.numel() == rewards.numel() // n and got.numel() != rewards.numel():
+        raise Wrong("you return one baseline per image; every SAMPLE needs its own (its siblings differ), [R] values")
+    if got.numel() != rewards.numel():
+        raise Wrong(f"your baseline has {got.numel()} values for {rewards.numel()} rewards: give one per sample")
+    if got.dim() != 1:
+        raise Wrong("one flat baseline per sample, in the rewards' order: reshape(-1) your [images, n_samples] rows")
+    if torch.allclose(got, solutions.leave_one_out(rewards, n), atol=1e-5):
+        return
+    grouped, R = rewards.view(-1, n), rewards.numel()
+    if torch.allclose(got, grouped.mean(1).repeat_interleave(n), atol=1e-5):
+        raise Wrong("your baseline includes the sample itself: then a high reward raises its own baseline; average "
+                    "only the image's OTHER samples")
+    if torch.allclose(got, rewards.mean().expand(R), atol=1e-5) or torch.allclose(
+            got, (rewards.sum() - rewards) / (R - 1), atol=1e-5):
+        raise Wrong("that mean runs over the whole batch: a sample should be compared only with the samples of its "
+                    "own image (rows b * n_samples up to (b + 1) * n_samples - 1), itself left out")
+    if torch.allclose(got, ((grouped.sum(1, keepdim=True) - grouped) / n).reshape(-1), atol=1e-5):
+        raise Wrong("you divide the others' sum by n_samples; there are n_samples - 1 others")
+    if torch.allclose(got, rewards - solutions.leave_one_out(rewards, n), atol=1e-5):
+        raise Wrong("that is the advantage (reward minus baseline); return the baseline itself")
+    by_column = rewards.view(n, -1)  # [n, B]: the rows read sample-major, the wrong way round
+    if torch.allclose(got, ((by_column.sum(0, keepdim=True) - by_column) / (n - 1)).reshape(-1), atol=1e-5):
+        raise Wrong("the rows are image-major (an image's samples are next to each other): group them with "
+                    "view(-1, n_samples), one row per image")
+    raise Wrong("for each sample: the sum of its image's rewards minus its own, divided by n_samples - 1")

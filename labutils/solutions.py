@@ -96,3 +96,17 @@ def mass_inside(alpha, mask, grid_size):
     H, W = mask.shape
     inside = np.asarray(mask, dtype=np.float64).reshape(g, H // g, g, W // g).mean(axis=(1, 3)).reshape(-1)
     return float((np.asarray(alpha, dtype=np.float64).reshape(-1) * inside).sum())
+
+
+def causal_mask(T):
+    """10 · The causal mask [T, T] (bool) of teacher forcing: row t (the query, word t) may look at columns
+    j <= t, itself and the words before it, and at no later word."""
+    return torch.ones(T, T, dtype=torch.bool).tril()
+
+
+def leave_one_out(rewards, n_samples):
+    """10 · SCST's "mean" baseline [R] for rewards [R] (image-major, n_samples rows per image): for each sample
+    the mean reward of the OTHER samples of its image."""
+    grouped = rewards.view(-1, n_samples)  # [B, n]: one row per image
+    others = grouped.sum(dim=1, keepdim=True) - grouped  # [B, n]: each sample's siblings' total
+    return (others / (n_samples - 1)).reshape(-1)  # [R]

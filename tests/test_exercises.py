@@ -332,6 +332,7 @@ def test_topk_accuracy_rejects_wrong_answers_without_the_answer(capsys, wrong, k
     (exercises.check_topk_accuracy, ()),
     (exercises.check_beam_step, ()),
     (exercises.check_bleu1_precision, ()), (exercises.check_mass_inside, (np.full(16, 1 / 16), np.eye(8, dtype=bool), 4)),
+    (exercises.check_causal_mask, ()), (exercises.check_baseline, ()),
 ])
 def test_rerunning_the_check_cell_alone_is_not_praised(capsys, check, args):
     """After a fallback the notebook's name holds the reference; checking it again must not say ✓ to the learner."""
@@ -345,7 +346,8 @@ CHECKED = [("00_setup", "check_split_sizes"), ("01_coco_api", "check_images_with
            ("02_augmentation", "check_flip_matrix"), ("03_vocabulary", "check_encode"), ("04_dataset", "check_pad"),
            ("05_encoder", "check_grid_features"), ("06_decoder", "check_attention"),
            ("07_training", "check_topk_accuracy"), ("08_evaluation", "check_beam_step"),
-           ("08_evaluation", "check_bleu1_precision"), ("09_attention", "check_mass_inside")]
+           ("08_evaluation", "check_bleu1_precision"), ("09_attention", "check_mass_inside"),
+           ("10_beyond", "check_causal_mask"), ("10_beyond", "check_baseline")]
 
 
 @pytest.mark.parametrize("name, checker", CHECKED)
@@ -644,3 +646,93 @@ def test_mass_inside_rejects_wrong_answers_without_the_answer(capsys, wrong, key
     secrets = [f"{solutions.mass_inside(alpha, mask, 4):.2f}", f"{solutions.mass_inside(alpha, mask, 4):.3f}"]
     result = exercises.check_mass_inside(wrong, alpha, mask, 4)
     rejected(capsys, result, solutions.mass_inside, secrets, keyword)
+
+
+# ---------------------------------------------------------------------------------------------- 10 causal mask
+def _mask_secrets():
+    """The expected masks printed as a learner would see them: no hint may show one."""
+    return [str(solutions.causal_mask(T)) for T in (5, 8)] + ["tensor(", "[[True", "[True, False"]
+
+
+def test_causal_mask_accepts_the_reference_and_a_stub_falls_back(capsys):
+    def mine(T):
+        rows = torch.arange(T)
+        return rows[None, :] <= rows[:, None]  # column j allowed for query t when j <= t
+
+    accepted(capsys, exercises.check_causal_mask(mine), mine)
+    not_attempted(capsys, exercises.check_causal_mask(stub), solutions.causal_mask)
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (lambda T: torch.ones(T, T, dtype=torch.bool).triu(), "LATER words"),  # transposed: looks into the future
+    (lambda T: torch.ones(T, T, dtype=torch.bool).tril(-1), "diagonal"),  # a word may not look at itself
+    (lambda T: torch.ones(T, T, dtype=torch.bool), "the future included"),  # no mask at all
+    (lambda T: ~torch.ones(T, T, dtype=torch.bool).tril(), "inverted"),  # True where hidden
+    (lambda T: torch.ones(T, T).tril(), "dtype=torch.bool"),  # right pattern as floats
+    (lambda T: torch.ones(T, T + 1, dtype=torch.bool).tril(), "[T, T]"),
+    (lambda T: torch.eye(T, dtype=torch.bool), "torch.tril"),  # each word sees only itself
+])
+def test_causal_mask_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    result = exercises.check_causal_mask(wrong)
+    rejected(capsys, result, solutions.causal_mask, _mask_secrets(), keyword)
+
+
+def test_causal_mask_reference_keeps_the_future_out_of_attention():
+    """The reference mask, given to the library's attention, makes word t's output independent of later words."""
+    from labutils.decoders import MultiHeadAttention
+
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(8, 2).eval()
+    x = torch.randn(1, 5, 8)
+    changed = x.clone()
+    changed[0, 3:] = torch.randn(2, 8)  # new words 3 and 4
+    mask = solutions.causal_mask(5)
+    before, after = attention(x, x, mask)[0], attention(changed, changed, mask)[0]
+    assert torch.allclose(before[0, :3], after[0, :3]) and not torch.allclose(before[0, 3:], after[0, 3:])
+
+
+# ---------------------------------------------------------------------------------------------- 10 SCST baseline
+def _baseline_secrets():
+    cases = exercises._baseline_cases()
+    values = [f"{float(v):.2f}" for rewards, n in cases for v in solutions.leave_one_out(rewards, n)]
+    return [str(solutions.leave_one_out(rewards, n)) for rewards, n in cases] + values + ["tensor("]
+
+
+def test_baseline_reference_equals_the_library_and_a_stub_falls_back(capsys):
+    from labutils import scst
+
+    for rewards, n in exercises._baseline_cases():
+        assert torch.allclose(solutions.leave_one_out(rewards, n), scst.leave_one_out(rewards, n))
+
+    def mine(rewards, n_samples):
+        grouped = rewards.reshape(-1, n_samples)
+        return torch.stack([torch.cat([row[:i], row[i + 1:]]).mean() for row in grouped for i in range(n_samples)])
+
+    accepted(capsys, exercises.check_baseline(mine), mine)
+    not_attempted(capsys, exercises.check_baseline(stub), solutions.leave_one_out)
+
+
+def _others_over_n(rewards, n):
+    grouped = rewards.view(-1, n)
+    return ((grouped.sum(1, keepdim=True) - grouped) / n).reshape(-1)
+
+
+def _sample_major(rewards, n):
+    grouped = rewards.view(n, -1)  # [n, B]: reads the rows the wrong way round
+    return ((grouped.sum(0, keepdim=True) - grouped) / (n - 1)).reshape(-1)
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (lambda rewards, n: rewards.view(-1, n).mean(1).repeat_interleave(n), "includes the sample itself"),
+    (lambda rewards, n: rewards.mean().expand(rewards.numel()), "whole batch"),  # the plain mean
+    (lambda rewards, n: (rewards.sum() - rewards) / (rewards.numel() - 1), "whole batch"),
+    (_others_over_n, "n_samples - 1 others"),
+    (lambda rewards, n: rewards - solutions.leave_one_out(rewards, n), "advantage"),
+    (_sample_major, "image-major"),
+    (lambda rewards, n: rewards.view(-1, n).mean(1), "one baseline per image"),
+    (lambda rewards, n: solutions.leave_one_out(rewards, n).view(-1, n), "reshape(-1)"),
+    (lambda rewards, n: torch.zeros_like(rewards), "n_samples - 1"),
+])
+def test_baseline_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    result = exercises.check_baseline(wrong)
+    rejected(capsys, result, solutions.leave_one_out, _baseline_secrets(), keyword)

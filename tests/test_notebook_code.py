@@ -19,6 +19,7 @@ SHOWN = {
     "07_training.ipynb": {"labutils.train.train_one_epoch", "labutils.train.validate"},
     "08_evaluation.ipynb": {"labutils.decode.greedy_one_image", "labutils.decode.expand_beams",
                             "labutils.decode.beam_search_one_image"},
+    "10_beyond.ipynb": {"labutils.decoders.MultiHeadAttention.attend"},
 }
 
 
