@@ -17,16 +17,19 @@ import struct
 import subprocess
 import unicodedata
 import zlib
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from .infra.files import atomic_write_bytes, atomic_write_text
 from .infra.images import ImageLoadError, load_image
+from .vocab import tokenize
 
 CaptionFn = Callable[[Image.Image], object]  # returns a str, or a Caption (its .text is used)
 
@@ -433,3 +436,106 @@ def video_page(video_src: str, vtt_src: str, title: str, lang: str = "en") -> st
             f'<video controls src="{html.escape(video_src)}" style="max-width:100%">'
             f'<track kind="captions" src="{html.escape(vtt_src)}" srclang="{html.escape(lang)}" '
             f'label="Model captions" default></video>\n</main></body>\n</html>\n')
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What goes wrong: words a caption names that no reference supports, and who is said to do what in the data
+# ---------------------------------------------------------------------------------------------------------------
+# Words that name no object and no attribute: articles, pronouns, prepositions, numbers, positions, and the
+# framing the captions use ("a picture of", "there is"). What is left are the words a caption can be wrong about
+# the picture with: on the shapes, colours and shapes; on photos, nouns, adjectives and verbs.
+STOPWORDS = frozenset("""
+a an the this that these those some all any each other another them it its he his she her they their there here
+of on in at to and or but with without for from by into onto over under above below near next front behind
+beside between around through up down out off while as is are was were be being been has have had who which
+what one two three four five six single many several both left right top bottom side middle centre center
+image picture photo showing shows shown
+""".split())
+
+
+def singular_forms(words: Iterable[str]) -> dict[str, str]:
+    """Plural -> singular for each word of `words` whose singular is among them too ("squares" -> "square",
+    "boxes" -> "box"), so that "three squares" and "a square" name the same thing. Stems of three letters or
+    more only: "as" is not the plural of "a"."""
+    known = set(words)
+    forms = {}
+    for word in known:
+        stem = next((word[:-len(end)] for end in ("es", "s") if word.endswith(end)
+                     and len(word) - len(end) >= 3 and word[:-len(end)] in known), None)
+        if stem is not None:
+            forms[word] = stem
+    return forms
+
+
+def content_words(text: str, stopwords: Iterable[str] = STOPWORDS,
+                  canonical: Mapping[str, str] | None = None) -> list[str]:
+    """The words of `text` (tokenized as the metrics do) that are not stop words, mapped through `canonical`
+    (e.g. `singular_forms`), each once, in the order they first appear."""
+    stop, canonical = set(stopwords), canonical or {}
+    words = (canonical.get(word, word) for word in tokenize(text) if word not in stop)
+    return list(dict.fromkeys(words))  # an ordered set
+
+
+def unsupported(caption: str, references: Sequence[str], stopwords: Iterable[str] = STOPWORDS,
+                canonical: Mapping[str, str] | None = None) -> list[str]:
+    """The content words of `caption` that appear in NONE of `references`: named, but no annotator said them."""
+    stopwords = set(stopwords)
+    supported = {word for ref in references for word in content_words(ref, stopwords, canonical)}
+    return [word for word in content_words(caption, stopwords, canonical) if word not in supported]
+
+
+@dataclass
+class UnsupportedReport:
+    """Per image, the content words its caption names that none of its references names; totals over images."""
+
+    per_image: dict  # image id -> list of unsupported words (empty: every content word is in some reference)
+    named: int  # content words named over all captions (each word once per caption)
+
+    @property
+    def counts(self) -> Counter:
+        """How many captions name each unsupported word."""
+        return Counter(word for words in self.per_image.values() for word in words)
+
+    @property
+    def caption_share(self) -> float:
+        """Share of captions naming at least one unsupported word (like CHAIR-s, Rohrbach et al. 2018)."""
+        return sum(bool(words) for words in self.per_image.values()) / max(len(self.per_image), 1)
+
+    @property
+    def word_share(self) -> float:
+        """Unsupported content words over all content words named (like CHAIR-i)."""
+        return sum(map(len, self.per_image.values())) / max(self.named, 1)
+
+
+def unsupported_words(captions: Mapping, references: Mapping, stopwords: Iterable[str] = STOPWORDS,
+                      canonical: Mapping[str, str] | None = None) -> UnsupportedReport:
+    """`unsupported` for every image of `captions` (image id -> str or Caption) against its `references`
+    (image id -> reference captions): a proxy for hallucination that needs no object annotations. It
+    over-counts synonyms ("puppy" against "dog") and misses errors the references do not contradict."""
+    stopwords = set(stopwords)
+    per_image, named = {}, 0
+    for image_id, caption in captions.items():
+        text = caption_text(caption)
+        if image_id not in references:
+            raise KeyError(f"image {image_id} has a caption but no references; pass the references of the same "
+                           "split as the captions.")
+        per_image[image_id] = unsupported(text, references[image_id], stopwords, canonical)
+        named += len(content_words(text, stopwords, canonical))
+    return UnsupportedReport(per_image, named)
+
+
+def cooccurrence(texts: Iterable[str], rows: Mapping[str, Iterable[str]],
+                 cols: Mapping[str, Iterable[str]]) -> pd.DataFrame:
+    """How many of `texts` mention a row group and a column group together, e.g. rows {"man": {"man", "men"},
+    ...} and columns {"snowboard": {"snowboard", "snowboarder"}, ...}. A text counts once per cell whatever
+    it repeats; the last column, "captions", counts the texts mentioning the row at all."""
+    rows = {name: set(forms) for name, forms in rows.items()}
+    cols = {name: set(forms) for name, forms in cols.items()}
+    counts = Counter()  # (row, column) -> texts
+    for text in texts:
+        words = set(tokenize(caption_text(text)))
+        for row in (row for row, forms in rows.items() if words & forms):
+            counts[row, "captions"] += 1
+            counts.update((row, col) for col, forms in cols.items() if words & forms)
+    return pd.DataFrame([[counts[row, col] for col in [*cols, "captions"]] for row in rows],
+                        index=list(rows), columns=[*cols, "captions"])

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import decode, solutions
+from . import applications, decode, solutions
 from .augment import transform_points
 from .data import collate_captions
 from .decoders import ShowAttendTell
@@ -563,3 +563,59 @@ def _baseline_hint(got, rewards: torch.Tensor, n: int) -> None:
         raise Wrong("the rows are image-major (an image's samples are next to each other): group them with "
                     "view(-1, n_samples), one row per image")
     raise Wrong("for each sample: the sum of its image's rewards minus its own, divided by n_samples - 1")
+
+
+# ---------------------------------------------------------------------------------------------- 11 unsupported words
+UNSUPPORTED_CASES = [  # (caption, references): lower-case words separated by spaces, as str.split() reads them
+    ("a red circle and a green triangle", ["a red circle", "two blue squares"]),
+    ("there is a yellow circle on the left", ["a red circle on the right", "a circle on the right"]),
+    ("two blue squares above a red circle", ["a red circle below two squares", "blue squares above a circle"]),
+    ("a blue circle", ["a red circle", "a blue circle", "a blue square"]),
+    ("a square and a square beside two circles", ["a triangle and squares", "two purple circles"]),
+]
+
+
+def check_unsupported(fn: Callable) -> Callable:
+    """11 · `fn(caption, references, stopwords) -> list of words`: the caption's non-stop words that no
+    reference has, each once."""
+    stopwords = set(applications.STOPWORDS)
+
+    def attempt() -> str:
+        for caption, references in UNSUPPORTED_CASES:
+            _unsupported_hint(_call(fn, caption, list(references), set(stopwords)), caption, references, stopwords)
+        return f"Right: on all {len(UNSUPPORTED_CASES)} captions you name exactly the words no reference supports."
+    return _verdict(fn, solutions.unsupported, attempt)
+
+
+def _unsupported_mistakes(caption: str, references: Sequence[str], stopwords: set) -> dict[str, list[str]]:
+    """What typical wrong answers return for one case, by the hint that explains them."""
+    words = [w for w in dict.fromkeys(caption.split()) if w not in stopwords]
+    sets = [set(ref.split()) for ref in references]
+    return {
+        "you returned the words the references DO have; return the ones that none of them has":
+            [w for w in words if any(w in s for s in sets)],
+        "you compare with the first reference only; a word is supported as soon as ANY one reference has it":
+            [w for w in words if w not in sets[0]],
+        "you keep a word unless EVERY reference has it; one reference having it is enough to support it":
+            [w for w in words if not all(w in s for s in sets)],
+        "compare whole words, not text: a word can sit inside a longer one (a plural, say) without being said":
+            [w for w in words if not any(w in ref for ref in references)],
+    }
+
+
+def _unsupported_hint(got, caption: str, references: Sequence[str], stopwords: set) -> None:
+    got = list(got) if isinstance(got, Iterable) and not isinstance(got, str) else None
+    if got is None or not all(isinstance(w, str) for w in got):
+        raise Wrong("return a list of words (strings), e.g. built with a list comprehension")
+    expected = applications.unsupported(caption, references, stopwords)
+    if sorted(got) == sorted(expected):
+        return
+    if any(w in stopwords for w in got):
+        raise Wrong("your list holds stop words ('a', 'on', 'the', ...): leave out every word in `stopwords`")
+    if len(got) != len(set(got)):
+        raise Wrong("your list names a word twice: name each word once, even when the caption repeats it")
+    for hint, mistake in _unsupported_mistakes(caption, references, stopwords).items():
+        if sorted(got) == sorted(mistake):
+            raise Wrong(hint)
+    raise Wrong("for each word of the caption that is not a stop word, keep it when none of the references' "
+                "words (split them too) is that word; each word once")

@@ -110,3 +110,11 @@ def leave_one_out(rewards, n_samples):
     grouped = rewards.view(-1, n_samples)  # [B, n]: one row per image
     others = grouped.sum(dim=1, keepdim=True) - grouped  # [B, n]: each sample's siblings' total
     return (others / (n_samples - 1)).reshape(-1)  # [R]
+
+
+def unsupported(caption, references, stopwords):
+    """11 · The words of `caption` that are not stop words and that NO reference has, each once, in the
+    caption's order: what the caption names that no annotator said."""
+    supported = {word for reference in references for word in reference.split()}
+    named = [word for word in caption.split() if word not in stopwords and word not in supported]
+    return list(dict.fromkeys(named))  # each word once, first occurrence first

@@ -299,3 +299,58 @@ def test_alt_text_and_video_commands_end_to_end(quick_checkpoint, photo_folder, 
     assert 'src="clip.vtt"' in html_page.read_text() and os.path.relpath(slideshow, tmp_path) in html_page.read_text()
     assert cli.main(["video", str(tmp_path / "missing.mp4"), *model]) == 1
     assert capsys.readouterr().err.startswith("error: Video file")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What goes wrong: words named but in no reference, and co-occurrence counts
+# ---------------------------------------------------------------------------------------------------------------
+SHAPE_WORDS = ["a", "two", "red", "blue", "square", "squares", "circle", "circles", "of", "picture"]
+
+
+def test_unsupported_names_the_content_words_no_reference_has():
+    refs = ["A red circle.", "a picture of two blue squares"]
+    assert apps.unsupported("a red circle and a green triangle", refs) == ["green", "triangle"]
+    # Supported by ANY one reference is enough: "red" and "blue" come from different references.
+    assert apps.unsupported("a red circle and blue squares", refs) == []
+    # Stop words and framing are never counted, whatever the references say.
+    assert apps.unsupported("there is a picture of them on the left", ["a red circle"]) == []
+    # Each word once, in the caption's order; whole words, not substrings ("circle" is inside "circles").
+    assert apps.unsupported("green green circle", ["two circles"]) == ["green", "circle"]
+
+
+def test_singular_forms_fold_plurals_only_when_the_singular_is_known():
+    forms = apps.singular_forms(SHAPE_WORDS + ["as", "boxes", "box", "dress"])
+    assert forms == {"squares": "square", "circles": "circle", "boxes": "box"}  # not "as" -> "a"
+    assert apps.unsupported("green green circle", ["two circles"], canonical=forms) == ["green"]
+
+
+def test_unsupported_words_report_shares_and_counts():
+    captions = {1: "a red circle", 2: "two blue squares and a red circle", 3: "a green square"}
+    references = {1: ["a red circle"], 2: ["two blue squares", "a blue square above a circle"],
+                  3: ["a blue square", "one square"]}
+    report = apps.unsupported_words(captions, references)
+    assert report.per_image == {1: [], 2: ["red"], 3: ["green"]}
+    assert report.caption_share == pytest.approx(2 / 3)
+    assert report.named == 2 + 4 + 2  # content words per caption, each once
+    assert report.word_share == pytest.approx(2 / 8)
+    assert report.counts == {"red": 1, "green": 1}
+    with pytest.raises(KeyError, match="no references"):
+        apps.unsupported_words({4: "a circle"}, references)
+
+
+def test_a_measure_that_checked_only_the_first_reference_would_fail_here():
+    """The mutation this test catches: comparing with references[0] alone flags "blue", which the second has."""
+    refs = ["a red circle", "a blue circle"]
+    assert apps.unsupported("a blue circle", refs) == []
+    assert apps.unsupported("a blue circle", refs[:1]) == ["blue"]
+
+
+def test_cooccurrence_counts_each_text_once_per_cell():
+    texts = ["A man on a snowboard.", "a woman snowboarding down a hill", "two men talking",
+             "a man , a man and a snowboard snowboard", "a dog"]
+    rows = {"man": {"man", "men"}, "woman": {"woman", "women"}}
+    cols = {"snowboard": {"snowboard", "snowboarding"}, "skateboard": {"skateboard"}}
+    table = apps.cooccurrence(texts, rows, cols)
+    assert list(table.columns) == ["snowboard", "skateboard", "captions"]
+    assert table.loc["man"].tolist() == [2, 0, 3]
+    assert table.loc["woman"].tolist() == [1, 0, 1]

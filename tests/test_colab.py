@@ -33,7 +33,7 @@ def _cells(path):
 
 
 def test_every_numbered_notebook_is_checked():
-    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(11)]
+    assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(12)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

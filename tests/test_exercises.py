@@ -332,7 +332,7 @@ def test_topk_accuracy_rejects_wrong_answers_without_the_answer(capsys, wrong, k
     (exercises.check_topk_accuracy, ()),
     (exercises.check_beam_step, ()),
     (exercises.check_bleu1_precision, ()), (exercises.check_mass_inside, (np.full(16, 1 / 16), np.eye(8, dtype=bool), 4)),
-    (exercises.check_causal_mask, ()), (exercises.check_baseline, ()),
+    (exercises.check_causal_mask, ()), (exercises.check_baseline, ()), (exercises.check_unsupported, ()),
 ])
 def test_rerunning_the_check_cell_alone_is_not_praised(capsys, check, args):
     """After a fallback the notebook's name holds the reference; checking it again must not say ✓ to the learner."""
@@ -347,7 +347,8 @@ CHECKED = [("00_setup", "check_split_sizes"), ("01_coco_api", "check_images_with
            ("05_encoder", "check_grid_features"), ("06_decoder", "check_attention"),
            ("07_training", "check_topk_accuracy"), ("08_evaluation", "check_beam_step"),
            ("08_evaluation", "check_bleu1_precision"), ("09_attention", "check_mass_inside"),
-           ("10_beyond", "check_causal_mask"), ("10_beyond", "check_baseline")]
+           ("10_beyond", "check_causal_mask"), ("10_beyond", "check_baseline"),
+           ("11_applications", "check_unsupported")]
 
 
 @pytest.mark.parametrize("name, checker", CHECKED)
@@ -736,3 +737,58 @@ def _sample_major(rewards, n):
 def test_baseline_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
     result = exercises.check_baseline(wrong)
     rejected(capsys, result, solutions.leave_one_out, _baseline_secrets(), keyword)
+
+
+# ---------------------------------------------------------------------------------------------- 11 unsupported words
+def _unsupported_secrets():
+    """The expected answers as a learner would see them printed: no hint may show one."""
+    from labutils import applications
+
+    answers = [applications.unsupported(c, r) for c, r in exercises.UNSUPPORTED_CASES]
+    return [str(a) for a in answers if a] + ["['"]
+
+
+def test_unsupported_reference_equals_the_library_and_a_stub_falls_back(capsys):
+    from labutils import applications
+
+    stop = set(applications.STOPWORDS)
+    for caption, references in exercises.UNSUPPORTED_CASES:
+        assert solutions.unsupported(caption, references, stop) == applications.unsupported(caption, references)
+
+    def mine(caption, references, stopwords):
+        out = []
+        for word in caption.split():
+            if word not in stopwords and word not in out and all(word not in r.split() for r in references):
+                out.append(word)
+        return out
+
+    accepted(capsys, exercises.check_unsupported(mine), mine)
+    not_attempted(capsys, exercises.check_unsupported(stub), solutions.unsupported)
+
+
+def _first_reference_only(caption, references, stopwords):
+    return list(dict.fromkeys(w for w in caption.split() if w not in stopwords and w not in references[0].split()))
+
+
+def _in_every_reference(caption, references, stopwords):
+    return list(dict.fromkeys(w for w in caption.split() if w not in stopwords
+                              and not all(w in r.split() for r in references)))
+
+
+@pytest.mark.parametrize("wrong, keyword", [
+    (lambda c, r, s: [w for w in c.split() if not any(w in x.split() for x in r)], "stop words"),
+    (lambda c, r, s: [w for w in c.split() if w not in s and not any(w in x.split() for x in r)], "once"),
+    (lambda c, r, s: list(dict.fromkeys(w for w in c.split() if w not in s and any(w in x.split() for x in r))),
+     "DO have"),
+    (_first_reference_only, "first reference only"),
+    (_in_every_reference, "EVERY reference"),
+    (lambda c, r, s: list(dict.fromkeys(w for w in c.split() if w not in s and not any(w in x for x in r))),
+     "whole words"),
+    (lambda c, r, s: " ".join(w for w in c.split() if w not in s), "list of words"),
+    (lambda c, r, s: None, "list of words"),
+    (lambda c, r, s: [w for w in c.split()[::-1] if w not in s][:1], "for each word of the caption"),
+    (lambda c, r, s: r[5], "IndexError"),
+])
+def test_unsupported_rejects_wrong_answers_without_the_answer(capsys, wrong, keyword):
+    result = exercises.check_unsupported(wrong)
+    rejected(capsys, result, solutions.unsupported, _unsupported_secrets(), keyword)
