@@ -80,7 +80,8 @@ def attention_figures(decoder, vocab, cache, lab, folder: Path, beam: int, lengt
         best = decode.beam_search(decoder, cache.source(image_id).unsqueeze(0), vocab, beam_size=beam,
                                   length_penalty=length_penalty, max_len=lab.cfg.max_caption_len)[0][0]
         photo = lab.cfg.image_dir / captions.loadImgs(image_id)[0]["file_name"]
-        viz.plot_attention(photo, best.words, best.alphas.numpy(), lab.cfg.grid_size, title=best.text,
+        viz.plot_attention(viz.encoder_view(photo, lab.cfg.encoder_input_size), best.words, best.alphas.numpy(),
+                           lab.cfg.grid_size, title=best.text,
                            save_to=folder / f"test_{image_id}.png")
         plt.close("all")
         print(f"{image_id}: {best.text}", flush=True)

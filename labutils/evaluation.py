@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 
 from . import decode, grounding, metrics
 from .data import load_image, to_rgb
-from .viz import as_array, save_figure, upsample_attention
+from .viz import as_array, encoder_view, save_figure, upsample_attention
 
 # The decoding methods notebook 08 compares: name -> keyword arguments of `decode.caption_images`.
 DEFAULT_METHODS: dict[str, dict] = {
@@ -364,8 +364,7 @@ def caption_photo(captioner, image, beam: int = 3, max_len: int = decode.DEFAULT
     else:
         image = to_rgb(image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)))
     caption = captioner.caption([image], beam=beam, max_len=max_len)[0]
-    seen = ImageOps.fit(image, (captioner.input_size, captioner.input_size))
-    return seen, caption
+    return encoder_view(image, captioner.input_size), caption
 
 
 __all__ = ["DEFAULT_METHODS", "ExposureReport", "MethodComparison", "attention_for_split", "bleu_breakdown",

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .infra.files import atomic_write_bytes
 from .infra.images import load_image, to_rgb
@@ -101,6 +101,20 @@ def _axis_upsampler(cells: int, size: int, sigma: float | None) -> np.ndarray:
 def _colour_top(heats) -> float:
     # One colour scale for all panels: per-panel scaling would make a near-uniform map look as sharp as a peaked one.
     return max((float(h.max()) for h in heats), default=1.0) or 1.0
+
+
+def encoder_view(image, size: int) -> Image.Image:
+    """The square the encoder saw of `image` (path, PIL image or array): shorter side to `size`, centre crop.
+
+    Attention cells are cells of THIS square. Drawn over a whole non-square photo, the map would be stretched
+    past the edges the crop cut off (the synthetic shapes and the shared Flickr8k copy are square, real photos
+    are not).
+    """
+    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
+        image = load_image(image)  # upright (EXIF) and RGB
+    elif not isinstance(image, Image.Image):
+        image = Image.fromarray(np.asarray(image))
+    return ImageOps.fit(to_rgb(image), (size, size))
 
 
 def plot_attention(image, words: list[str], alphas, grid_size: int, cols: int = 5, smooth: bool = True,

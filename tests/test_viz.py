@@ -103,3 +103,18 @@ def test_saved_mosaics_follow_the_suffix_and_a_full_disk_leaves_no_partial_file(
     with pytest.raises(DiskFullError, match="is full"):
         viz.save_attention_mosaic(noisy, list("abcdefgh"), np.full((8, 16), 1 / 16), 4, disk / "att.png")
     assert list(disk.iterdir()) == []
+
+
+def test_encoder_view_is_the_centre_square_the_encoder_saw(tmp_path):
+    from PIL import Image
+
+    from labutils import viz
+
+    wide = np.zeros((10, 30, 3), np.uint8)
+    wide[:, :10] = (0, 0, 255)
+    wide[:, 10:20] = (255, 0, 0)  # the centre square: what a shorter-side resize + centre crop keeps
+    wide[:, 20:] = (0, 0, 255)
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    for source in (tmp_path / "wide.png", wide, Image.fromarray(wide)):
+        seen = np.asarray(viz.encoder_view(source, 20))
+        assert seen.shape == (20, 20, 3) and (seen[:, :, 0] > 200).all() and (seen[:, :, 2] < 60).all()
