@@ -21,14 +21,13 @@ from pathlib import Path
 import pytest
 
 N_IMAGES = 80  # 64 / 8 / 8 train / val / test
-# All ten, in order (about 2 minutes on 2 cores): 05 builds the feature cache, 06 and 07 read it, 07 writes the
-# checkpoints that 08 and 09 load.
+# All of them, in order: 05 builds the feature cache, 06 and 07 read it, 07 writes the checkpoints that 08-11 load.
 NOTEBOOKS = ("00_setup", "01_coco_api", "02_augmentation", "03_vocabulary", "04_dataset", "05_encoder",
-             "06_decoder", "07_training", "08_evaluation", "09_attention")
+             "06_decoder", "07_training", "08_evaluation", "09_attention", "10_beyond", "11_applications")
 # 64 training images make one batch of 128 per epoch: a handful of optimiser steps (early stopping ends the run after
 # 5 epochs) cannot reach the BLEU-4 that 07-09 ask of a run on MS-COCO, so here training and its checks need only run.
 EDITS = {name: [("cfg = labutils.get_config(PROFILE)", "cfg = labutils.get_config(PROFILE, min_bleu4=0.0)")]
-         for name in ("07_training", "08_evaluation", "09_attention")}
+         for name in ("07_training", "08_evaluation", "09_attention", "10_beyond", "11_applications")}
 
 
 def build_fake_coco2014(dataset_dir: Path, n_images: int = N_IMAGES, image_size: int = 256) -> dict:
