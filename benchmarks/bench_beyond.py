@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_flickr8k_recipe import parse_overrides, scored  # noqa: E402
-from machine import machine_info  # noqa: E402
+from machine import machine_info, record_run  # noqa: E402
 
 from labutils import course, features, get_config, scst, train  # noqa: E402
 
@@ -130,11 +130,7 @@ def main(argv=None) -> int:
         print(table(json.loads(args.out.read_text())))
         return 0
     record = run(args)
-    old = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
-    old["runs"] = [r for r in old.get("runs", []) if r.get("label") != args.label] + [record]
-    old["goal"] = GOAL
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(old, indent=1) + "\n")
+    record_run(args.out, record, GOAL)
     print(table({"runs": [record]}))
     return 0
 

@@ -27,9 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_info  # noqa: E402
-
 import matplotlib  # noqa: E402
+from machine import machine_info, record_run  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -203,11 +202,7 @@ def main(argv=None) -> int:
         print(table(json.loads(args.out.read_text())))
         return 0
     record = run(args)
-    old = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
-    old["runs"] = [r for r in old.get("runs", []) if r.get("label") != args.label] + [record]
-    old["goal"] = GOAL
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(old, indent=1) + "\n")
+    record_run(args.out, record, GOAL)
     print(json.dumps({k: record[k] for k in ("label", "stages_s", "recipe_minutes", "epochs_run", "vocab_size")}))
     print(json.dumps({"dev": record["dev"]["methods"], "test": record["test"] and record["test"]["methods"]}))
     return 0

@@ -26,3 +26,15 @@ def machine_info() -> dict:
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average_1_5_15min": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None}
+
+
+def record_run(out, record: dict, goal) -> None:
+    """Append `record` to the results file `out` (a run with the same label is replaced) and write its goal."""
+    import json
+
+    out = Path(out)
+    old = json.loads(out.read_text()) if out.is_file() else {"runs": []}
+    old["runs"] = [r for r in old.get("runs", []) if r.get("label") != record["label"]] + [record]
+    old["goal"] = goal
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(old, indent=1) + "\n")

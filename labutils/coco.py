@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import get_config
 from .infra.coco_format import (  # noqa: F401  (the lesson's API: notebook 01 calls these as coco.<name>)
     SPLITS,
     DatasetUnavailableError,
@@ -26,7 +27,6 @@ from .infra.coco_format import (  # noqa: F401  (the lesson's API: notebook 01 c
     missing_images,
     validate_splits,
 )
-from .config import get_config
 from .infra.images import to_rgb
 from .infra.synthetic import ensure_synthetic
 
