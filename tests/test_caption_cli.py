@@ -2,17 +2,20 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import wave
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from labutils import checkpoint, decoders, encoders, get_config, train
+from labutils import applications, checkpoint, decoders, encoders, get_config, train
 from labutils.cli import caption as caption_cli
 from labutils.vocab import Vocabulary
 
@@ -301,3 +304,85 @@ def test_a_full_disk_while_writing_figures_is_one_sentence_and_leaves_no_partial
     err = _one_sentence(captured.err)
     assert "is full" in err and "att.png" in err
     assert list(disk.iterdir()) == []
+
+
+# -- speech: --speak DIR reads each caption aloud into a WAV ---------------------------------------------------------
+def _audio_frames(path: Path) -> int:
+    assert path.read_bytes()[:4] == b"RIFF" and path.read_bytes()[8:12] == b"WAVE"
+    with wave.open(str(path)) as wav:
+        return wav.getnframes()
+
+
+def test_speak_writes_a_wav_per_photo_and_prints_its_path_after_the_caption(attention_checkpoint, photo,
+                                                                           tmp_path, capsys):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng, or `make setup`)")
+    other = tmp_path / "other.png"
+    other.write_bytes(photo.read_bytes())
+    voices = tmp_path / "voices" / "new"  # does not exist yet
+    code = caption_cli.main([str(photo), str(other), str(photo), "--checkpoint", str(attention_checkpoint),
+                             "--beam", "1", "--max-len", "4", "--speak", str(voices)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    # photo.png given twice: numbered by position, so neither WAV overwrites the other.
+    expected = [(str(photo), voices / "photo_1.wav"), (str(other), voices / "other.wav"),
+                (str(photo), voices / "photo_3.wav")]
+    assert sorted(voices.iterdir()) == sorted(wav for _, wav in expected)
+    assert all(_audio_frames(wav) > 0 for _, wav in expected)
+    lines = captured.out.splitlines()
+    assert [line.split(": ")[0] for line in lines[0::2]] == [name for name, _ in expected]
+    assert lines[1::2] == [f"  speech: {wav}" for _, wav in expected]
+
+
+def test_without_the_speech_engine_captions_print_and_one_install_sentence_exits_1(attention_checkpoint, photo,
+                                                                                  tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(applications, "SPEECH_ENGINE", "no-such-speech-engine")
+    other = tmp_path / "other.png"
+    other.write_bytes(photo.read_bytes())
+    voices = tmp_path / "voices"
+    code = caption_cli.main([str(photo), str(other), "--checkpoint", str(attention_checkpoint), "--beam", "1",
+                             "--max-len", "4", "--speak", str(voices)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert f"{photo}: " in captured.out and f"{other}: " in captured.out and "speech:" not in captured.out
+    err = _one_sentence(captured.err)
+    assert err.startswith("error: The offline speech engine") and "apt-get install -y espeak-ng" in err
+    assert not voices.exists() or list(voices.iterdir()) == []
+
+
+def test_a_wav_that_fails_is_reported_for_that_photo_and_the_others_are_still_spoken(attention_checkpoint, photo,
+                                                                                    tmp_path, monkeypatch, capsys):
+    def fake_speak(text, wav_path):
+        if Path(wav_path).stem == "photo":
+            raise applications.SpeechError(f"espeak-ng could not write {wav_path} (no voice); check the voice.")
+        Path(wav_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(wav_path).write_bytes(b"RIFF")
+        return Path(wav_path)
+
+    monkeypatch.setattr(caption_cli, "speak", fake_speak)
+    later = tmp_path / "later.png"
+    later.write_bytes(photo.read_bytes())
+    code = caption_cli.main([str(photo), str(later), "--checkpoint", str(attention_checkpoint), "--beam", "1",
+                             "--max-len", "4", "--speak", str(tmp_path / "voices")])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "photo.wav" in _one_sentence(captured.err)
+    assert f"  speech: {tmp_path / 'voices' / 'later.wav'}" in captured.out and f"{photo}: " in captured.out
+    assert (tmp_path / "voices" / "later.wav").exists()
+
+
+def test_a_caption_that_starts_with_a_dash_is_spoken_not_read_as_an_option(attention_checkpoint, photo, tmp_path,
+                                                                           monkeypatch, capsys):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install -y espeak-ng, or `make setup`)")
+
+    def dashed_stream(captioner, keyed_images, batch_size, beam=1, max_len=30):
+        for key, image in keyed_images:
+            yield key, image, SimpleNamespace(text="--help a cat on a sofa")  # espeak-ng would print its help
+
+    monkeypatch.setattr(caption_cli, "caption_stream", dashed_stream)
+    monkeypatch.chdir(tmp_path)
+    code = caption_cli.main([str(photo), "--checkpoint", str(attention_checkpoint), "--speak", "voices"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert _audio_frames(tmp_path / "voices" / "photo.wav") > 0

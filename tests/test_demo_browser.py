@@ -1,5 +1,5 @@
 """The demo page in headless Chromium: it loads, a photo uploaded through the page's own file input gets a caption
-and the attention figure, a text file renamed .jpg gets the one sentence, and the next photo is captioned again.
+and the attention figure (the first is a greyscale photo: one channel, not three), a text file renamed .jpg gets the one sentence, and the next photo is captioned again.
 
 Chromium is driven over the DevTools protocol with slides/browser.py (the slides' render check uses it too); the
 upload is `DOM.setFileInputFiles` on Gradio's <input type=file>, exactly what choosing a file in the dialog does.
@@ -12,6 +12,8 @@ Chromium is installed by `make slide-tools` (apt's `chromium`); without it the t
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ from skimage import data as skdata
 from test_demo import _checkpoint
 from test_slides import browser  # slides/browser.py, loaded the way the slides' tests load it
 
+from labutils import applications
 from labutils.cli import demo
 from labutils.course import load_captioner
 
@@ -52,8 +55,8 @@ def page_url(tmp_path_factory):
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("photos")
-    files = {"chelsea": folder / "chelsea.jpg", "astronaut": folder / "astronaut.jpg", "fake": folder / "notes.jpg"}
-    Image.fromarray(skdata.chelsea()).save(files["chelsea"], quality=90)
+    files = {"camera": folder / "camera.jpg", "astronaut": folder / "astronaut.jpg", "fake": folder / "notes.jpg"}
+    Image.fromarray(skdata.camera()).save(files["camera"], quality=90)  # greyscale: one channel, not three
     Image.fromarray(skdata.astronaut()).save(files["astronaut"], quality=90)
     files["fake"].write_text("milk, eggs, bread: a shopping list saved as .jpg\n")
     return files
@@ -62,7 +65,8 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 _STATE = """(() => {
   const figure = document.querySelector('#figure img');
   const status = document.querySelector('#status [data-testid=markdown-wrapper]');  // absent while empty
-  return {caption: document.querySelector('#caption textarea').value,
+  const speech = document.querySelector('#speech');  // its player shows the clip's length once the WAV loaded
+  return {caption: document.querySelector('#caption textarea').value, speech: speech ? speech.innerText : '',
           status: status ? status.innerText.trim() : '', busy: status ? status.classList.contains('pending') : false,
           figure: figure && figure.complete ? figure.naturalWidth : 0, figureSrc: figure ? figure.src : ''};
 })()"""
@@ -87,6 +91,11 @@ def _wait_for(chrome, done, before: dict, timeout: float = 60.0) -> dict:
     raise AssertionError(f"the page did not answer within {timeout:.0f} s; it shows {state}")
 
 
+def _spoken_seconds(state: dict) -> int:
+    """The longest time shown on the speech player ("0:03" -> 3): 0 until the spoken caption has loaded."""
+    return max((int(m) * 60 + int(s) for m, s in re.findall(r"(\d+):(\d\d)", state["speech"])), default=0)
+
+
 def test_upload_caption_refuse_a_bad_file_and_caption_again(page_url, photos, tmp_path):
     with browser.Chromium(width=1280, height=1000) as chrome:
         chrome.open(page_url, ready="document.querySelector('#photo input[type=file]') !== null && "
@@ -94,9 +103,14 @@ def test_upload_caption_refuse_a_bad_file_and_caption_again(page_url, photos, tm
         empty = chrome.evaluate(_STATE)
         assert empty["caption"] == "" and empty["figure"] == 0
 
-        _upload(chrome, photos["chelsea"])
+        _upload(chrome, photos["camera"])
         first = _wait_for(chrome, lambda s: s["caption"] and s["figure"] > 0, {"status": ""})
         assert first["status"].startswith("Captioned in "), first
+        if shutil.which(applications.SPEECH_ENGINE):  # with the engine installed the page reads the caption aloud
+            deadline = time.monotonic() + 30
+            while not _spoken_seconds(chrome.evaluate(_STATE)) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _spoken_seconds(chrome.evaluate(_STATE)) >= 1, "the spoken caption never loaded on the page"
         png = chrome.screenshot()
         (tmp_path / "demo_after_upload.png").write_bytes(png)
         if os.environ.get("DEMO_SCREENSHOT"):

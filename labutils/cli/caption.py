@@ -1,18 +1,24 @@
-"""`python -m labutils caption IMAGE... --checkpoint FILE [--beam K] [--attention-out PNG]`: caption your own images.
+"""`python -m labutils caption IMAGE... --checkpoint FILE`: caption your own images (and see, and hear, them).
+
+Options: `--beam K`, `--attention-out PNG` (the word-by-word attention figure), `--speak DIR` (the caption aloud).
 
 Images are read one batch at a time, decoded at reduced size (twice the encoder's input is all it needs) and each
 caption is printed as soon as its batch is done, so memory stays bounded however many photos are given.
+`--speak DIR` also reads each caption aloud into a WAV (cat.jpg -> DIR/cat.wav) with the offline engine
+espeak-ng (labutils.applications.speak); without espeak-ng the captions are still printed, one sentence says how
+to install it, and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
+from ..applications import SpeechEngineMissingError, SpeechError, speak
 from ..checkpoint import CheckpointError
 from ..course import CaptionCommandError, Captioner, load_captioner
 from ..encoders import EncoderWeightsError
@@ -111,6 +117,44 @@ class FigureFiles:
             print(f"  attention figure: {path}", flush=True)
 
 
+class CaptionSpeech:
+    """Reads each caption aloud into `folder`/<photo stem>.wav and prints "speech: PATH" once the file is complete.
+
+    A stem that several arguments share is numbered by position (cat_1.wav, cat_3.wav), so no WAV overwrites
+    another. A missing engine is said once (its sentence says how to install it) and no more WAVs are tried; a WAV
+    that cannot be written is one sentence for that photo. Every photo left unspoken counts in `unspoken`.
+    """
+
+    def __init__(self, folder: Path, names: Sequence[str]):
+        self.folder, self.unspoken, self.engine_missing = folder, 0, False
+        self._stems = Counter(Path(name).stem for name in names)
+
+    def path(self, position: int, name: str) -> Path:
+        stem = Path(name).stem
+        return self.folder / (f"{stem}.wav" if self._stems[stem] == 1 else f"{stem}_{position + 1}.wav")
+
+    def say(self, position: int, name: str, text: str) -> None:
+        if self.engine_missing:
+            self.unspoken += 1
+            return
+        path = self.path(position, name)
+        try:
+            speak(text, path)
+        except SpeechEngineMissingError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            self.engine_missing, self.unspoken = True, self.unspoken + 1
+            return
+        except SpeechError as exc:  # its message names the file and what to check
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            self.unspoken += 1
+            return
+        except OSError as exc:  # the folder could not be created
+            print(f"error: could not write {path}: {exc.strerror or exc}", file=sys.stderr, flush=True)
+            self.unspoken += 1
+            return
+        print(f"  speech: {path}", flush=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Arguments: every mistake is an argument error (exit 2) with one sentence
 # ---------------------------------------------------------------------------------------------------------------
@@ -159,7 +203,11 @@ def _figure_path(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labutils caption", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m labutils caption", description=__doc__.splitlines()[0],
+                                     epilog="exit status: 0 when every photo was captioned and every figure and "
+                                            "WAV written; 1 when some were not (an unreadable photo, a file that "
+                                            "could not be written, espeak-ng not installed), the captions that "
+                                            "could be made still printed; 2 on usage or checkpoint errors.")
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, ...)")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint saved by notebook 07 / labutils.train")
     parser.add_argument("--beam", type=_at_least(1, "use 1 for greedy decoding or 3-5 for beam search"), default=3,
@@ -171,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention-out", type=_figure_path, default=None,
                         help="save the word-by-word attention figure here (.png, or .jpg: about 20x quicker to "
                              "write for many photos); numbered when several images")
+    parser.add_argument("--speak", metavar="DIR", default=None,
+                        help="also read each caption aloud into a WAV in DIR (cat.jpg -> DIR/cat.wav; DIR is "
+                             "created if needed, --speak . for the current folder) with the offline engine "
+                             "espeak-ng")
     parser.add_argument("--device", type=_device, default="cpu", help="cpu or cuda; default cpu")
     return parser
 
@@ -184,8 +236,8 @@ def _checkpoint_problem(path: str, exc: Exception) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry; returns 0 when every image was captioned (and every figure written), 1 when some could
-    not be, 2 on usage errors."""
+    """Command-line entry; returns 0 when every image was captioned (and every figure and WAV written), 1 when some
+    could not be (an unreadable photo, an unwritable file, espeak-ng missing for --speak), 2 on usage errors."""
     args = build_parser().parse_args(argv)
 
     try:
@@ -200,17 +252,20 @@ def main(argv: list[str] | None = None) -> int:
 
     failed: list[str] = []
     figures = FigureFiles() if args.attention_out else None
+    voice = CaptionSpeech(Path(args.speak), args.images) if args.speak else None
     images = read_images(args.images, captioner.decode_side, failed)
     try:
         for (position, name), image, caption in caption_stream(captioner, images, args.batch_size, beam=args.beam,
                                                                max_len=args.max_len):
             # flush: piped into a file or another program, stdout is block-buffered and would hold every caption.
             print(f"{name}: {caption.text}", flush=True)
+            if voice:
+                voice.say(position, name, caption.text)
             if figures:
                 # Numbered by position among all the arguments: an unreadable file before it shifts nothing.
                 out = _attention_path(Path(args.attention_out), position, len(args.images))
                 figures.write(out, attention_figure(captioner, image, caption, out.suffix, Path(name).name))
     finally:
         unwritten = figures.close() if figures else 0
-    return 1 if failed or unwritten else 0
+    return 1 if failed or unwritten or (voice and voice.unspoken) else 0
 

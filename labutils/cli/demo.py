@@ -1,8 +1,9 @@
 """`python -m labutils demo --checkpoint FILE`: a local web page to caption a photo and watch the model look.
 
-A person uploads, drops or takes (webcam) a photo and gets the caption (greedy, beam search, or a sampled
-alternative with temperature and top-p), the word-by-word attention figure, and the caption read aloud. The page
-is Gradio, which Colab already ships and displays inline; it listens on 127.0.0.1 unless --host says otherwise.
+A person uploads, drops or takes (webcam) a photo and gets the caption (beam search by default, as the caption
+command does; greedy; or a sampled alternative with temperature and top-p), the word-by-word attention figure,
+and the caption read aloud. The page is Gradio, which Colab already ships and displays inline; it listens on
+127.0.0.1 unless --host says otherwise.
 
 Everything the page shows comes from `caption_for_page`, a plain function (tested without a browser): a photo
 that cannot be used is one sentence in the page's status line, never a stack trace, and the server keeps serving.
@@ -125,7 +126,7 @@ def read_photo(source, min_side: int | None = None) -> Image.Image:
 # ---------------------------------------------------------------------------------------------------------------
 # Captioning one photo for the page
 # ---------------------------------------------------------------------------------------------------------------
-def decode_one(captioner: Captioner, image: Image.Image, method: str = "greedy", beam: int = 3,
+def decode_one(captioner: Captioner, image: Image.Image, method: str = "beam", beam: int = 3,
                temperature: float = 1.0, top_p: float = 0.9, seed: int | None = None,
                max_len: int = 30) -> decode.Caption:
     """One Caption: greedy, beam search with `beam` beams, or one sample (a different alternative each call
@@ -152,7 +153,7 @@ def figure_for(captioner: Captioner, image: Image.Image, caption: decode.Caption
     return ImageOps.expand(mosaic, border=(0, FIGURE_TOP_BAND, 0, 0), fill="white")
 
 
-def caption_for_page(captioner: Captioner, photo, method: str = "greedy", beam: int = 3, temperature: float = 1.0,
+def caption_for_page(captioner: Captioner, photo, method: str = "beam", beam: int = 3, temperature: float = 1.0,
                      top_p: float = 0.9, seed: int | None = None, max_len: int = 30) -> PageResult:
     """Everything the page shows for `photo` (bytes, path, array or PIL image); never raises for a bad photo."""
     start = time.perf_counter()
@@ -235,7 +236,7 @@ def build_demo(captioner: Captioner, title: str = "Caption a photo and watch the
         with gr.Row():
             with gr.Column():
                 photo = _photo_input(gr)
-                method = gr.Radio(list(METHODS), value="greedy", label="Decoding", elem_id="method")
+                method = gr.Radio(list(METHODS), value="beam", label="Decoding", elem_id="method")
                 beam = gr.Slider(2, 8, value=3, step=1, label="Beam size (beam)")
                 temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.1, label="Temperature (sample)")
                 top_p = gr.Slider(0.1, 1.0, value=0.9, step=0.05, label="Top-p (sample)")

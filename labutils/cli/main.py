@@ -19,7 +19,7 @@ USAGE = """usage: python -m labutils COMMAND [...]
 
 commands:
   run       execute the lab's notebooks in order and print a summary
-  caption   caption one or more images with a trained checkpoint
+  caption   caption one or more images with a trained checkpoint; --speak reads each caption aloud into a WAV
   demo      a local web page: caption a photo, see where the model looked, hear it (needs gradio)
   alt-text  write alt text for a folder of photos: an accessible HTML gallery, a CSV, optionally EXIF/XMP
   video     caption a video scene by scene into WebVTT subtitles
