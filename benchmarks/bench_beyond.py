@@ -16,7 +16,6 @@ Each run is appended to benchmarks/results/beyond.json (runs with the same label
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 import os
@@ -54,10 +53,7 @@ def train_scored(cfg, kind: str, lab, cache, beam: int) -> tuple[torch.nn.Module
 
 def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy with SCST, batch by batch, until `minutes` of wall-clock time are spent."""
-    tuned = copy.deepcopy(decoder)
-    for module in tuned.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0  # the policy scored is the model as it runs at test time
+    tuned = scst.policy_copy(decoder)  # dropout off: the policy scored is the model as it runs at test time
     optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     started, batches, epoch, history = time.perf_counter(), 0, 0, []

@@ -44,6 +44,26 @@ def check_inputs(features: Tensor, captions: Tensor, lengths: Tensor) -> None:
         raise ValueError("lengths must give each caption's token count (2 to T, counting <start> and <end>).")
 
 
+def prepare_grid(features: Tensor, norm: nn.Module | None, project: nn.Module | None,
+                 position: Tensor | None) -> Tensor:
+    """Encoder grid [B, P, C] -> the vectors a decoder attends over [B, P, D]: the optional LayerNorm, a projection
+    (None keeps C) and the optional learned embedding per grid position [P, D].
+
+    Shared by ShowAttendTell and CaptionTransformer, whose modules stay their own attributes (so their state_dict
+    keys, and the checkpoints saved with them, do not change).
+    """
+    if norm is not None:
+        features = norm(features)
+    if project is not None:
+        features = project(features)
+    if position is None:
+        return features
+    if features.size(1) != position.size(0):
+        raise ValueError(f"This decoder was built for {position.size(0)} grid positions, got "
+                         f"{features.size(1)}; use features from the encoder/grid size it was trained on.")
+    return features + position
+
+
 class ShowAndTell(nn.Module):
     """Show and Tell: the pooled image vector is the LSTM's first input, then the caption's word embeddings."""
 
@@ -148,16 +168,7 @@ class ShowAttendTell(nn.Module):
 
     def prepare_features(self, features: Tensor) -> Tensor:
         """Encoder grid [B, P, C] -> the region vectors attention uses [B, P, C'] (identity for the plain paper model)."""
-        if self.feature_norm is not None:
-            features = self.feature_norm(features)
-        if self.adapter is not None:
-            features = self.adapter(features)
-        if self.position is None:
-            return features
-        if features.size(1) != self.position.size(0):
-            raise ValueError(f"This decoder was built for {self.position.size(0)} grid positions, got "
-                             f"{features.size(1)}; use features from the encoder/grid size it was trained on.")
-        return features + self.position
+        return prepare_grid(features, self.feature_norm, self.adapter, self.position)
 
     def initial_hidden(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """h0 and c0 [B, H] predicted from the mean feature (paper section 3.1.2)."""
@@ -280,6 +291,11 @@ def doubly_stochastic_penalty(alphas: Tensor, lengths: Tensor, alpha_c: float = 
 
 
 # -- a Transformer decoder with the same interface ---------------------------------------------------------------
+def causal_mask(steps: int, device: torch.device | str | None = None) -> Tensor:
+    """The causal mask [T, T] (bool) of teacher forcing: True where word t may look at word j, i.e. j <= t."""
+    return torch.ones(steps, steps, dtype=torch.bool, device=device).tril()
+
+
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention with `heads` heads (Vaswani et al. 2017, section 3.2), written out so that its
     weights [B, heads, Tq, Tk] can be returned and drawn. Used for self-attention (words look at earlier words)
@@ -393,15 +409,7 @@ class CaptionTransformer(nn.Module):
 
     def memory(self, features: Tensor) -> Tensor:
         """Grid [B, P, C] -> memory [B, P, D] that the words attend over (position-aware when asked for)."""
-        if self.feature_norm is not None:
-            features = self.feature_norm(features)
-        memory = self.memory_proj(features)  # [B, P, D]
-        if self.grid_position is None:
-            return memory
-        if memory.size(1) != self.grid_position.size(0):
-            raise ValueError(f"This decoder was built for {self.grid_position.size(0)} grid positions, got "
-                             f"{memory.size(1)}; use features from the encoder/grid size it was trained on.")
-        return memory + self.grid_position
+        return prepare_grid(features, self.feature_norm, self.memory_proj, self.grid_position)
 
     def memory_keys_values(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """Every layer's cross-attention keys and values [B, layers, heads, P, d], computed once per image."""
@@ -422,7 +430,7 @@ class CaptionTransformer(nn.Module):
             raise ValueError(f"This decoder has position embeddings for {self.max_len} words, got captions of "
                              f"{steps + 1} tokens; cap them at max_len + 1 tokens or build it with a larger max_len.")
         x = self.embed(captions[:, :-1], torch.arange(steps, device=captions.device))  # [B, T-1, D]: <start> w1 ..
-        causal = torch.ones(steps, steps, dtype=torch.bool, device=x.device).tril()  # [T-1, T-1]: j <= t
+        causal = causal_mask(steps, x.device)  # [T-1, T-1]: j <= t
         maps = []
         for i, layer in enumerate(self.layers):
             x, weights = layer(x, (keys[:, i], values[:, i]), causal)  # weights [B, h, T-1, P]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import applications, decode, solutions
 from .augment import transform_points
 from .data import collate_captions
-from .decoders import ShowAttendTell
+from .decoders import ShowAttendTell, causal_mask
 from .encoders import grid_features
 from .grounding import cell_coverage, mass_inside
 from .vocab import Vocabulary
@@ -491,7 +491,7 @@ def _causal_mask_hint(got, T: int) -> None:
     if tuple(got.shape) != (T, T):
         raise Wrong(f"for T={T} your mask is shaped {tuple(got.shape)}: one row per query word and one column "
                     "per word it may look at, [T, T]")
-    expected = solutions.causal_mask(T)
+    expected = causal_mask(T)  # the library's mask, the one CaptionTransformer uses
     if got.dtype != torch.bool:
         if torch.equal(got != 0, expected):
             raise Wrong("the pattern is right but the dtype is not: attend() calls masked_fill(~mask, ...), which "

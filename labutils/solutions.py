@@ -100,7 +100,7 @@ def mass_inside(alpha, mask, grid_size):
 
 def causal_mask(T):
     """10 · The causal mask [T, T] (bool) of teacher forcing: row t (the query, word t) may look at columns
-    j <= t, itself and the words before it, and at no later word."""
+    j <= t, itself and the words before it, and at no later word (the library's is `decoders.causal_mask`)."""
     return torch.ones(T, T, dtype=torch.bool).tril()
 
 

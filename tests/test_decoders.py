@@ -2,23 +2,10 @@
 
 import pytest
 import torch
+from decoder_inputs import B, C, P, T, V, make_inputs
 
 from labutils import decoders
 from labutils.decoders import ShowAndTell, ShowAttendTell, build_decoder, doubly_stochastic_penalty, from_spec
-
-B, P, C, V, T = 4, 6, 10, 17, 8
-LENGTHS = torch.tensor([8, 3, 5, 2])
-
-
-def _inputs(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    features = torch.randn(B, P, C, generator=gen)
-    captions = torch.randint(4, V, (B, T), generator=gen)
-    captions[:, 0] = 1
-    for row, length in enumerate(LENGTHS.tolist()):
-        captions[row, length - 1] = 2  # <end>
-        captions[row, length:] = 0  # <pad>
-    return features, captions, LENGTHS.clone()
 
 
 def _models():
@@ -39,7 +26,7 @@ MODELS = list(_models())
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_and_step_shapes(name):
     model = _models()[name]
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     out = model(features, captions, lengths)
     assert out.logits.shape == (B, T - 1, V)
     assert model.vocab_size == V
@@ -57,16 +44,16 @@ def test_forward_and_step_shapes(name):
 
 def test_show_and_tell_state_layout():
     model = _models()["show_tell_gru2"]
-    (h,) = model.init_state(_inputs()[0])
+    (h,) = model.init_state(make_inputs()[0])
     assert h.shape == (B, 2, 12)
-    h_c = _models()["show_tell_lstm2"].init_state(_inputs()[0])
+    h_c = _models()["show_tell_lstm2"].init_state(make_inputs()[0])
     assert [t.shape for t in h_c] == [(B, 2, 12), (B, 2, 12)]
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_tokens_after_the_end_do_not_change_valid_steps(name):
     model = _models()[name].eval()
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     changed = captions.clone()
     for row, length in enumerate(lengths.tolist()):
         changed[row, length:] = torch.arange(length, T) % (V - 4) + 4  # garbage instead of <pad>
@@ -81,7 +68,7 @@ def test_tokens_after_the_end_do_not_change_valid_steps(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_step_loop_equals_teacher_forced_forward(name):
     model = _models()[name].eval()
-    features, captions, lengths = _inputs(seed=3)
+    features, captions, lengths = make_inputs(seed=3)
     with torch.no_grad():
         out = model(features, captions, lengths)
         state = model.init_state(features)
@@ -100,7 +87,7 @@ def test_step_loop_equals_teacher_forced_forward(name):
 @pytest.mark.parametrize("name", ["attention", "attention_deep_pos"])
 def test_attention_weights_sum_to_one_and_padding_is_zero(name):
     model = _models()[name]
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     alphas = model(features, captions, lengths).alphas
     mask = decoders.valid_step_mask(lengths, T - 1)
     sums = alphas.sum(dim=2)
@@ -115,7 +102,7 @@ def test_encoder_projection_is_computed_once_per_batch():
     model = _models()["attention"]
     calls = []
     model.encoder_att.register_forward_hook(lambda *args: calls.append(1))
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     model(features, captions, lengths)
     assert len(calls) == 1, "forward must project the features once, not at every time step"
     state = model.init_state(features)
@@ -126,7 +113,7 @@ def test_encoder_projection_is_computed_once_per_batch():
 
 def test_state_can_be_reordered_for_beam_search():
     model = _models()["attention"].eval()
-    features, captions, _ = _inputs()
+    features, captions, _ = make_inputs()
     order = torch.tensor([2, 0, 0, 3])
     with torch.no_grad():
         state = model.init_state(features)
@@ -156,7 +143,7 @@ def test_penalty_is_zero_when_every_position_gets_total_attention_one():
 
 def test_penalty_gradient_reaches_the_attention_layers():
     model = _models()["attention"]
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     out = model(features, captions, lengths)
     doubly_stochastic_penalty(out.alphas, lengths).backward()
     assert model.full_att.weight.grad.abs().sum() > 0
@@ -210,7 +197,7 @@ def test_class_defaults_are_the_configs():
 
 def test_bad_inputs_give_one_clear_error():
     model = _models()["attention"]
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     with pytest.raises(ValueError, match="grid features"):
         model(features.mean(dim=1), captions, lengths)
     with pytest.raises(ValueError, match="lengths"):
@@ -220,7 +207,7 @@ def test_bad_inputs_give_one_clear_error():
 
 
 def test_position_embedding_makes_the_decoder_see_where_things_are():
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     swap = torch.arange(P).flip(0)  # the same grid vectors, mirrored
     plain, placed = _models()["attention"].eval(), _models()["attention_deep_pos"].eval()
     with torch.no_grad():
@@ -231,6 +218,25 @@ def test_position_embedding_makes_the_decoder_see_where_things_are():
     assert not torch.allclose(*differ, atol=1e-3)
     with pytest.raises(ValueError, match="grid positions"):
         placed(features[:, :3], captions, lengths)
+
+
+def test_both_attention_decoders_prepare_the_grid_alike_and_keep_their_checkpoint_keys():
+    """LayerNorm, then the projection, then the grid positions; the parameter names older checkpoints hold."""
+    features = make_inputs()[0] * 3.0 + 1.0  # off unit scale, so a skipped LayerNorm shows
+    sat = _models()["attention_deep_pos"].eval()
+    torch.manual_seed(0)
+    tfm = decoders.CaptionTransformer(V, C, dim=8, num_layers=1, num_heads=2, num_positions=P, feature_norm=True).eval()
+    with torch.no_grad():
+        sat.position.normal_()
+        tfm.grid_position.normal_()
+        normed = torch.nn.functional.layer_norm(features, (C,))  # the LayerNorms start as weight 1, bias 0
+        torch.testing.assert_close(sat.prepare_features(features), sat.adapter(normed) + sat.position)
+        torch.testing.assert_close(tfm.memory(features), tfm.memory_proj(normed) + tfm.grid_position)
+    assert {"feature_norm.weight", "feature_norm.bias", "adapter.0.weight", "position"} <= set(sat.state_dict())
+    assert {"feature_norm.weight", "feature_norm.bias", "memory_proj.weight", "grid_position"} <= set(tfm.state_dict())
+    for prepare in (sat.prepare_features, tfm.memory):
+        with pytest.raises(ValueError, match=f"built for {P} grid positions, got 3; use features from the encoder"):
+            prepare(features[:, :3])
 
 
 def test_grouped_step_equals_step_on_per_beam_copies():

@@ -13,7 +13,7 @@ from torch import nn
 from labutils import scst
 from labutils.config import QUICK
 from labutils.data import CaptionBatch
-from labutils.decoders import ShowAttendTell
+from labutils.decoders import CaptionTransformer, ShowAndTell, ShowAttendTell
 from labutils.metrics import simple_ptb_tokenize
 from labutils.train import cpu_threads
 from labutils.vocab import Vocabulary
@@ -203,6 +203,35 @@ def test_samples_never_hold_banned_tokens_and_pad_after_end():
 
 
 # -- training -----------------------------------------------------------------------------------------------------
+def _dropouts(model: nn.Module) -> list[float]:
+    """Every dropout probability of `model`: nn.Dropout's p and the between-layer dropout of a stacked LSTM/GRU."""
+    return [m.p if isinstance(m, nn.Dropout) else m.dropout for m in model.modules()
+            if isinstance(m, (nn.Dropout, nn.RNNBase))]
+
+
+@pytest.mark.parametrize("kind", ["transformer", "show_and_tell_2_layers"])
+def test_policy_copy_runs_without_dropout_and_leaves_the_original_alone(kind):
+    torch.manual_seed(0)
+    decoder = (CaptionTransformer(11, 8, dim=16, num_layers=1, num_heads=2, dropout=0.5, max_len=6)
+               if kind == "transformer" else ShowAndTell(11, 8, embed_dim=8, hidden_dim=12, num_layers=2, dropout=0.5))
+    features, captions, lengths = torch.randn(3, 4, 8), torch.randint(3, 11, (3, 6)), torch.full((3,), 6)
+    policy = scst.policy_copy(decoder).train()
+    decoder.train()
+
+    def logits(model: nn.Module) -> torch.Tensor:
+        return model(features, captions, lengths).logits
+
+    assert torch.equal(logits(policy), logits(policy)), "the copy must run as at test time, even in train mode"
+    assert not torch.equal(logits(decoder), logits(decoder)), "the original must keep its dropout"
+    assert set(_dropouts(policy)) == {0.0} and set(_dropouts(decoder)) == {0.5}
+    pairs = list(zip(decoder.parameters(), policy.parameters(), strict=True))
+    assert all(torch.equal(a, b) and a.data_ptr() != b.data_ptr() for a, b in pairs), "equal values, own storage"
+    original = next(decoder.parameters()).clone()
+    with torch.no_grad():
+        next(policy.parameters()).add_(1.0)
+    assert torch.equal(next(decoder.parameters()), original), "fine-tuning the copy must not change the original"
+
+
 TOY_CAPTIONS = {0: "a dog runs", 1: "a cat sleeps", 2: "two birds fly", 3: "a man rides"}
 
 

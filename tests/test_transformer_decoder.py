@@ -3,31 +3,18 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from decoder_inputs import B, C, P, T, V, make_inputs
 
 from labutils import checkpoint as ckpt
-from labutils import decode, decoders, train
+from labutils import decode, decoders, solutions, train
 from labutils.decoders import CaptionTransformer, build_decoder, from_spec
 from labutils.vocab import Vocabulary
-
-B, P, C, V, T = 4, 6, 10, 17, 8
-LENGTHS = torch.tensor([8, 3, 5, 2])
 
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread(single_torch_thread):
     """Run this module on one torch thread (see tests/conftest.py)."""
     yield
-
-
-def _inputs(seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    features = torch.randn(B, P, C, generator=gen)
-    captions = torch.randint(4, V, (B, T), generator=gen)
-    captions[:, 0] = 1
-    for row, length in enumerate(LENGTHS.tolist()):
-        captions[row, length - 1] = 2  # <end>
-        captions[row, length:] = 0  # <pad>
-    return features, captions, LENGTHS.clone()
 
 
 def _model(seed=0, **changes):
@@ -53,7 +40,7 @@ def _teacher_steps(model, features, captions):
 
 def test_shapes_and_state_layout():
     model = _model()
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     out = model(features, captions, lengths)
     assert out.logits.shape == (B, T - 1, V) and out.alphas.shape == (B, T - 1, P)
     state = model.init_state(features)
@@ -67,7 +54,7 @@ def test_shapes_and_state_layout():
 
 def test_step_loop_equals_teacher_forced_forward():
     model = _model().eval()
-    features, captions, lengths = _inputs(seed=3)
+    features, captions, lengths = make_inputs(seed=3)
     with torch.no_grad():
         out = model(features, captions, lengths)
         logits, alphas, _ = _teacher_steps(model, features, captions)
@@ -78,7 +65,7 @@ def test_step_loop_equals_teacher_forced_forward():
 
 def test_attention_is_the_mean_over_heads_and_layers_sums_to_one_and_is_zero_when_padded():
     model = _model().eval()  # dropout would make the two passes differ
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     out = model(features, captions, lengths)
     maps = model.cross_attention_maps(features, captions, lengths)
     torch.testing.assert_close(out.alphas, maps.mean(dim=(1, 2)))
@@ -91,9 +78,18 @@ def test_attention_is_the_mean_over_heads_and_layers_sums_to_one_and_is_zero_whe
     torch.testing.assert_close(alpha.sum(dim=1), torch.ones(B))
 
 
+def test_causal_mask_lets_word_t_see_words_up_to_t_only():
+    for steps in (1, 2, 5):
+        want = torch.tensor([[j <= t for j in range(steps)] for t in range(steps)])  # row t: the query word
+        mask = decoders.causal_mask(steps)
+        assert mask.dtype == torch.bool and torch.equal(mask, want)
+        assert torch.equal(solutions.causal_mask(steps), mask), "notebook 10's fallback must be the library's mask"
+    assert decoders.causal_mask(3, device="meta").device.type == "meta"  # built where the words are
+
+
 def test_a_changed_word_changes_no_earlier_prediction():
     model = _model().eval()
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     lengths = torch.full((B,), T)
     for t in range(1, T - 1):
         changed = captions.clone()
@@ -107,7 +103,7 @@ def test_a_changed_word_changes_no_earlier_prediction():
 
 def test_tokens_after_the_end_do_not_change_valid_steps():
     model = _model().eval()
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     changed = captions.clone()
     for row, length in enumerate(lengths.tolist()):
         changed[row, length:] = torch.arange(length, T) % (V - 4) + 4  # garbage instead of <pad>
@@ -122,7 +118,7 @@ def test_tokens_after_the_end_do_not_change_valid_steps():
 
 def test_step_projects_only_the_new_word_and_the_memory_once():
     model = _model().eval()
-    features, captions, _ = _inputs()
+    features, captions, _ = make_inputs()
     memory_calls, key_rows = [], []
     model.memory_proj.register_forward_hook(lambda *args: memory_calls.append(1))
     model.layers[0].self_attention.key.register_forward_hook(lambda m, inputs, out: key_rows.append(inputs[0].size(1)))
@@ -135,7 +131,7 @@ def test_step_projects_only_the_new_word_and_the_memory_once():
 
 def test_state_can_be_reordered_for_beam_search():
     model = _model().eval()
-    features, captions, _ = _inputs()
+    features, captions, _ = make_inputs()
     order = torch.tensor([2, 0, 0, 3])
     with torch.no_grad():
         state = model.init_state(features)
@@ -152,7 +148,7 @@ def test_state_can_be_reordered_for_beam_search():
 
 
 def test_position_embeddings_make_the_grid_order_matter():
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     mirrored = features[:, torch.arange(P).flip(0)]
     placed, plain = _model().eval(), _model(num_positions=None).eval()
     with torch.no_grad():
@@ -166,7 +162,7 @@ def test_position_embeddings_make_the_grid_order_matter():
 
 def test_clear_errors_for_captions_past_the_position_embeddings_and_for_bad_sizes():
     model = _model(max_len=3).eval()
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     with pytest.raises(ValueError, match="position embeddings for 3 words"):
         model(features, captions, lengths)
     with pytest.raises(ValueError, match="multiple of num_heads"):
@@ -262,7 +258,7 @@ def test_build_decoder_reads_the_config_and_the_spec_rebuilds_it(tmp_path):
 
 def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
     model = _model(dim=8, num_heads=2, ffn_dim=12).eval()
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     spec = train.decoder_spec(model)
     assert spec["kind"] == "transformer" and spec["ffn_dim"] == 12
     rebuilt = from_spec(spec)
@@ -279,7 +275,7 @@ def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
 
 def test_a_few_optimisation_steps_lower_the_training_loss():
     model = _model(dropout=0.0).train()
-    features, captions, lengths = _inputs()
+    features, captions, lengths = make_inputs()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(30):
