@@ -2,7 +2,7 @@
 
 The attention score of Xu et al. (2015) is  w . tanh(W_enc a_i + W_dec h_t)  for every position i. `W_enc a_i`
 does not depend on t, yet the seed tutorial (a-PyTorch-Tutorial-to-Image-Captioning) computes it inside the
-attention module, i.e. again at every time step. With full-profile sizes (196 positions of 2048 channels, a
+attention module, i.e. again at every time step. With coco-profile sizes (196 positions of 2048 channels, a
 512-d attention space) that matrix product is by far the biggest one in the step.
 
 Both variants here share ONE set of weights (the reference borrows the modules of a `ShowAttendTell`) and do

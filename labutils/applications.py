@@ -12,10 +12,13 @@ import csv
 import html
 import io
 import os
+import re
 import shutil
 import struct
 import subprocess
+import tempfile
 import unicodedata
+import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -46,6 +49,7 @@ class SpeechError(RuntimeError):
 # Speech: a caption read aloud into a WAV file
 # ---------------------------------------------------------------------------------------------------------------
 SPEECH_ENGINE = "espeak-ng"
+SPEECH_TIMEOUT_S = 120  # a caption takes well under a second; minutes mean a hung engine
 
 
 def speak(text: str, wav_path: str | Path, voice: str = "en", speed_wpm: int = 160) -> Path:
@@ -57,14 +61,24 @@ def speak(text: str, wav_path: str | Path, voice: str = "en", speed_wpm: int = 1
             f"espeak-ng` (in Colab: `!apt-get install -y espeak-ng`), or `make setup` on the lab machine.")
     wav_path = Path(wav_path)
     wav_path.parent.mkdir(parents=True, exist_ok=True)
+    # espeak-ng writes as it speaks: a scratch name until it has finished, so a killed run leaves no short WAV
+    # under the real name.
+    partial = wav_path.with_name(f".{wav_path.name}.{os.getpid()}.partial.wav")
     # A list of arguments, never a shell string: a caption is untrusted text. "--" stops a caption that starts
     # with "-" from being read as an option.
-    result = subprocess.run([binary, "-v", voice, "-s", str(speed_wpm), "-w", str(wav_path), "--", text or " "],
-                            capture_output=True, text=True, timeout=120)
-    if result.returncode != 0 or not wav_path.is_file() or wav_path.stat().st_size <= 44:
+    try:
+        result = subprocess.run([binary, "-v", voice, "-s", str(speed_wpm), "-w", str(partial), "--", text or " "],
+                                capture_output=True, text=True, timeout=SPEECH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        partial.unlink(missing_ok=True)
+        raise SpeechError(f"{SPEECH_ENGINE} took over {SPEECH_TIMEOUT_S} s to speak {len(text)} characters into "
+                          f"{wav_path}; give it a shorter text, or check that the machine is not overloaded.") from None
+    if result.returncode != 0 or not partial.is_file() or partial.stat().st_size <= 44:
+        partial.unlink(missing_ok=True)
         reason = (result.stderr or result.stdout).strip().splitlines()[:1] or [f"exit code {result.returncode}"]
         raise SpeechError(f"{SPEECH_ENGINE} could not write {wav_path} ({reason[0]}); check that the folder is "
                           f"writable and that the voice '{voice}' is installed (espeak-ng --voices).")
+    os.replace(partial, wav_path)
     return wav_path
 
 
@@ -132,6 +146,68 @@ def xmp_packet(caption: str) -> bytes:
             '</rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>').encode()
 
 
+_XMP_NAMESPACES = {"x": "adobe:ns:meta/", "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+                   "dc": "http://purl.org/dc/elements/1.1/",
+                   "Iptc4xmpCore": "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/"}
+_RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"  # ElementTree's {namespace}name form
+_CAPTION_TAGS = ("{http://purl.org/dc/elements/1.1/}description",
+                 "{http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/}AltTextAccessibility")
+_XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+
+
+def _parse_xmp(body: bytes) -> ET.Element | None:
+    """The root element of an XMP packet's XML, or None when it is not well-formed XML. Every prefix the packet
+    declares is registered with ElementTree, so that writing it back keeps "xmp:", "crs:", ... as they were."""
+    root, prefixes = None, {}
+    try:
+        for event, item in ET.iterparse(io.BytesIO(body), events=("start-ns", "start")):
+            if event == "start-ns":
+                prefixes[item[0]] = item[1]
+            elif root is None:
+                root = item
+    except ET.ParseError:
+        return None
+    # ElementTree's names are global: the packet's own prefixes first, then the four this module writes.
+    for prefix, uri in [*prefixes.items(), *_XMP_NAMESPACES.items()]:
+        if prefix and not re.fullmatch(r"ns\d+", prefix):  # "" and ns0, ns1 ... are ElementTree's own
+            ET.register_namespace(prefix, uri)
+    return root
+
+
+def _set_caption(rdf: ET.Element, caption: str) -> None:
+    """Remove dc:description and the alt text (as elements or as attributes) from every top-level
+    rdf:Description, then add both, as an x-default rdf:Alt, to the first one; everything else stays."""
+    descriptions = rdf.findall(f"{_RDF}Description") or [
+        ET.SubElement(rdf, f"{_RDF}Description", {f"{_RDF}about": ""})]
+    for description in descriptions:
+        for tag in _CAPTION_TAGS:
+            description.attrib.pop(tag, None)
+            for old in description.findall(tag):
+                description.remove(old)
+    for tag in _CAPTION_TAGS:
+        alt = ET.SubElement(ET.SubElement(descriptions[0], tag), f"{_RDF}Alt")
+        ET.SubElement(alt, f"{_RDF}li", {_XML_LANG: "x-default"}).text = caption
+
+
+def xmp_with_caption(packet: bytes | None, caption: str) -> bytes:
+    """`packet` (an image's existing XMP, or None) with the caption merged in as dc:description and the IPTC alt
+    text: a rating, a creator, GPS, edits, a title are all kept, and so is the <?xpacket?> wrapper.
+
+    The one case where old XMP is dropped: a packet that is not well-formed XML (or holds no rdf:RDF) cannot be
+    edited safely, so it is replaced by a fresh one holding only the caption, as when there is no packet."""
+    packet = packet or b""
+    start = packet.find(b"?>") + 2 if packet.lstrip().startswith(b"<?xpacket begin") else 0
+    end = packet.rfind(b"<?xpacket end")
+    end = end if end >= start else len(packet)
+    root = _parse_xmp(packet[start:end].strip()) if packet.strip() else None
+    rdf = None if root is None else root if root.tag == f"{_RDF}RDF" else root.find(f".//{_RDF}RDF")
+    if rdf is None:
+        return xmp_packet(caption)
+    _set_caption(rdf, caption)
+    head = packet[:start] or xmp_packet("").split(b"?>")[0] + b"?>"
+    return head + ET.tostring(root, encoding="unicode").encode("utf-8") + (packet[end:] or b'<?xpacket end="w"?>')
+
+
 def _exif_segment(data: bytes, caption: str) -> bytes:
     # The file's own EXIF (orientation, camera, date) is kept: only ImageDescription is set. EXIF text is ASCII
     # by the standard, so accents are folded there; XMP carries the exact UTF-8 caption.
@@ -163,13 +239,16 @@ def _app1(payload: bytes) -> bytes:
 
 
 def jpeg_with_caption(data: bytes, caption: str) -> bytes:
-    """The JPEG bytes with EXIF ImageDescription and XMP set to `caption`; every other byte is copied as is."""
+    """The JPEG bytes with EXIF ImageDescription set to `caption` and the caption merged into its XMP
+    (`xmp_with_caption`); every other byte is copied as is."""
     segments, scan = jpeg_segments(data)
+    old_xmp = next((seg[4 + len(_XMP_HEADER):] for marker, seg in segments
+                    if marker == 0xE1 and seg[4:].startswith(_XMP_HEADER)), None)
     kept = [seg for marker, seg in segments
             if not (marker == 0xE1 and seg[4:].startswith((_EXIF_HEADER, _XMP_HEADER)))]
     # JFIF (APP0) must stay first when present; the new EXIF and XMP segments go right after it.
     head = 1 if segments and segments[0][0] == 0xE0 else 0
-    new = [_app1(_exif_segment(data, caption)), _app1(_XMP_HEADER + xmp_packet(caption))]
+    new = [_app1(_exif_segment(data, caption)), _app1(_XMP_HEADER + xmp_with_caption(old_xmp, caption))]
     return b"\xff\xd8" + b"".join(kept[:head] + new + kept[head:]) + scan
 
 
@@ -190,12 +269,27 @@ def _itxt(keyword: str, text: bytes) -> bytes:
     return struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
 
 
+def _itxt_text(chunk: bytes) -> bytes | None:
+    """The text of a whole iTXt chunk (inflated when compressed), or None when it is damaged."""
+    try:
+        _keyword, rest = chunk[8:-4].split(b"\x00", 1)
+        compressed, rest = rest[0], rest[2:]  # flag, method (0: zlib, the only one PNG defines)
+        _language, _translated, text = rest.split(b"\x00", 2)
+        return zlib.decompress(text) if compressed else text
+    except (ValueError, IndexError, zlib.error):
+        return None
+
+
 def png_with_caption(data: bytes, caption: str) -> bytes:
-    """The PNG bytes with a "Description" text chunk and XMP set to `caption`; image chunks copied as is."""
-    replaced = (b"Description\x00", b"XML:com.adobe.xmp\x00")
-    chunks = [(kind, chunk) for kind, chunk in png_chunks(data)
+    """The PNG bytes with a "Description" text chunk set to `caption` and the caption merged into its XMP
+    (`xmp_with_caption`; XMP is read from the iTXt chunk the XMP standard puts it in); image chunks copied as is."""
+    replaced, chunks = (b"Description\x00", b"XML:com.adobe.xmp\x00"), png_chunks(data)
+    old_xmp = next((_itxt_text(chunk) for kind, chunk in chunks
+                    if kind == b"iTXt" and chunk[8:].startswith(replaced[1])), None)
+    chunks = [(kind, chunk) for kind, chunk in chunks
               if not (kind in (b"iTXt", b"tEXt", b"zTXt") and chunk[8:].startswith(replaced))]
-    new = _itxt("Description", caption.encode("utf-8")) + _itxt("XML:com.adobe.xmp", xmp_packet(caption))
+    new = (_itxt("Description", caption.encode("utf-8"))
+           + _itxt("XML:com.adobe.xmp", xmp_with_caption(old_xmp, caption)))
     # Right after IHDR, which the PNG standard requires to be first.
     return data[:8] + chunks[0][1] + new + b"".join(chunk for _, chunk in chunks[1:])
 
@@ -315,6 +409,64 @@ def alt_text_folder(folder: str | Path, caption_fn: CaptionFn, out_dir: str | Pa
 # ---------------------------------------------------------------------------------------------------------------
 class VideoReadError(ValueError):
     """A video file that is missing or that OpenCV cannot decode; the message names the file and the fix."""
+
+
+class VideoWriteError(ValueError):
+    """OpenCV cannot write a video of that kind (file suffix, codec); the message says which kind to use."""
+
+
+# The suffix picks the container and the codec. A browser's <video> plays WebM/VP8 (checked in headless Chromium by
+# tests/test_video_browser.py) but neither Motion JPEG in AVI nor OpenCV's MPEG-4 part 2 ("mp4v") in MP4.
+VIDEO_CODECS = {".webm": "VP80", ".avi": "MJPG", ".mp4": "mp4v"}
+
+
+def _encode_slideshow(path: Path, photos: Iterable[np.ndarray], fourcc: str, fps: float, frames_each: int,
+                      size: tuple[int, int]) -> int:
+    """Write each photo `frames_each` times into the video `path`; returns how many photos were written."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    try:
+        if not writer.isOpened():
+            raise VideoWriteError(f"OpenCV on this machine cannot write {fourcc} video into a {path.suffix} "
+                                  "file; name the video .webm (VP8, plays in browsers) or .avi (Motion JPEG).")
+        count = 0
+        for count, photo in enumerate(photos, 1):
+            photo = np.asarray(photo)
+            if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
+                raise ValueError(f"photo {count} has shape {photo.shape} and dtype {photo.dtype}; pass RGB photos "
+                                 "as uint8 arrays of shape [H, W, 3].")
+            frame = cv2.resize(photo, size, interpolation=cv2.INTER_AREA)[:, :, ::-1]  # [h, w, 3] RGB -> BGR
+            for _ in range(frames_each):
+                writer.write(np.ascontiguousarray(frame))
+        return count
+    finally:
+        writer.release()
+
+
+def write_slideshow(photos: Iterable[np.ndarray], path: str | Path, fps: float = 10, seconds_each: float = 1.5,
+                    size: tuple[int, int] = (256, 256)) -> Path:
+    """Write RGB photos ([H, W, 3] uint8, each resized to `size` = (width, height)) as a video showing each for
+    `seconds_each` seconds. The suffix picks the codec (VIDEO_CODECS): .webm (VP8) is the one browsers play.
+
+    The video is written under a temporary name in the same folder and renamed to `path` only once complete."""
+    path = Path(path)
+    fourcc = VIDEO_CODECS.get(path.suffix.lower())
+    if fourcc is None:
+        raise VideoWriteError(f"{path.name} has no video suffix OpenCV writes here; name it .webm (VP8, plays in "
+                              "browsers), .avi (Motion JPEG) or .mp4 (MPEG-4 part 2).")
+    frames_each = max(1, round(fps * seconds_each))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not infra.files.atomic_write: it hands out an open file, and OpenCV needs a path whose suffix names the
+    # container. A hidden scratch folder beside `path` is removed whatever happens, and the rename stays atomic.
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as scratch:
+        partial = Path(scratch) / f"partial{path.suffix}"
+        if _encode_slideshow(partial, photos, fourcc, fps, frames_each, size) == 0:
+            raise ValueError(f"no photos were given for {path.name}; pass at least one RGB photo.")
+        with open(partial, "rb") as done:  # on disk before the rename, as infra.files.atomic_write does
+            os.fsync(done.fileno())
+        os.replace(partial, path)
+    return path
 
 
 @dataclass

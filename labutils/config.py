@@ -1,5 +1,5 @@
 """The lab's three profiles in one small config object: `quick` (synthetic shapes, CPU, offline, minutes),
-`flickr8k` (8,000 real photos: a laptop CPU in minutes, a GPU faster) and `full` (MS-COCO, CUDA, only when asked
+`flickr8k` (8,000 real photos: a laptop CPU in minutes, a GPU faster) and `coco` (MS-COCO, CUDA, only when asked
 for by name)."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PROFILES = ("quick", "flickr8k", "full")
+PROFILES = ("quick", "flickr8k", "coco")
+# A profile's former name -> its name now and what it is: the old name then says where it went, not "unknown".
+RENAMED_PROFILES = {"full": ("coco", "MS-COCO")}
 
 
 def find_lab_root(start: Path | None = None) -> Path:
@@ -27,10 +29,11 @@ def find_lab_root(start: Path | None = None) -> Path:
 def default_profile() -> str:
     """Return `LAB_PROFILE` if set, else `flickr8k` when a CUDA GPU is present and `quick` otherwise.
 
-    MS-COCO (`full`, 20 GB) is never chosen for you: name it with LAB_PROFILE=full or get_config("full").
+    MS-COCO (`coco`, 20 GB) is never chosen for you: name it with LAB_PROFILE=coco or get_config("coco").
     """
     chosen = os.environ.get("LAB_PROFILE", "").strip().lower()
     if chosen:
+        refuse_former_name(chosen)
         if chosen not in PROFILES:
             raise ValueError(f"LAB_PROFILE={chosen!r} is not a profile; set it to one of {', '.join(PROFILES)}.")
         return chosen
@@ -42,6 +45,14 @@ def default_profile() -> str:
         return "quick"
 
 
+def refuse_former_name(profile: str) -> None:
+    """Raise ValueError, in one sentence naming the new name, when `profile` is a profile's former name."""
+    if profile in RENAMED_PROFILES:
+        new, what = RENAMED_PROFILES[profile]
+        raise ValueError(f"The profile {profile!r} is now called {new!r} ({what}); use --profile {new}, "
+                         f"LAB_PROFILE={new} or PROFILE = {new!r} in a notebook.")
+
+
 @dataclass
 class LabConfig:
     """Every size and path the lab uses; `get_config()` fills it from a profile."""
@@ -50,7 +61,7 @@ class LabConfig:
     data_root: Path = field(default_factory=lambda: find_lab_root() / "data")
     build_dir: Path = field(default_factory=lambda: find_lab_root() / "build")
     dataset_name: str = "synthetic"
-    coco_year: int = 2014  # MS-COCO release of the full profile: 2014, or 2017 (same images, 2017 file names)
+    coco_year: int = 2014  # MS-COCO release of the coco profile: 2014, or 2017 (same images, 2017 file names)
     seed: int = 0
     # dataset
     n_images: int = 3000
@@ -167,8 +178,8 @@ class LabConfig:
 
 QUICK = LabConfig()
 
-FULL = LabConfig(
-    profile="full",
+COCO = LabConfig(
+    profile="coco",
     dataset_name="coco2014",
     n_images=123_287,
     image_size=256,
@@ -223,12 +234,13 @@ FLICKR8K = LabConfig(
     mixed_precision=True,
 )
 
-BASES = {"quick": QUICK, "flickr8k": FLICKR8K, "full": FULL}
+BASES = {"quick": QUICK, "flickr8k": FLICKR8K, "coco": COCO}
 
 
 def get_config(profile: str | None = None, **overrides) -> LabConfig:
     """Return the config of `profile` (None: `LAB_PROFILE` or auto-detect) with `overrides` applied."""
     profile = (profile or default_profile()).lower()
+    refuse_former_name(profile)
     if profile not in PROFILES:
         raise ValueError(f"Unknown profile {profile!r}; use one of {', '.join(PROFILES)}.")
     base = BASES[profile]
@@ -248,7 +260,7 @@ def get_config(profile: str | None = None, **overrides) -> LabConfig:
     for key in ("data_root", "build_dir"):
         if key in overrides:
             overrides[key] = Path(overrides[key])
-    # get_config("full", coco_year=2017) keeps its files apart from 2014's, in data/coco2017, unless named.
+    # get_config("coco", coco_year=2017) keeps its files apart from 2014's, in data/coco2017, unless named.
     if "coco_year" in overrides and "dataset_name" not in overrides and cfg.dataset_name.startswith("coco"):
         overrides["dataset_name"] = f"coco{int(overrides['coco_year'])}"
     return cfg.replace(**overrides)

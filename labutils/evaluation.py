@@ -80,7 +80,7 @@ def evaluate_methods(decoder, vocab, source: Callable, references: Mapping[int, 
 
     `methods` maps a name to keyword arguments of `decode.caption_images` (default `DEFAULT_METHODS`); sampling
     methods get a generator seeded with `seed` unless they name one, so the table is reproducible. Features are
-    read `batch_size` images at a time and decoded by every method (full-profile grids are large). Besides the
+    read `batch_size` images at a time and decoded by every method (the coco profile's grids are large). Besides the
     metrics, the table holds the mean caption length, the share of distinct captions (diversity) and the decoding
     time.
     """

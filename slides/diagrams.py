@@ -131,7 +131,7 @@ def pipeline(path: Path) -> Path:
         if i:
             py = rows[(i - 1) % 2]
             arrow(ax, (xs[i - 1] + 0.5, py + (-0.45 if py > y else 0.45)), (x - 0.5, y + (0.45 if py > y else -0.45)))
-    ax.text(6, 3.95, "00: set-up; quick profile (CPU, synthetic) or full (CUDA, MS-COCO)",
+    ax.text(6, 3.95, "00: set-up; profile quick (shapes), flickr8k or coco (real photos)",
             ha="center", fontsize=16, color=INK)
     ax.text(6, 0.45, "labutils: one tested module per step; the notebooks call it and explain why",
             ha="center", fontsize=16, color="#4b5563", style="italic")

@@ -6,13 +6,14 @@ import os
 import re
 import shutil
 import wave
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from skimage import data as skdata
 
 from labutils import applications as apps
@@ -167,6 +168,98 @@ def test_in_place_rewrites_only_metadata_and_unicode_survives(tmp_path):
         assert "près d'une fenêtre".encode() in image.info["xmp"]  # XMP keeps the exact UTF-8 caption
 
 
+# --- a photo's own XMP (rating, creator, ...) survives: the caption is merged in -------------------------------
+XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"  # what starts a JPEG's XMP segment (APP1), by the XMP standard
+XMP_KEY = "XML:com.adobe.xmp"  # the keyword of a PNG's XMP iTXt chunk
+NS = {"rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#", "dc": "http://purl.org/dc/elements/1.1/",
+      "xmp": "http://ns.adobe.com/xap/1.0/", "Iptc4xmpCore": "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/"}
+OLD_DESCRIPTION = {  # an older caption, as an element or as an attribute: both are valid XMP
+    "element": ("", '<dc:description><rdf:Alt><rdf:li xml:lang="x-default">an old caption</rdf:li></rdf:Alt>'
+                    "</dc:description>"),
+    "attribute": (' dc:description="an old caption"', "")}
+
+
+def lightroom_xmp(old_description="element") -> bytes:
+    """A packet as photo software writes one: a rating (attribute), a creator (element), an old description."""
+    attribute, element = OLD_DESCRIPTION[old_description]
+    return ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n<x:xmpmeta xmlns:x="adobe:ns:meta/">'
+            '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description rdf:about="" '
+            f'xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmlns:dc="http://purl.org/dc/elements/1.1/" xmp:Rating="5"'
+            f'{attribute}><dc:creator><rdf:Seq><rdf:li>Ada Lovelace</rdf:li></rdf:Seq></dc:creator>{element}'
+            '</rdf:Description></rdf:RDF></x:xmpmeta>\n' + " " * 200 + '\n<?xpacket end="w"?>').encode()
+
+
+def photo_with_xmp(path, packet: bytes):
+    image = Image.fromarray(skdata.chelsea()).resize((64, 48))
+    if path.suffix == ".png":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(XMP_KEY, packet.decode(), zip=True)  # compressed, as exiftool may write it
+        image.save(path, pnginfo=info)
+    else:
+        image.save(path, quality=85, xmp=packet)
+    return path
+
+
+def xmp_packets(path) -> list[bytes]:
+    """Every XMP packet stored in the file (there must be one): JPEG APP1 segments, PNG iTXt chunks."""
+    data = path.read_bytes()
+    if path.suffix == ".png":
+        found = [kind for kind, chunk in apps.png_chunks(data) if chunk[8:].startswith(XMP_KEY.encode() + b"\0")]
+        with Image.open(path) as image:
+            return [image.info[XMP_KEY].encode()] * len(found)
+    segments, _ = apps.jpeg_segments(data)
+    return [seg[4 + len(XMP_HEADER):] for marker, seg in segments if marker == 0xE1 and seg[4:].startswith(XMP_HEADER)]
+
+
+def xmp_fields(packet: bytes) -> dict:
+    """What a reader finds in the packet (parsed whole, wrapper included, so it must be well-formed)."""
+    assert packet.startswith(b"<?xpacket begin=") and packet.rstrip().endswith(b'<?xpacket end="w"?>')
+    root = ET.fromstring(packet)
+    descriptions = root.findall(".//rdf:RDF/rdf:Description", NS)
+    alt = lambda tag: [li.text for d in descriptions for li in d.findall(f"{tag}/rdf:Alt/rdf:li", NS)]  # noqa: E731
+    return {"rating": descriptions[0].get(f"{{{NS['xmp']}}}Rating"),
+            "creator": [li.text for li in descriptions[0].findall("dc:creator/rdf:Seq/rdf:li", NS)],
+            "description": alt("dc:description") + [d.get(f"{{{NS['dc']}}}description") for d in descriptions
+                                                    if d.get(f"{{{NS['dc']}}}description") is not None],
+            "alt_text": alt("Iptc4xmpCore:AltTextAccessibility")}
+
+
+@pytest.mark.parametrize("old_description", ["element", "attribute"])
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_caption_merges_into_the_photos_xmp_keeping_rating_and_creator(tmp_path, suffix, old_description):
+    original = photo_with_xmp(tmp_path / f"cat{suffix}", lightroom_xmp(old_description))
+    copy = tmp_path / "out" / f"cat{suffix}"
+    assert apps.write_caption_metadata(original, copy, "a cat & a <window>") == ""
+    [packet] = xmp_packets(copy)
+    assert xmp_fields(packet) == {"rating": "5", "creator": ["Ada Lovelace"],
+                                  "description": ["a cat & a <window>"], "alt_text": ["a cat & a <window>"]}
+    assert b'xmp:Rating="5"' in packet and b"<dc:creator>" in packet  # the packet's own prefixes are kept
+    assert_same_pixels_and_compressed_data(original, copy)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_xmp_that_is_not_xml_is_replaced_by_a_fresh_packet(tmp_path, suffix):
+    broken = b'<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta><rdf:RDF>cut off<?xpacket end="w"?>'
+    path = photo_with_xmp(tmp_path / f"cat{suffix}", broken)
+    apps.write_caption_metadata(path, path, "a cat")
+    assert xmp_packets(path) == [apps.xmp_packet("a cat")]
+    assert xmp_fields(apps.xmp_packet("a cat")) == {"rating": None, "creator": [], "description": ["a cat"],
+                                                    "alt_text": ["a cat"]}
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_writing_a_caption_twice_leaves_one_description_and_one_xmp_packet(tmp_path, suffix):
+    path = photo_with_xmp(tmp_path / f"cat{suffix}", lightroom_xmp())
+    original = tmp_path / f"original{suffix}"
+    shutil.copy(path, original)
+    apps.write_caption_metadata(path, path, "first caption")
+    apps.write_caption_metadata(path, path, "second caption")
+    [packet] = xmp_packets(path)
+    assert xmp_fields(packet) == {"rating": "5", "creator": ["Ada Lovelace"], "description": ["second caption"],
+                                  "alt_text": ["second caption"]}
+    assert_same_pixels_and_compressed_data(original, path)
+
+
 def test_interrupted_run_leaves_the_previous_outputs_whole(photo_folder, tmp_path):
     out = tmp_path / "out"
     apps.alt_text_folder(photo_folder, size_caption, out, progress=False)
@@ -205,6 +298,24 @@ def test_missing_speech_engine_is_one_sentence(tmp_path, monkeypatch):
     assert message.endswith(".") and not (tmp_path / "x.wav").exists()
 
 
+def test_a_hung_speech_engine_is_one_sentence_and_keeps_the_previous_wav_whole(tmp_path, monkeypatch):
+    engine = tmp_path / "bin" / "espeak-ng"  # writes the start of a WAV where -w says, then hangs
+    engine.parent.mkdir()
+    engine.write_text(f'#!/bin/sh\nwhile [ "$1" != "-w" ]; do shift; done\nprintf RIFF-partial > "$2"\n'
+                      f'exec {shutil.which("sleep")} 30\n')
+    engine.chmod(0o755)
+    monkeypatch.setenv("PATH", str(engine.parent))
+    monkeypatch.setattr(apps, "SPEECH_TIMEOUT_S", 1)
+    previous = tmp_path / "out" / "cat.wav"
+    previous.parent.mkdir()
+    previous.write_bytes(b"RIFF....WAVE the last run's complete file")
+    with pytest.raises(apps.SpeechError) as info:
+        apps.speak("a cat on a sofa", previous)
+    assert "took over 1 s" in str(info.value) and len(str(info.value).splitlines()) == 1
+    assert previous.read_bytes() == b"RIFF....WAVE the last run's complete file"
+    assert sorted(p.name for p in previous.parent.iterdir()) == ["cat.wav"]  # no scratch file left behind
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Video
 # ---------------------------------------------------------------------------------------------------------------
@@ -212,23 +323,15 @@ PHOTOS = {"astronaut": skdata.astronaut(), "coffee": skdata.coffee(), "cat": skd
 FPS, SIZE, SECONDS_EACH = 10, (160, 120), 2
 
 
-def write_video(path, frames_rgb):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), FPS, SIZE)
-    assert writer.isOpened(), "OpenCV here cannot write MJPG AVI files"
-    for frame in frames_rgb:
-        writer.write(np.ascontiguousarray(cv2.resize(frame, SIZE)[:, :, ::-1]))  # [H, W, 3] RGB -> BGR
-    writer.release()
-    return path
-
-
 @pytest.fixture(scope="module")
 def slideshow(tmp_path_factory):
-    frames = [photo for photo in PHOTOS.values() for _ in range(FPS * SECONDS_EACH)]
-    return write_video(tmp_path_factory.mktemp("video") / "slideshow.avi", frames)
+    """The three photos, 2 s each, as WebM/VP8: the format a browser's <video> plays (tests/test_video_browser.py)."""
+    return apps.write_slideshow(PHOTOS.values(), tmp_path_factory.mktemp("video") / "slideshow.webm", FPS,
+                                SECONDS_EACH, SIZE)
 
 
 def nearest_photo(image):
-    """Stub captioner: the name of the test photo the frame looks most like (sees through MJPG's losses)."""
+    """Stub captioner: the name of the test photo the frame looks most like (sees through the codec's losses)."""
     frame = np.asarray(image.resize(SIZE)).astype(np.float32)
     return min(PHOTOS, key=lambda name: np.abs(frame - cv2.resize(PHOTOS[name], SIZE)).mean())
 
@@ -246,9 +349,71 @@ def test_slideshow_gives_one_cue_per_photo_at_the_right_times(slideshow):
 def test_same_caption_scenes_merge_and_still_video_is_one_cue(slideshow, tmp_path):
     merged = apps.caption_video(slideshow, lambda image: "a picture", every_s=0.5)
     assert [(cue.start, cue.text) for cue in merged] == [(0.0, "a picture")] and merged[0].end == pytest.approx(6)
-    still = write_video(tmp_path / "still.avi", [PHOTOS["coffee"]] * 25)
+    still = apps.write_slideshow([PHOTOS["coffee"]], tmp_path / "still.avi", FPS, 2.5, SIZE)  # 25 MJPG frames
     cues = apps.caption_video(still, nearest_photo, every_s=0.5)
     assert [(cue.start, cue.text) for cue in cues] == [(0.0, "coffee")] and cues[0].end == pytest.approx(2.5)
+
+
+READ_BACK_CODEC = {".webm": {"VP80"}, ".avi": {"MJPG"}, ".mp4": {"FMP4", "mp4v", "MP4V"}}  # FFmpeg: "FMP4"
+
+
+def read_frames(path):
+    """The codec's fourcc, the frame size and every frame (BGR) of a video, as OpenCV reads it back."""
+    video = cv2.VideoCapture(str(path))
+    try:
+        fourcc = int(video.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode()
+        size = (int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        frames, (ok, frame) = [], video.read()
+        while ok:
+            frames.append(frame)
+            ok, frame = video.read()
+    finally:
+        video.release()
+    return fourcc, size, frames
+
+
+@pytest.mark.parametrize("suffix", [".webm", ".avi", ".mp4"])
+def test_slideshow_suffix_picks_the_codec_and_each_photo_fills_its_seconds(tmp_path, suffix):
+    path = apps.write_slideshow(PHOTOS.values(), tmp_path / f"clip{suffix}", fps=10, seconds_each=0.5,
+                                size=(64, 48))
+    fourcc, size, frames = read_frames(path)
+    assert fourcc in READ_BACK_CODEC[suffix] and size == (64, 48) and len(frames) == 3 * 5
+    shown = [nearest_photo(Image.fromarray(np.ascontiguousarray(frame[:, :, ::-1]))) for frame in frames]
+    assert shown == [name for name in PHOTOS for _ in range(5)]  # in order, 5 frames (0.5 s at 10 fps) each
+    for frame, photo in zip(frames[::5], PHOTOS.values(), strict=True):  # RGB in, so BGR as OpenCV reads it
+        assert np.abs(frame.reshape(-1, 3).mean(0)[::-1] - photo.reshape(-1, 3).mean(0)).max() < 12
+    assert [p.name for p in tmp_path.iterdir()] == [f"clip{suffix}"]  # the temporary name is gone
+
+
+@pytest.mark.parametrize("name, photos, codecs, says", [
+    ("clip.gif", [PHOTOS["cat"]], {}, "name it .webm"),  # no codec for that suffix
+    ("clip.gif", [PHOTOS["cat"]], {".gif": "MJPG"}, "cannot write MJPG"),  # OpenCV opens no writer
+    ("clip.webm", [PHOTOS["cat"][:, :, 0]], {}, "[H, W, 3]"),  # a grey photo
+    ("clip.webm", [], {}, "at least one"),
+])
+def test_a_slideshow_that_cannot_be_written_is_one_sentence_and_leaves_no_file(tmp_path, monkeypatch, name,
+                                                                               photos, codecs, says):
+    for suffix, fourcc in codecs.items():
+        monkeypatch.setitem(apps.VIDEO_CODECS, suffix, fourcc)
+    with pytest.raises(ValueError) as info:
+        apps.write_slideshow(photos, tmp_path / name)
+    message = str(info.value)
+    assert says in message and len(message.splitlines()) == 1 and message.endswith(".")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_slideshow_leaves_the_previous_video_whole(tmp_path):
+    path = apps.write_slideshow([PHOTOS["cat"]], tmp_path / "clip.webm", seconds_each=0.5, size=(64, 48))
+    before = path.read_bytes()
+
+    def photos_then_interrupt():
+        yield PHOTOS["astronaut"]
+        raise KeyboardInterrupt
+
+    for target in (path, tmp_path / "new.webm"):
+        with pytest.raises(KeyboardInterrupt):
+            apps.write_slideshow(photos_then_interrupt(), target, seconds_each=0.5, size=(64, 48))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["clip.webm"]
 
 
 def test_webvtt_file_format(slideshow, tmp_path):

@@ -104,9 +104,9 @@ def karpathy_json(data: dict[str, dict], n_val: int, n_test: int) -> dict:
     return {"images": images, "dataset": "coco"}
 
 
-def full_cfg(tmp_path):
-    """Full-profile config whose data lives in tmp_path."""
-    return get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build")
+def coco_cfg(tmp_path):
+    """A coco-profile config whose data lives in tmp_path."""
+    return get_config("coco", data_root=tmp_path / "data", build_dir=tmp_path / "build")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -141,11 +141,11 @@ def test_ensure_dataset_quick_never_replaces_a_dataset_the_lab_did_not_write(tmp
     assert synthetic.fingerprint(cfg.dataset_dir) == before
 
 
-def test_ensure_dataset_full_offline_fails_with_one_sentence(tmp_path, monkeypatch):
+def test_ensure_dataset_coco_offline_fails_with_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setattr(mscoco, "COCO_BASE_URL", closed_port_url())
     monkeypatch.setattr(mscoco, "KARPATHY_SPLIT_URL", closed_port_url())
     with pytest.raises(coco.DatasetUnavailableError) as err:
-        course.ensure_dataset(full_cfg(tmp_path), progress=False)
+        course.ensure_dataset(coco_cfg(tmp_path), progress=False)
     message = str(err.value)
     assert "caption annotations" in message and "train2014 images" in message and "val2014 images" in message
     assert "LAB_PROFILE=quick" in message and "Colab" in message
@@ -406,7 +406,7 @@ def test_convert_coco2014_with_karpathy_split_and_subset(tmp_path):
 
 
 def test_prepare_mscoco_offline_with_files_present_converts_them(tmp_path):
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     data = write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     (cfg.dataset_dir / "dataset_coco.json").write_text(json.dumps(karpathy_json(data, n_val=3, n_test=3)))
     closed = closed_port_url()
@@ -419,7 +419,7 @@ def test_prepare_mscoco_offline_with_files_present_converts_them(tmp_path):
 
 
 def test_prepare_mscoco_offline_without_karpathy_rebuilds_and_says_so(tmp_path, capsys):
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     closed = closed_port_url()
     mscoco.prepare_mscoco(cfg, base_url=closed, karpathy_url=closed, progress=False, n_val=2, n_test=2)
@@ -432,7 +432,7 @@ def test_prepare_mscoco_offline_with_images_missing_names_them(tmp_path, monkeyp
 
     # The message under test must not depend on how full the test machine's disk is.
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**14, 0, 10**14))
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10, images=False)
     closed = closed_port_url()
     with pytest.raises(coco.DatasetUnavailableError, match=r"missing: 22 images in train2014, val2014\)"):
@@ -466,7 +466,7 @@ def test_prepare_mscoco_downloads_archives_from_a_server(tmp_path, server, capsy
              {f"{folder}/{p.name}": p for p in (staging / "images" / folder).glob("*.jpg")})
     _zip(www / "caption_datasets.zip", {"dataset_coco.json": json.dumps(karpathy_json(data, 2, 2)).encode(),
                                         "dataset_flickr8k.json": b"{}"})
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     root = mscoco.prepare_mscoco(cfg, base_url=url, karpathy_url=f"{url}/caption_datasets.zip", progress=False)
     first = capsys.readouterr().out.splitlines()[0]  # size and time are said before anything is fetched
     assert re.match(r"Preparing MS-COCO 2014 \(the whole dataset\) under .*: about 20\.4 GB to download, about "
@@ -487,7 +487,7 @@ def test_prepare_mscoco_downloads_archives_from_a_server(tmp_path, server, capsy
 
 def test_prepare_mscoco_subset_fetches_single_images(tmp_path, server):
     www, url = server
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     write_fake_coco2014(cfg.dataset_dir, n_train=30, n_val=20, images=False)
     for folder, first in (("train2014", 9), ("val2014", 42)):
         for i in range(first, first + 60, 2):
@@ -543,15 +543,15 @@ def write_fake_coco2017(root: Path, n_train: int, n_val: int, n_val2017: int, im
 
 
 def test_coco_year_in_the_config_names_the_dataset_folder():
-    assert get_config("full").coco_year == 2014 and get_config("full").dataset_name == "coco2014"
-    cfg = get_config("full", coco_year=2017)
+    assert get_config("coco").coco_year == 2014 and get_config("coco").dataset_name == "coco2014"
+    cfg = get_config("coco", coco_year=2017)
     assert cfg.dataset_name == "coco2017" and cfg.dataset_dir.name == "coco2017" and mscoco.coco_year(cfg) == 2017
-    assert get_config("full", coco_year=2017, dataset_name="mine").dataset_name == "mine"
+    assert get_config("coco", coco_year=2017, dataset_name="mine").dataset_name == "mine"
     assert get_config("quick", coco_year=2017).dataset_name == "synthetic"  # the quick profile has no MS-COCO
-    with pytest.raises(ValueError, match=r"get_config\('full', coco_year=2017\)"):
-        mscoco.coco_year(get_config("full").replace(coco_year=2017))  # 2017 files would land in coco2014/
+    with pytest.raises(ValueError, match=r"get_config\('coco', coco_year=2017\)"):
+        mscoco.coco_year(get_config("coco").replace(coco_year=2017))  # 2017 files would land in coco2014/
     with pytest.raises(ValueError, match="use 2014 or 2017"):
-        mscoco.coco_year(get_config("full", coco_year=2015))
+        mscoco.coco_year(get_config("coco", coco_year=2015))
     assert mscoco.COCO2014_ARCHIVES is mscoco.COCO_ARCHIVES[2014] and mscoco.image_folders(2017) == ("train2017", "val2017")
 
 
@@ -609,7 +609,7 @@ def test_karpathy_split_applies_to_2017_file_names(tmp_path):
 
 
 def test_prepare_mscoco_2017_offline_rebuilds_the_standard_split_and_says_so(tmp_path, capsys):
-    cfg = get_config("full", coco_year=2017, data_root=tmp_path / "data", build_dir=tmp_path / "build",
+    cfg = get_config("coco", coco_year=2017, data_root=tmp_path / "data", build_dir=tmp_path / "build",
                      image_size=8)
     write_fake_coco2017(cfg.dataset_dir, n_train=12, n_val=10, n_val2017=4)
     closed = closed_port_url()
@@ -624,7 +624,7 @@ def test_prepare_mscoco_2017_offline_rebuilds_the_standard_split_and_says_so(tmp
     assert mscoco.mscoco_status(cfg)["converted"] and mscoco.mscoco_status(cfg)["val2017 images"]
     assert resize.image_root(cfg) == cfg.dataset_dir / "images_8px"
     with pytest.raises(coco.DatasetUnavailableError, match=r"MS-COCO 2017 is incomplete .*missing: 2017 caption"):
-        mscoco.prepare_mscoco(get_config("full", coco_year=2017, data_root=tmp_path / "empty"), base_url=closed,
+        mscoco.prepare_mscoco(get_config("coco", coco_year=2017, data_root=tmp_path / "empty"), base_url=closed,
                             karpathy_url="", progress=False)
 
 
@@ -633,8 +633,8 @@ def test_prepare_mscoco_2017_offline_rebuilds_the_standard_split_and_says_so(tmp
 
 
 def _prepared_2014(tmp_path, **kw):
-    """A full-profile config (8-px images: fast) on fake 2014 files, prepared offline with the resize step."""
-    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8, **kw)
+    """A coco-profile config (8-px images: fast) on fake 2014 files, prepared offline with the resize step."""
+    cfg = get_config("coco", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8, **kw)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     mscoco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2)
     return cfg
@@ -682,7 +682,7 @@ def test_reconverted_annotations_make_the_resize_record_stale(tmp_path):
 
 
 def test_corrupt_image_is_reported_in_one_sentence_and_not_counted_complete(tmp_path, capsys):
-    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
+    cfg = get_config("coco", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     bad = cfg.image_dir / "val2014" / _coco_name("val2014", 44)
     bad.write_bytes(bad.read_bytes()[:300])  # a transfer cut off mid-way
@@ -707,7 +707,7 @@ def test_corrupt_image_is_reported_in_one_sentence_and_not_counted_complete(tmp_
 def test_resize_never_writes_into_a_folder_the_lab_did_not_make(tmp_path):
     from labutils.infra.files import NotLabFolderError
 
-    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
+    cfg = get_config("coco", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     theirs = resize.resized_image_dir(cfg) / "val2014"
     theirs.mkdir(parents=True)
@@ -731,7 +731,7 @@ def test_a_second_resize_waits_for_the_first_and_writes_its_record_last(tmp_path
 
     from labutils.infra.files import folder_lock
 
-    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
+    cfg = get_config("coco", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     mscoco.prepare_mscoco(cfg, base_url=closed_port_url(), karpathy_url="", progress=False, n_val=2, n_test=2,
                         resize=False)
@@ -756,7 +756,7 @@ def test_image_root_is_the_image_folder_on_the_quick_profile(tiny_cfg):
 
 
 def test_ensure_dataset_keeps_the_prepared_subset(tmp_path, monkeypatch):
-    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
+    cfg = get_config("coco", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
     write_fake_coco2014(cfg.dataset_dir, n_train=12, n_val=10)
     closed = closed_port_url()
     mscoco.prepare_mscoco(cfg, subset=10, base_url=closed, karpathy_url="", progress=False, n_val=2, n_test=2)

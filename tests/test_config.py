@@ -13,12 +13,28 @@ def test_quick_profile_is_cpu_and_small(monkeypatch):
     assert cfg.captions_file.name == "captions.json" and cfg.split_file.name == "splits.json"
 
 
-def test_full_profile_falls_back_to_cpu_without_cuda(monkeypatch):
+def test_coco_profile_falls_back_to_cpu_without_cuda(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    cfg = get_config("full")
+    cfg = get_config("coco")
+    assert cfg.profile == "coco" and cfg.dataset_name == "coco2014"
     assert cfg.encoder == "resnet101" and cfg.device == "cpu" and not cfg.mixed_precision
+
+
+@pytest.mark.parametrize("name", ["full", "FULL", " full "])
+def test_the_former_name_full_says_the_profile_is_now_coco(monkeypatch, name):
+    """`full` was renamed `coco` (issue 12): naming it, in code or in LAB_PROFILE, says the new name in one sentence."""
+    with pytest.raises(ValueError) as in_code:
+        get_config(name.strip())
+    monkeypatch.setenv("LAB_PROFILE", name)
+    with pytest.raises(ValueError) as in_environment:
+        get_config()
+    for message in (str(in_code.value), str(in_environment.value)):
+        assert message.startswith("The profile 'full' is now called 'coco' (MS-COCO);")
+        assert "--profile coco" in message and "LAB_PROFILE=coco" in message
+        assert message.count(". ") == 0 and message.endswith(".") and "\n" not in message
+    assert "full" not in config.PROFILES and "full" not in config.BASES
 
 
 def test_environment_variables_choose_profile_and_folders(monkeypatch, tmp_path):
@@ -59,5 +75,5 @@ def test_quick_training_is_bounded_by_epochs_and_its_time_limit_is_only_a_safety
     cell_timeout = int(re.search(r"--nbval-cell-timeout=(\d+)", (root / "Makefile").read_text()).group(1))
     assert 4 * quiet_all_epochs_s <= cfg.time_budget_s < cell_timeout
     assert cfg.cpu_threads, "without a fixed CPU thread count the same seed trains other weights on other machines"
-    assert get_config("full").time_budget_s is None
+    assert get_config("coco").time_budget_s is None
     assert all(all(run["identical"].values()) for run in recorded["runs"].values()), "rerun the benchmark"

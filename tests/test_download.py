@@ -645,8 +645,8 @@ def coco_web(web, monkeypatch):
     return web
 
 
-def full_cfg(tmp_path):
-    return get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build")
+def coco_cfg(tmp_path):
+    return get_config("coco", data_root=tmp_path / "data", build_dir=tmp_path / "build")
 
 
 def test_prepare_mscoco_subset_end_to_end(coco_web, tmp_path, capsys):
@@ -654,7 +654,7 @@ def test_prepare_mscoco_subset_end_to_end(coco_web, tmp_path, capsys):
     publish_coco(coco_web, data)
     coco_web.files["/mirror/dataset_coco.json"] = karpathy_dataset(data)  # the canonical zip is gone (404)
     coco_web.faults["/annotations/annotations_trainval2014.zip"] = ["cut:400"]  # bad Wi-Fi on the first try
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     assert mscoco.prepare_mscoco(cfg, subset=10, progress=False) == cfg.dataset_dir
     out = capsys.readouterr().out
     assert f"Fetched Karpathy's split from {coco_web.url}/mirror/dataset_coco.json." in out
@@ -687,7 +687,7 @@ def test_prepare_mscoco_falls_back_to_a_rebuilt_split_and_resumes_image_zips(coc
     publish_coco(coco_web, data, image_zips=True)
     coco_web.faults["/karpathy/caption_datasets.zip"] = ["500"] * 10  # every split source fails
     coco_web.faults["/zips/train2014.zip"] = ["cut:1500"]
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     mscoco.prepare_mscoco(cfg, progress=False, n_val=3, n_test=3)
     out = capsys.readouterr().out
     assert "Karpathy's split could not be fetched" in out and "Karpathy-like 3/3 val/test split" in out
@@ -706,7 +706,7 @@ def test_dry_run_offline_names_every_missing_piece_in_one_sentence_each(tmp_path
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**14, 0, 10**14))
     closed = closed_port_url()
     monkeypatch.setattr(mscoco, "COCO_BASE_URL", closed)
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     started = time.perf_counter()
     with pytest.raises(coco.DatasetUnavailableError) as err:
         mscoco.prepare_mscoco(cfg, dry_run=True, progress=False)
@@ -730,14 +730,14 @@ def test_dry_run_reports_too_little_disk_space(tmp_path, monkeypatch):
     usage = type("Usage", (), {"free": 5 * 10**9, "total": 10**11, "used": 0})
     monkeypatch.setattr(mscoco.shutil, "disk_usage", lambda path: usage)
     with pytest.raises(coco.DatasetUnavailableError) as err:
-        mscoco.prepare_mscoco(full_cfg(tmp_path), dry_run=True, progress=False)
+        mscoco.prepare_mscoco(coco_cfg(tmp_path), dry_run=True, progress=False)
     disk = str(err.value).splitlines()[-1]
     assert "5.0 GB free" in disk and "33.9 GB at its peak" in disk and "LAB_DATA_DIR" in disk
 
 
 def test_dry_run_online_prints_the_plan_and_downloads_nothing(coco_web, tmp_path, capsys):
     publish_coco(coco_web, coco_like())
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     assert mscoco.prepare_mscoco(cfg, subset=10, dry_run=True, progress=False) == cfg.dataset_dir
     out = capsys.readouterr().out
     assert out.startswith("Dry run: preparing MS-COCO 2014") and "10 subset images are not fetched yet" in out
@@ -770,8 +770,8 @@ def coco_like2017(n_train: int = 30, n_val: int = 20, n_val2017: int = 8) -> dic
     return out
 
 
-def full_cfg_2017(tmp_path):
-    return get_config("full", coco_year=2017, data_root=tmp_path / "data", build_dir=tmp_path / "build",
+def coco_cfg_2017(tmp_path):
+    return get_config("coco", coco_year=2017, data_root=tmp_path / "data", build_dir=tmp_path / "build",
                       image_size=8)
 
 
@@ -779,7 +779,7 @@ def test_prepare_mscoco_2017_subset_end_to_end(coco_web, tmp_path, capsys):
     data = coco_like2017()
     publish_coco(coco_web, data, year=2017)
     coco_web.files["/mirror/dataset_coco.json"] = karpathy_dataset(coco_like())  # Karpathy's file, 2014 names
-    cfg = full_cfg_2017(tmp_path)
+    cfg = coco_cfg_2017(tmp_path)
     assert cfg.dataset_dir == tmp_path / "data" / "coco2017"
     assert mscoco.prepare_mscoco(cfg, subset=10, progress=False) == cfg.dataset_dir
     assert "Using Karpathy's split" in capsys.readouterr().out
@@ -806,7 +806,7 @@ def test_prepare_mscoco_2017_zips_with_the_standard_fallback_split(coco_web, tmp
     publish_coco(coco_web, data, image_zips=True, year=2017)
     coco_web.faults["/karpathy/caption_datasets.zip"] = ["500"] * 10  # every split source fails
     coco_web.faults["/zips/train2017.zip"] = ["cut:1500"]
-    cfg = full_cfg_2017(tmp_path)
+    cfg = coco_cfg_2017(tmp_path)
     mscoco.prepare_mscoco(cfg, progress=False, n_val=3, n_test=None)
     out = capsys.readouterr().out
     assert "Karpathy's split could not be fetched" in out
@@ -831,7 +831,7 @@ def test_corrupt_image_in_a_zip_is_reported_then_refetched_alone_once_deleted(co
                for img in data["train2014"]["images"]}
     members[f"train2014/{name}"] = members[f"train2014/{name}"][:200]  # a damaged image inside a sound zip
     coco_web.files["/zips/train2014.zip"] = zip_bytes(members, compression=zipfile.ZIP_STORED)
-    cfg = get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
+    cfg = get_config("coco", data_root=tmp_path / "data", build_dir=tmp_path / "build", image_size=8)
     mscoco.prepare_mscoco(cfg, karpathy_url="", progress=False, n_val=2, n_test=2)  # no crash mid-way
     message = capsys.readouterr().out.strip().splitlines()[-1]
     assert message.startswith(f"1 image file(s) could not be read, so they were not resized (train2014/{name}")
@@ -856,7 +856,7 @@ def test_prepare_mscoco_never_saves_an_html_page_as_karpathys_split(coco_web, tm
     publish_coco(coco_web, coco_like())
     coco_web.files["/mirror/dataset_coco.json"] = PORTAL  # the zip source is gone (404); the mirror is a portal
     coco_web.content_type["/mirror/dataset_coco.json"] = "text/html; charset=utf-8"
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     mscoco.prepare_mscoco(cfg, subset=10, progress=False, n_val=3, n_test=3)
     out = capsys.readouterr().out
     assert "Karpathy's split could not be fetched" in out and "answered with an HTML page" in out
@@ -869,7 +869,7 @@ def test_prepare_mscoco_replaces_an_html_page_saved_as_karpathys_split(coco_web,
     data = coco_like()
     publish_coco(coco_web, data)
     coco_web.files["/mirror/dataset_coco.json"] = karpathy_dataset(data)
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     cfg.dataset_dir.mkdir(parents=True)
     (cfg.dataset_dir / "dataset_coco.json").write_bytes(PORTAL)  # left by an older lab: used to end every run
     mscoco.prepare_mscoco(cfg, subset=10, progress=False)  # in a bare JSONDecodeError
@@ -883,7 +883,7 @@ def test_prepare_mscoco_refuses_an_html_page_for_the_annotation_zip(coco_web, tm
     publish_coco(coco_web, coco_like())
     coco_web.files["/annotations/annotations_trainval2014.zip"] = PORTAL
     coco_web.content_type["/annotations/annotations_trainval2014.zip"] = "text/html"
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     with pytest.raises(coco.DatasetUnavailableError) as err:
         mscoco.prepare_mscoco(cfg, subset=10, karpathy_url="", progress=False)
     message = str(err.value)
@@ -899,7 +899,7 @@ def test_prepare_mscoco_refuses_html_pages_for_images_and_fetches_them_next_run(
     real = {path: coco_web.files[path] for path in images}
     for path in images:  # every image answered by the portal, with a 200 and an honest type
         coco_web.files[path], coco_web.content_type[path] = PORTAL, "text/html"
-    cfg = full_cfg(tmp_path)
+    cfg = coco_cfg(tmp_path)
     with pytest.raises(coco.DatasetUnavailableError) as err:
         mscoco.prepare_mscoco(cfg, subset=10, progress=False)
     assert "10 of 10 images failed" in str(err.value) and "answered with an HTML page" in str(err.value)

@@ -2,9 +2,9 @@
 
 The checker reads README.md, INSTRUCTORS.md, the slide decks and the notebooks' markdown cells and compares what
 they say about grid sizes, feature-cache sizes, dataset sizes, the split, the training bound and the BLEU-4 floor
-with the `quick` and `full` configs. A statement is tied to a profile by the nearest profile word in its sentence
+with the `quick` and `coco` configs. A statement is tied to a profile by the nearest profile word in its sentence
 (or, in a table, its cell, its row's first cell, then its column header), so "8×8 on the quick profile, 7×7 on the
-full one" is read correctly. Old wrong text, copied from the repository's history, is kept below to prove the
+coco one" is read correctly. Old wrong text, copied from the repository's history, is kept below to prove the
 checker catches each error the issue listed.
 """
 
@@ -22,7 +22,7 @@ from labutils import get_config
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = get_config("quick")
-FULL = get_config("full")
+COCO = get_config("coco")
 FLICKR8K = get_config("flickr8k")
 RESNET101_CHANNELS = 2048  # torchvision's resnet101 fc.in_features; test_resnet101_channels keeps it true
 FP16_BYTES = 2
@@ -33,10 +33,12 @@ PROFILE_WORDS = {
     # The quick encoder's last block alone: its 320 channels are the context half of the multiscale map.
     "lite0": re.compile(r"last block|efficientnet_lite0(?!_)|320 channels", re.I),
     "quick": re.compile(r"\bquick\b|multiscale", re.I),
-    "full": re.compile(r"\bfull\b|ResNet|MS-COCO", re.I),
+    # The name is lower-case code (`coco`), never the "COCO" of "COCO format"; `full` is its name before issue 12,
+    # which the old text below still uses.
+    "coco": re.compile(r"(?-i:\bcoco\b)|\bfull\b|ResNet|MS-COCO", re.I),
     "flickr8k": re.compile(r"flickr8k", re.I),
 }
-EXPECTED_GRID = {"quick": QUICK.grid_size, "full": FULL.grid_size, "lite0": LAST_BLOCK_GRID,
+EXPECTED_GRID = {"quick": QUICK.grid_size, "coco": COCO.grid_size, "lite0": LAST_BLOCK_GRID,
                  "flickr8k": FLICKR8K.grid_size}
 GRID_RE = re.compile(r"(?<![\d.×])\$?(\d{1,2})\s*(?:×|x|\\times|by)\s*(\d{1,2})\$?(?![\d])")
 # Sentences that name a grid that is not the lab's on purpose (the paper's VGG map, ViT patches, a counterfactual).
@@ -49,12 +51,12 @@ PERCENT_FLOOR_RE = re.compile(r"≥ (\d+) \(asserted\)")
 SPLIT_RE = re.compile(r"split file \((\d+)/(\d+)/(\d+)\)")
 QUICK_IMAGES_RE = re.compile(r"(\d[\d,]*) (?:rendered \S+ )?(?:JPEGs|images)(?!/)")
 PX_RE = re.compile(r"(?<![\d.])(\d{2,3})[- ]?(?:px|pixel)\b")
-FULL_EPOCHS_RE = re.compile(r"(\d+) epochs \(the full profile|up to (\d+) epochs on a GPU")
+COCO_EPOCHS_RE = re.compile(r"(\d+) epochs \(the coco profile|up to (\d+) epochs on a GPU")
 
 
-def full_cache_gb(n_images: int = FULL.n_images) -> float:
-    """fp16 feature cache of `n_images` at the full profile's grid: images × positions × channels × 2 bytes."""
-    return n_images * FULL.grid_size**2 * RESNET101_CHANNELS * FP16_BYTES / 1e9
+def coco_cache_gb(n_images: int = COCO.n_images) -> float:
+    """fp16 feature cache of `n_images` at the coco profile's grid: images × positions × channels × 2 bytes."""
+    return n_images * COCO.grid_size**2 * RESNET101_CHANNELS * FP16_BYTES / 1e9
 
 
 @dataclass(frozen=True)
@@ -149,19 +151,19 @@ def cache_problems(unit: Unit) -> list[str]:
         before = unit.text[max(0, match.start() - 80):match.start()]
         if not re.search(r"(?<!page )cache|grid", before, re.I):
             continue
-        stated, expected = float(match.group(1)), full_cache_gb()
+        stated, expected = float(match.group(1)), coco_cache_gb()
         if abs(stated - expected) > 0.05 * expected:
-            problems.append(f"full feature cache stated as {stated:g} GB, config gives {expected:.1f} GB: "
+            problems.append(f"coco feature cache stated as {stated:g} GB, config gives {expected:.1f} GB: "
                             f"{unit.text[:120]!r}")
     return problems
 
 
 def cache_table_problems(text: str) -> list[str]:
-    """Rows `| N images | ... | originals / resized / features GB |`: features = N × the full cache per image."""
+    """Rows `| N images | ... | originals / resized / features GB |`: features = N × the coco profile's cache per image."""
     problems = []
     for row in re.findall(r"^\|\s*([\d,]+)(?: \(full\))?\s*\|.*?([\d.]+) GB \|\s*$", text, re.M):
         n_images, stated = int(row[0].replace(",", "")), float(row[1])
-        expected = full_cache_gb(n_images)
+        expected = coco_cache_gb(n_images)
         if abs(stated - expected) > max(0.06, 0.01 * expected):
             problems.append(f"{n_images:,} images: feature cache stated as {stated:g} GB, config gives "
                             f"{expected:.1f} GB")
@@ -169,12 +171,12 @@ def cache_table_problems(text: str) -> list[str]:
 
 
 def per_image_problems(text: str) -> list[str]:
-    """`P × C × 2 = N kB per image` must use the full grid's positions and ResNet-101's channels."""
+    """`P × C × 2 = N kB per image` must use the coco grid's positions and ResNet-101's channels."""
     problems = []
     for p, c, kb in re.findall(r"(\d+) × (\d+) × 2 = (\d+) kB per image", text):
-        if (int(p), int(c)) != (FULL.grid_size**2, RESNET101_CHANNELS) or int(kb) != int(int(p) * int(c) * 2 / 1e3):
+        if (int(p), int(c)) != (COCO.grid_size**2, RESNET101_CHANNELS) or int(kb) != int(int(p) * int(c) * 2 / 1e3):
             problems.append(f"per-image cache {p} × {c} × 2 = {kb} kB, config gives "
-                            f"{FULL.grid_size**2} × {RESNET101_CHANNELS} × 2")
+                            f"{COCO.grid_size**2} × {RESNET101_CHANNELS} × 2")
     return problems
 
 
@@ -193,7 +195,7 @@ def bound_problems(unit: Unit) -> list[str]:
 
 def floor_problems(unit: Unit) -> list[str]:
     problems = []
-    floors = {"quick": QUICK.min_bleu4, "full": FULL.min_bleu4}
+    floors = {"quick": QUICK.min_bleu4, "coco": COCO.min_bleu4}
     for match in FLOOR_RE.finditer(unit.text):
         stated = float(match.group(1) or match.group(2))
         profile = profile_of(unit, match)
@@ -218,10 +220,10 @@ def dataset_problems(unit: Unit) -> list[str]:
             if [int(g) for g in match.groups()] != expected:
                 problems.append(f"split stated as {'/'.join(match.groups())}, config gives "
                                 f"{'/'.join(map(str, expected))}")
-    for match in FULL_EPOCHS_RE.finditer(unit.text):
-        if int(match.group(1) or match.group(2)) != FULL.epochs:
-            problems.append(f"full profile epochs stated as {match.group(1) or match.group(2)}, config gives "
-                            f"{FULL.epochs}: {unit.text[:120]!r}")
+    for match in COCO_EPOCHS_RE.finditer(unit.text):
+        if int(match.group(1) or match.group(2)) != COCO.epochs:
+            problems.append(f"coco profile epochs stated as {match.group(1) or match.group(2)}, config gives "
+                            f"{COCO.epochs}: {unit.text[:120]!r}")
     return problems
 
 
@@ -230,7 +232,7 @@ def input_size_problems(unit: Unit) -> list[str]:
     problems = []
     for match in PX_RE.finditer(unit.text):
         profile = profile_of(unit, match)
-        cfg = {"quick": QUICK, "lite0": QUICK, "full": FULL, "flickr8k": FLICKR8K}.get(profile)
+        cfg = {"quick": QUICK, "lite0": QUICK, "coco": COCO, "flickr8k": FLICKR8K}.get(profile)
         if cfg and int(match.group(1)) not in (cfg.image_size, cfg.encoder_input_size):
             problems.append(f"{match.group(1)} px stated for the {profile} profile, config gives image_size "
                             f"{cfg.image_size} and encoder_input_size {cfg.encoder_input_size}: {unit.text[:120]!r}")
@@ -277,6 +279,34 @@ def test_notebook_markdown_agrees_with_config(path):
     assert file_problems(path) == []
 
 
+# How the prose and the notebooks named the coco profile before issue 12 renamed it (not "full size", "full stop").
+FORMER_NAME_RE = re.compile(r"`full`|\*\*full\*\*|\bfull[-\s]+profiles?\b|--profile full|LAB_PROFILE=full|(['\x22])full\1",
+                            re.I)
+
+
+def former_name_uses(path: Path) -> list[str]:
+    """Each place in a Markdown file, or in any cell of a notebook, that still calls the coco profile `full`."""
+    if path.suffix == ".ipynb":
+        texts = ["".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]]
+    else:
+        texts = [path.read_text(encoding="utf-8")]
+    return [text[max(0, m.start() - 40):m.end() + 20] for text in texts for m in FORMER_NAME_RE.finditer(text)]
+
+
+@pytest.mark.parametrize("path", [
+    *DOCS, ROOT / "data" / "README.md", ROOT / "benchmarks" / "README.md", *NOTEBOOKS],
+    ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_coco_profile_has_one_name(path):
+    assert former_name_uses(path) == []
+
+
+def test_the_former_name_check_finds_each_old_form_and_nothing_else():
+    old = ("MS-COCO (the `full` profile) | **full** | full-profile sizes | on the full\nprofile | --profile full | "
+           "LAB_PROFILE=full | PROFILE = 'full'")
+    assert len(FORMER_NAME_RE.findall(old)) == 7
+    assert FORMER_NAME_RE.findall("a full stop, full-size photos, the full dataset, a disk is full, torch.full") == []
+
+
 def test_resnet101_channels():
     torchvision = pytest.importorskip("torchvision")
     assert torchvision.models.resnet101(weights=None).fc.in_features == RESNET101_CHANNELS
@@ -289,9 +319,9 @@ def test_checked_statements_are_found():
     grids = {(int(m.group(1)), profile_of(u, m))
              for u in units if not GRID_EXCEPTIONS.search(u.text) for m in GRID_RE.finditer(u.text)
              if m.group(1) == m.group(2)}
-    assert {(QUICK.grid_size, "quick"), (FULL.grid_size, "full"), (LAST_BLOCK_GRID, "lite0")} <= grids
-    assert re.search(rf"{full_cache_gb():.1f} GB", text)
-    assert SPLIT_RE.search(text) and FLOOR_RE.search(text) and FULL_EPOCHS_RE.search(text)
+    assert {(QUICK.grid_size, "quick"), (COCO.grid_size, "coco"), (LAST_BLOCK_GRID, "lite0")} <= grids
+    assert re.search(rf"{coco_cache_gb():.1f} GB", text)
+    assert SPLIT_RE.search(text) and FLOOR_RE.search(text) and COCO_EPOCHS_RE.search(text)
 
 
 # Old text, copied from `git show c9448358:<path>` (before this fix), one excerpt per error issue 11 listed.
@@ -324,12 +354,12 @@ ResNet-101 grid features (14x14 positions of 2048 channels) for up to 20 epochs 
 """,
 }
 OLD_ERRORS = {
-    "INSTRUCTORS.md": ["grid 14×14 stated for the full grid", "full feature cache stated as 99 GB"],
-    "slides/decks/00_agenda.md": ["grid 4×4 stated for the quick grid", "grid 14×14 stated for the full grid"],
-    "slides/decks/09_attention.md": ["grid 4×4 stated for the quick grid", "grid 14×14 stated for the full grid"],
-    "slides/decks/10_beyond.md": ["grid 14×14 stated for the full grid"],
+    "INSTRUCTORS.md": ["grid 14×14 stated for the coco grid", "coco feature cache stated as 99 GB"],
+    "slides/decks/00_agenda.md": ["grid 4×4 stated for the quick grid", "grid 14×14 stated for the coco grid"],
+    "slides/decks/09_attention.md": ["grid 4×4 stated for the quick grid", "grid 14×14 stated for the coco grid"],
+    "slides/decks/10_beyond.md": ["grid 14×14 stated for the coco grid"],
     "slides/decks/07_training.md": ["a 2-minute training budget is stated"],
-    "notebooks/07_training.ipynb": ["grid 14×14 stated for the full grid"],
+    "notebooks/07_training.ipynb": ["grid 14×14 stated for the coco grid"],
 }
 
 
@@ -365,18 +395,18 @@ MUTATIONS = [
     ("| 5,000 | ≈ 1 min | ≈ 1 min | T4 | T4 | T4 | 0.8 / ≈ 0.2 / 4.0 GB |", "5,000 images: feature cache stated as 4"),
     ("Positions × channels × 2 bytes (fp16): 196 × 2048 × 2 = 802 kB per image for ResNet-101",
      "per-image cache 196 × 2048 × 2"),
-    ("At the full size the fp16 cache (99 GB) does not fit in Colab's RAM.", "full feature cache stated as 99 GB"),
+    ("At the full size the fp16 cache (99 GB) does not fit in Colab's RAM.", "coco feature cache stated as 99 GB"),
     ("a test BLEU-4 above the floor notebook 07 asserts (`min_bleu4`, 0.70)", "BLEU-4 floor stated as 0.7"),
     ("| source | split | BLEU-4 |\n|---|---|---|\n| this lab, quick profile, CPU | synthetic | ≥ 70 (asserted) |", "asserted BLEU-4 ×100 stated as 70"),
     ("`labutils.infra.synthetic`: 3000 rendered 128×128 JPEGs, a split file (2000/500/500).", "split stated as 2000/500/500"),
     ("`labutils.infra.synthetic`: 5000 rendered 128×128 JPEGs.", "synthetic dataset stated as 5000 images"),
-    ("| images | time |\n|---|---|\n| 20,000 | T4 ≈ 2–5 min · 30 epochs (the full profile's setting) |",
-     "full profile epochs stated as 30"),
-    ("on the full profile's code path (ResNet-101 at 448 px, 7×7 grid)", "448 px stated for the full profile"),
+    ("| images | time |\n|---|---|\n| 20,000 | T4 ≈ 2–5 min · 30 epochs (the coco profile's setting) |",
+     "coco profile epochs stated as 30"),
+    ("on the coco profile's code path (ResNet-101 at 448 px, 7×7 grid)", "448 px stated for the coco profile"),
     ("the attention captioner trains in its 2-minute budget", "a 2-minute training budget is stated"),
     ("| encoder | EfficientNet-Lite0, 4×4 multiscale grid | ResNet-101, 7×7 grid |\n|---|---|---|\n| a | b | c |",
      None),  # a header row is not a statement: nothing is reported for it
-    ("| | quick | full |\n|---|---|---|\n| encoder | EfficientNet-Lite0, 4×4 multiscale grid | ResNet-101, 7×7 grid |",
+    ("| | quick | coco |\n|---|---|---|\n| encoder | EfficientNet-Lite0, 4×4 multiscale grid | ResNet-101, 7×7 grid |",
      "grid 4×4 stated for the quick grid"),
     ("| | `quick` | `flickr8k` |\n|---|---|---|\n| encoder | EfficientNet-Lite0, 8×8 grid | EfficientNet-Lite0, 14×14 grid |",
      "grid 14×14 stated for the flickr8k grid"),

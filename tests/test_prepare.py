@@ -15,6 +15,7 @@ from PIL import Image
 
 from labutils import coco, features, get_config
 from labutils.cli import prepare as prep
+from labutils.cli.main import main as cli_main
 from labutils.infra import mscoco, resize
 
 
@@ -50,16 +51,16 @@ def offline(monkeypatch):
     return closed
 
 
-def small_full_cfg(tmp_path, **kw):
-    """Full profile at toy sizes: 8-px resize, EfficientNet-Lite0 (pip-installed weights) on 64-px inputs."""
+def small_coco_cfg(tmp_path, **kw):
+    """The coco profile at toy sizes: 8-px resize, EfficientNet-Lite0 (pip-installed weights) on 64-px inputs."""
     settings = {"image_size": 8, "encoder": "efficientnet_lite0", "encoder_input_size": 64, "grid_size": 2,
                 "batch_size": 8, "num_workers": 0, "device": "cpu", "mixed_precision": False, **kw}
-    return get_config("full", data_root=tmp_path / "data", build_dir=tmp_path / "build", **settings)
+    return get_config("coco", data_root=tmp_path / "data", build_dir=tmp_path / "build", **settings)
 
 
-def test_prepare_full_profile_downloads_resizes_then_caches_features_from_the_resized_images(tmp_path, offline,
+def test_prepare_coco_profile_downloads_resizes_then_caches_features_from_the_resized_images(tmp_path, offline,
                                                                                              capsys):
-    cfg = small_full_cfg(tmp_path)
+    cfg = small_coco_cfg(tmp_path)
     write_official_2014(cfg.dataset_dir)
     summary = prep.prepare(cfg, progress=False)
     assert summary["image_root"] == str(cfg.dataset_dir / "images_8px") == str(resize.image_root(cfg))
@@ -74,7 +75,7 @@ def test_prepare_full_profile_downloads_resizes_then_caches_features_from_the_re
 
 
 def test_prepare_stops_before_the_features_when_images_are_corrupt(tmp_path, offline, capsys):
-    cfg = small_full_cfg(tmp_path)
+    cfg = small_coco_cfg(tmp_path)
     write_official_2014(cfg.dataset_dir)
     bad = cfg.image_dir / "val2014" / "COCO_val2014_000000000044.jpg"
     bad.write_bytes(bad.read_bytes()[:200])
@@ -90,7 +91,7 @@ def test_prepare_says_in_one_sentence_when_the_encoder_weights_cannot_be_downloa
         raise urllib.error.URLError(OSError("Temporary failure in name resolution"))
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
-    cfg = small_full_cfg(tmp_path, encoder="resnet18")
+    cfg = small_coco_cfg(tmp_path, encoder="resnet18")
     write_official_2014(cfg.dataset_dir)
     with pytest.raises(prep.PrepareError) as err:
         prep.prepare(cfg, progress=False)
@@ -120,37 +121,52 @@ def test_prepare_cli_on_the_quick_profile_is_an_offline_smoke_test(tmp_path, mon
     assert "nothing to do" in capsys.readouterr().out
     assert prep.main(["--profile", "quick", "--subset", "100"]) == 2
     err = capsys.readouterr().err
-    assert "--subset only apply to MS-COCO" in err and "--profile full" in err
+    assert "--subset only apply to MS-COCO" in err and "--profile coco" in err
+
+
+@pytest.mark.parametrize("command", [prep.main, lambda argv: cli_main(["dataset", *argv[1:]])],
+                         ids=["prepare", "dataset"])
+def test_a_former_or_unknown_profile_name_is_one_sentence_and_exit_2(command, tmp_path, monkeypatch, capsys):
+    """`--profile full` (renamed `coco`) and an unknown name stop before anything is written, naming what to use."""
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "data"))
+    assert command(["--profile", "full"]) == 2
+    err = capsys.readouterr().err.removesuffix("\n")
+    assert err.startswith("error: The profile 'full' is now called 'coco' (MS-COCO);") and "--profile coco" in err
+    assert one_sentence(err)
+    assert command(["--profile", "huge"]) == 2
+    err = capsys.readouterr().err.removesuffix("\n")
+    assert err == "error: Unknown profile 'huge'; use one of quick, flickr8k, coco."
+    assert not (tmp_path / "data").exists()
 
 
 def test_prepare_cli_keeps_the_prepared_subset_unless_told_otherwise(tmp_path, offline, monkeypatch, capsys):
-    cfg = small_full_cfg(tmp_path)
+    cfg = small_coco_cfg(tmp_path)
     write_official_2014(cfg.dataset_dir)
-    monkeypatch.setattr(prep, "get_config", lambda profile=None, **kw: small_full_cfg(tmp_path, **kw))
-    assert prep.main(["--profile", "full", "--no-features", "--subset", "6"]) == 0
+    monkeypatch.setattr(prep, "get_config", lambda profile=None, **kw: small_coco_cfg(tmp_path, **kw))
+    assert prep.main(["--profile", "coco", "--no-features", "--subset", "6"]) == 0
     assert mscoco.prepared_subset(cfg) == 6 and len(coco.load_captions(cfg).imgs) == 6
     capsys.readouterr()
-    assert prep.main(["--profile", "full", "--no-features"]) == 0  # a plain re-run
+    assert prep.main(["--profile", "coco", "--no-features"]) == 0  # a plain re-run
     assert "Keeping the 6-image subset prepared before" in capsys.readouterr().out
     assert mscoco.prepared_subset(cfg) == 6
-    assert prep.main(["--profile", "full", "--no-features", "--subset", "all"]) == 0
+    assert prep.main(["--profile", "coco", "--no-features", "--subset", "all"]) == 0
     assert mscoco.prepared_subset(cfg) is None and len(coco.load_captions(cfg).imgs) == 18
     assert resize.image_root(cfg) == cfg.dataset_dir / "images_8px"
     with pytest.raises(SystemExit):
-        prep.main(["--profile", "full", "--subset", "lots"])
+        prep.main(["--profile", "coco", "--subset", "lots"])
     assert "'lots' is not a number of images or `all`" in capsys.readouterr().err
 
 
-def test_prepare_full_dry_run_offline_names_every_missing_piece_in_one_sentence(tmp_path, monkeypatch, capsys):
+def test_prepare_coco_dry_run_offline_names_every_missing_piece_in_one_sentence(tmp_path, monkeypatch, capsys):
     # The message under test must not depend on how full the test machine's disk is, or on its torch cache.
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**14, 0, 10**14))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
     monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("LAB_BUILD_DIR", str(tmp_path / "build"))
     closed = closed_port_url()
-    assert prep.main(["--profile", "full", "--dry-run", "--base-url", closed]) == 1
+    assert prep.main(["--profile", "coco", "--dry-run", "--base-url", closed]) == 1
     lines = capsys.readouterr().err.splitlines()
-    assert lines[0].startswith(f"error: The full profile is not prepared under {tmp_path / 'data' / 'coco2014'} "
+    assert lines[0].startswith(f"error: The coco profile is not prepared under {tmp_path / 'data' / 'coco2014'} "
                                "(missing: 2014 caption annotations, Karpathy split (optional), train2014 images, "
                                "val2014 images, resized images, resnet101 weights, feature cache) and "
                                f"{closed}")
@@ -160,7 +176,7 @@ def test_prepare_full_dry_run_offline_names_every_missing_piece_in_one_sentence(
     assert "train2014.zip (13.5 GB)" in pieces[2] and "images_256px" in pieces[4]
     assert "resnet101-cd907fc2.pth (170.5 MB)" in pieces[5] and "7x7 grid at 224 px" in pieces[6]
     assert not (tmp_path / "data").exists() and not (tmp_path / "build").exists()
-    assert prep.main(["--profile", "full", "--dry-run", "--no-features", "--year", "2017", "--subset", "500",
+    assert prep.main(["--profile", "coco", "--dry-run", "--no-features", "--year", "2017", "--subset", "500",
                       "--base-url", closed]) == 1
     lines = capsys.readouterr().err.splitlines()
     assert f"{tmp_path / 'data' / 'coco2017'} (missing: 2017 caption annotations" in lines[0]
@@ -170,12 +186,12 @@ def test_prepare_full_dry_run_offline_names_every_missing_piece_in_one_sentence(
 
 def test_prepare_command_runs_as_a_module(tmp_path):
     env = {**os.environ, "LAB_DATA_DIR": str(tmp_path / "data"), "LAB_BUILD_DIR": str(tmp_path / "build")}
-    done = subprocess.run([sys.executable, "-m", "labutils", "prepare", "--profile", "full", "--dry-run",
+    done = subprocess.run([sys.executable, "-m", "labutils", "prepare", "--profile", "coco", "--dry-run",
                            "--no-features", "--base-url", closed_port_url()],
                           capture_output=True, text=True, env=env, timeout=60, cwd=Path(__file__).parents[1])
     assert done.returncode == 1
     error = done.stderr.splitlines()
-    assert error[0].startswith("error: The full profile is not prepared under") and one_sentence(error[0])
+    assert error[0].startswith("error: The coco profile is not prepared under") and one_sentence(error[0])
     assert all(one_sentence(line.removeprefix("  - ")) for line in error[1:])
     assert "prepare" in subprocess.run([sys.executable, "-m", "labutils", "--help"], capture_output=True,
                                        text=True, timeout=60, cwd=Path(__file__).parents[1]).stdout

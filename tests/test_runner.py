@@ -49,3 +49,11 @@ def test_unknown_notebook_selection_is_a_clear_error(tmp_path, monkeypatch, caps
     monkeypatch.chdir(tmp_path)
     assert runner.main(["99", "--out", str(tmp_path / "o")]) == 2
     assert "No notebooks matched" in capsys.readouterr().err
+
+
+def test_a_former_profile_name_is_one_sentence_and_runs_nothing(tmp_path, capsys):
+    """`run --profile full` (renamed `coco`) exits 2 with the new name instead of a traceback or a run."""
+    assert runner.main(["--profile", "full", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: The profile 'full' is now called 'coco'") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()

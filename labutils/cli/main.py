@@ -23,7 +23,7 @@ commands:
   demo      a local web page: caption a photo, see where the model looked, hear it (needs gradio)
   alt-text  write alt text for a folder of photos: an accessible HTML gallery, a CSV, optionally EXIF/XMP
   video     caption a video scene by scene into WebVTT subtitles
-  dataset   generate (quick) or prepare (full) the profile's dataset
+  dataset   generate (quick) or prepare (flickr8k, coco) the profile's dataset
   prepare   before a workshop: download, resize once and build the feature cache (--help for options)
   refs      re-record the notebooks' reference outputs for nbval (maintainers)
   layout    list the package's modules floor by floor (maintainers)
@@ -42,8 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     if command in COMMANDS:
         return importlib.import_module(COMMANDS[command]).main(rest)
     if command == "dataset":
-        profile = rest[0] if rest else None
-        print(ensure_dataset(get_config(profile)))
+        try:
+            cfg = get_config(rest[0] if rest else None)
+        except ValueError as err:  # an unknown or renamed profile: its one sentence, not a traceback
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(ensure_dataset(cfg))
         return 0
     print(f"Unknown command {command!r}; run `python -m labutils --help` to see the commands.", file=sys.stderr)
     return 2

@@ -1,6 +1,6 @@
 """`python -m labutils prepare`: get a profile's data ready before the workshop, in one re-runnable command.
 
-    full profile:   MS-COCO download (zips, or a --subset image by image) -> resize once -> feature cache
+    coco profile:   MS-COCO download (zips, or a --subset image by image) -> resize once -> feature cache
     quick profile:  synthetic dataset -> feature cache (a minute or two on 2 CPU cores, offline: a smoke test)
 
 Every step skips what is already done and resumes what was interrupted, so running the command again is always
@@ -155,7 +155,7 @@ def prepare(cfg, subset: int | None = None, *, dry_run: bool = False, features: 
             source: str | Path | None = None) -> dict:
     """Download, resize once and build the feature cache for `cfg` (each step skipped when done); return a summary.
 
-    Full profile (an MS-COCO `cfg.dataset_name`): `mscoco.prepare_mscoco(cfg, subset)` without its resize, then
+    The coco profile (an MS-COCO `cfg.dataset_name`): `mscoco.prepare_mscoco(cfg, subset)` without its resize, then
     `resize.resize_images`, then `features.ensure_features` with the pretrained `cfg.encoder`. Other datasets (the
     quick profile's synthetic shapes): `ensure_dataset`, then the feature cache. Flickr8k: converted from `source`
     (a local copy laid out like its archives) when given, else downloaded, then resized once. `dry_run=True` changes
@@ -205,20 +205,22 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry: 0 when everything is ready (or the dry run could list it), 1 on a failure, 2 on usage errors."""
     parser = argparse.ArgumentParser(prog="python -m labutils prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=PROFILES, default=None,
-                        help="default: $LAB_PROFILE, else flickr8k with a CUDA GPU and quick without")
+    # No argparse `choices`: get_config rejects a name, so a renamed profile can say what it is called now.
+    parser.add_argument("--profile", default=None,
+                        help=f"{', '.join(PROFILES)} (default: $LAB_PROFILE, else flickr8k with a CUDA GPU and "
+                             "quick without)")
     parser.add_argument("--from", dest="source", type=Path, default=None, metavar="DIR",
                         help="flickr8k profile: a local copy laid out like the Flickr8k archives (Flicker8k_Dataset/, "
                              "Flickr8k_text/) instead of the download")
     parser.add_argument("--subset", type=_subset, default=None, metavar="N",
-                        help="full profile: only N MS-COCO images, fetched one by one; `all`: the whole dataset, "
+                        help="coco profile: only N MS-COCO images, fetched one by one; `all`: the whole dataset, "
                              "as zips (default: the subset prepared before, else all)")
     parser.add_argument("--year", type=int, choices=mscoco.COCO_YEARS, default=None,
-                        help="full profile: MS-COCO release (default 2014; 2017 goes to data/coco2017)")
+                        help="coco profile: MS-COCO release (default 2014; 2017 goes to data/coco2017)")
     parser.add_argument("--dry-run", action="store_true", help="change nothing; list what is missing")
     parser.add_argument("--no-features", action="store_true", help="skip the feature cache (and the encoder weights)")
     parser.add_argument("--base-url", default=None, metavar="URL",
-                        help=f"full profile: MS-COCO mirror (default {mscoco.COCO_BASE_URL})")
+                        help=f"coco profile: MS-COCO mirror (default {mscoco.COCO_BASE_URL})")
     args = parser.parse_args(argv)
 
     overrides = {"coco_year": args.year} if args.year is not None else {}
@@ -227,15 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    full_only = [flag for flag, value in (("--subset", args.subset), ("--year", args.year),
+    coco_only = [flag for flag, value in (("--subset", args.subset), ("--year", args.year),
                                           ("--base-url", args.base_url)) if value is not None]
     if args.source is not None and cfg.dataset_name != "flickr8k":
         print(f"error: --from only applies to the flickr8k profile, but this is the {cfg.profile} profile; add "
               "--profile flickr8k.", file=sys.stderr)
         return 2
-    if full_only and not _is_mscoco(cfg):
-        print(f"error: {', '.join(full_only)} only apply to MS-COCO (the full profile), but this is the "
-              f"{cfg.profile} profile; add --profile full.", file=sys.stderr)
+    if coco_only and not _is_mscoco(cfg):
+        print(f"error: {', '.join(coco_only)} only apply to MS-COCO (the coco profile), but this is the "
+              f"{cfg.profile} profile; add --profile coco.", file=sys.stderr)
         return 2
     subset = None if args.subset == "all" else args.subset
     if subset is not None and subset < 3:

@@ -63,7 +63,7 @@ DRIVE_MOUNT = "/content/drive"
 DRIVE_FOLDER = "MyDrive/captioning-lab"
 PARAMETERS_CELL = """\
 # "quick": synthetic shapes, any CPU, minutes, offline. "flickr8k": 8,091 real photos (a 1 GB download), the default
-# on a GPU runtime. "full": MS-COCO (20 GB), only when named here. None: $LAB_PROFILE, else that automatic choice.
+# on a GPU runtime. "coco": MS-COCO (20 GB), only when named here. None: $LAB_PROFILE, else that automatic choice.
 PROFILE = None"""
 DRIVE_CELL_ID = "cell-drive"
 DRIVE_CELL = """\

@@ -16,7 +16,7 @@ def ensure_dataset(cfg, progress: bool = True) -> Path:
     A folder at `cfg.dataset_dir` holding a dataset the lab did not write (say, your own photos converted to this
     layout) is never replaced by the synthetic shapes: that stops with `infra.files.NotLabFolderError`.
     """
-    # The dataset name, not the profile, decides: the full profile can run on synthetic data at full sizes.
+    # The dataset name, not the profile, decides: the coco profile can run on synthetic data at its full sizes.
     if cfg.dataset_name.startswith("coco"):
         # Keep the subset an instructor prepared (`python -m labutils prepare --subset N`) instead of
         # converting, and downloading, the whole dataset in every notebook.

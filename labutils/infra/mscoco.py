@@ -194,7 +194,7 @@ def coco_year(cfg) -> int:
     name = str(cfg.dataset_name)
     if re.fullmatch(r"coco\d{4}", name) and name != f"coco{year}":
         raise ValueError(f"cfg.dataset_name is {name!r} but cfg.coco_year is {year}; build the config with "
-                         f"get_config('full', coco_year={year}), which names the dataset 'coco{year}'.")
+                         f"get_config('coco', coco_year={year}), which names the dataset 'coco{year}'.")
     return year
 
 
@@ -371,7 +371,7 @@ def _unavailable(missing: list, root: Path, url: str, year: int = 2014) -> Datas
     details = "".join(f"\n  - {m[1]}" for m in missing if isinstance(m, tuple))
     return DatasetUnavailableError(
         f"MS-COCO {year} is incomplete under {root} (missing: {', '.join(shorts)}) and {url} cannot be reached; "
-        "run the full profile where there is internet (such as Colab), copy the files there, or use the offline "
+        "run the coco profile where there is internet (such as Colab), copy the files there, or use the offline "
         f"quick profile (LAB_PROFILE=quick).{details}")
 
 

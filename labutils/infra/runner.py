@@ -82,13 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry: run the notebooks (all, or those whose number or name is given)."""
     parser = argparse.ArgumentParser(prog="python -m labutils run", description=__doc__)
     parser.add_argument("notebooks", nargs="*", help="numbers or names to run (default: all, in order)")
-    parser.add_argument("--profile", default=None, help="quick, flickr8k or full (default: $LAB_PROFILE, else flickr8k on a GPU, quick otherwise)")
+    parser.add_argument("--profile", default=None, help="quick, flickr8k or coco (default: $LAB_PROFILE, else flickr8k on a GPU, quick otherwise)")
     parser.add_argument("--out", default=None, help="folder for executed copies (default: build/notebooks)")
     parser.add_argument("--keep-going", action="store_true", help="run later notebooks after a failure")
     args = parser.parse_args(argv)
 
     root = find_lab_root()
-    cfg = get_config(args.profile)
+    try:
+        cfg = get_config(args.profile)
+    except ValueError as err:  # an unknown or renamed profile: its one sentence, not a traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     os.environ["LAB_PROFILE"] = cfg.profile
     os.environ.setdefault("TQDM_MININTERVAL", "5")
     out_dir = Path(args.out) if args.out else cfg.build_dir / "notebooks"

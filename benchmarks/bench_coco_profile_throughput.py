@@ -1,8 +1,8 @@
-"""Full-profile throughput: images/s for the feature cache and captions/s for training, at MS-COCO sizes.
+"""The coco (MS-COCO) profile's throughput: images/s for the feature cache and captions/s for training, at MS-COCO sizes.
 
-The numbers behind the workshop time budget in INSTRUCTORS.md. Everything runs at the `full` profile's sizes
+The numbers behind the workshop time budget in INSTRUCTORS.md. Everything runs at the `coco` profile's sizes
 without the internet: ResNet-101 with random weights (the same shapes and arithmetic as the pretrained one),
-JPEGs from the synthetic generator rendered at the full profile's 256 px (COCO images resized once), and a
+JPEGs from the synthetic generator rendered at the coco profile's 256 px (COCO images resized once), and a
 Show-Attend-Tell decoder with 512-wide layers, a 10,000-word vocabulary (MS-COCO at min_freq 5 gives about
 10k) and 7x7x2048 features. Each measurement pairs the lab's code path with a plain reference in the same run:
 
@@ -17,7 +17,7 @@ Show-Attend-Tell decoder with 512-wide layers, a 10,000-word vocabulary (MS-COCO
 It also counts FLOPs (torch.utils.flop_counter) per image and per training caption, to turn a published T4
 throughput into an estimate where no T4 was at hand (see INSTRUCTORS.md, "Expected timings").
 
-Run from the repository root:  python benchmarks/bench_full_profile_throughput.py [--device cuda] [--out PATH]
+Run from the repository root:  python benchmarks/bench_coco_profile_throughput.py [--device cuda] [--out PATH]
 """
 
 from __future__ import annotations
@@ -283,15 +283,15 @@ def main() -> None:
     on_gpu = device.type == "cuda"
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest convolutions
-    cfg = get_config("full", device=str(device), mixed_precision=on_gpu)
+    cfg = get_config("coco", device=str(device), mixed_precision=on_gpu)
     n_images = args.images or (2048 if on_gpu else 96)
     n_captions = args.captions or (16384 if on_gpu else 1024)
-    results = {"benchmark": "full_profile_throughput", "date": dt.date.today().isoformat(), "device": str(device),
+    results = {"benchmark": "coco_profile_throughput", "date": dt.date.today().isoformat(), "device": str(device),
                "machine": machine_info()}
     results["encode"] = bench_encode(cfg, device, batch=128 if on_gpu else 16, repeat=5 if on_gpu else 2)
     print(json.dumps(results["encode"]), flush=True)
     results["resnet50_gflops_per_image"] = round(resnet50_gflops(cfg.encoder_input_size), 2)
-    with tempfile.TemporaryDirectory(prefix="bench-full-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-coco-") as tmp:
         dataset_dir = make_images(Path(tmp) / "coco_like", n_images, cfg.image_size)
         results["decode_jpeg"] = bench_decode_jpeg(cfg, dataset_dir, workers=cfg.num_workers)
         print(json.dumps(results["decode_jpeg"]), flush=True)
@@ -301,7 +301,7 @@ def main() -> None:
     print(json.dumps(results["train"]), flush=True)
     results["time_budget"] = time_budget(results)
     print(json.dumps(results["time_budget"], indent=1), flush=True)
-    out = args.out or RESULTS / f"full_profile_throughput_{'cuda' if on_gpu else 'cpu'}.json"
+    out = args.out or RESULTS / f"coco_profile_throughput_{'cuda' if on_gpu else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

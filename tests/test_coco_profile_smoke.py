@@ -1,4 +1,4 @@
-"""Smoke test of the FULL-profile code path of the notebooks, offline on CPU ("same functions, bigger sizes").
+"""Smoke test of the coco-profile (MS-COCO) code path of the notebooks, offline on CPU ("same functions, bigger sizes").
 
 Only the two things that need the network are faked, honestly and outside the library:
 - the ResNet-101 ImageNet weights: a randomly initialised state dict (BatchNorm statistics calibrated on noise)
@@ -6,8 +6,8 @@ Only the two things that need the network are faked, honestly and outside the li
   file it downloads, not of one already in its cache);
 - MS-COCO 2014: an already-prepared `coco2014` folder (converted annotations with `train2014/...`/`val2014/...`
   file names, splits.json, and the prepared.json `prepare_mscoco` writes) built from the synthetic generator at the
-  full profile's 256 px, so `course.ensure_dataset(cfg)` finds it converted and complete and only resizes it once.
-Everything else (encoder, 7x7 grid, 512-wide decoder, batch 128, 20 epochs, min_freq 5, ...) is the full profile.
+  coco profile's 256 px, so `course.ensure_dataset(cfg)` finds it converted and complete and only resizes it once.
+Everything else (encoder, 7x7 grid, 512-wide decoder, batch 128, 20 epochs, min_freq 5, ...) is the coco profile.
 """
 
 from __future__ import annotations
@@ -84,27 +84,27 @@ def fake_resnet101_weights(torch_home: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full_env(tmp_path_factory):
-    """Environment variables of an offline full-profile run on the fake MS-COCO and fake weights."""
-    root = tmp_path_factory.mktemp("full")
+def coco_env(tmp_path_factory):
+    """Environment variables of an offline coco-profile run on the fake MS-COCO and fake weights."""
+    root = tmp_path_factory.mktemp("coco")
     build_fake_coco2014(root / "data" / "coco2014")
     fake_resnet101_weights(root / "torch")
-    env = {"LAB_PROFILE": "full", "LAB_DATA_DIR": str(root / "data"), "LAB_BUILD_DIR": str(root / "build"),
+    env = {"LAB_PROFILE": "coco", "LAB_DATA_DIR": str(root / "data"), "LAB_BUILD_DIR": str(root / "build"),
            "TORCH_HOME": str(root / "torch"), "TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
            # Nothing may come from the network: any attempt fails at once instead of waiting for a timeout.
            "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
     return root, env
 
 
-def test_fake_dataset_is_prepared_offline(full_env, monkeypatch):
-    """ensure_dataset on the full profile accepts the prepared folder without the network and resizes it once."""
-    root, env = full_env
+def test_fake_dataset_is_prepared_offline(coco_env, monkeypatch):
+    """ensure_dataset on the coco profile accepts the prepared folder without the network and resizes it once."""
+    root, env = coco_env
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     from labutils import course, get_config
     from labutils.infra import mscoco, resize
 
-    cfg = get_config("full")
+    cfg = get_config("coco")
     assert cfg.dataset_dir == root / "data" / "coco2014" and cfg.encoder == "resnet101"
     assert mscoco.mscoco_plan(cfg) == []  # nothing left to fetch
     assert course.ensure_dataset(cfg, progress=False) == cfg.dataset_dir
@@ -114,12 +114,12 @@ def test_fake_dataset_is_prepared_offline(full_env, monkeypatch):
 
 
 @pytest.mark.slow
-def test_notebooks_run_on_the_full_profile(full_env, monkeypatch):
-    """The full-profile notebooks run top to bottom offline, cache 7x7x2048 ResNet-101 features and train."""
+def test_notebooks_run_on_the_coco_profile(coco_env, monkeypatch):
+    """The coco-profile notebooks run top to bottom offline, cache 7x7x2048 ResNet-101 features and train."""
     import nbformat
     from nbclient import NotebookClient
 
-    root, env = full_env
+    root, env = coco_env
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # the kernels inherit this process's environment
     notebooks = Path(__file__).resolve().parents[1] / "notebooks"
@@ -142,18 +142,18 @@ def test_notebooks_run_on_the_full_profile(full_env, monkeypatch):
         timings[name] = round(time.perf_counter() - start, 1)
         outputs[name] = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code"
                                 for o in c.get("outputs", []) if o.get("output_type") == "stream")
-    print("full-profile notebook seconds:", timings)
+    print("coco-profile notebook seconds:", timings)
 
     assert "dataset ready" in outputs["00_setup"] and "coco2014" in outputs["00_setup"]
     assert "resnet101 | weights: ResNet101_Weights.IMAGENET1K_V2 | output channels: 2048" in outputs["05_encoder"]
     # The notebook's own key for the settings it built with finds that cache (resized images and all).
     assert "as built: resnet101-224px-g7-<hash>  reuses the cache: True" in outputs["05_encoder"]
-    assert "skipped on the full profile" in outputs["09_attention"]
+    assert "skipped on the coco profile" in outputs["09_attention"]
 
     # The feature cache holds a 7x7 grid of 2048 ResNet-101 channels for every image.
     import numpy as np
 
-    caches = [p for p in (root / "build" / "features" / "full").iterdir() if p.name.startswith("resnet101-224px-g7-")]
+    caches = [p for p in (root / "build" / "features" / "coco").iterdir() if p.name.startswith("resnet101-224px-g7-")]
     assert len(caches) == 1
     meta = json.loads((caches[0] / "progress.json").read_text())
     assert meta["complete"]
@@ -161,11 +161,11 @@ def test_notebooks_run_on_the_full_profile(full_env, monkeypatch):
     shapes = {np.load(p, mmap_mode="r").shape for p in arrays}
     assert (N_IMAGES, 49, 2048) in shapes, shapes
 
-    # The trained checkpoint records the full profile's encoder and sizes.
+    # The trained checkpoint records the coco profile's encoder and sizes.
     from labutils import checkpoint
 
-    saved = checkpoint.load_checkpoint(root / "build" / "checkpoints" / "full" / "attention.pt")
-    assert saved["config"]["profile"] == "full"
+    saved = checkpoint.load_checkpoint(root / "build" / "checkpoints" / "coco" / "attention.pt")
+    assert saved["config"]["profile"] == "coco"
     assert saved["config"]["encoder"] == "resnet101" and saved["config"]["grid_size"] == 7
     assert saved["config"]["hidden_dim"] == 512 and saved["config"]["batch_size"] == 128
     assert os.path.isfile(root / "build" / "figures" / "attention_example.png")
