@@ -9,6 +9,10 @@ search (and greedy), words per caption, share of distinct captions; minutes of e
 
     python benchmarks/bench_beyond.py --profile flickr8k --build-dir build/beyond --label cpu
     python benchmarks/bench_beyond.py --profile quick --set epochs=2 --scst-minutes 0.2 --out /tmp/beyond.json --label smoke
+    python benchmarks/bench_beyond.py --build-dir build/beyond --dev-lrs 5e-5 2e-4 --scst-minutes 5 --label dev-lr
+
+The last form chooses SCST's learning rate on the dev split, from the cross-entropy checkpoints a run left in the
+build folder; the test runs then take the chosen rate with --scst-lr.
 
 Each run is appended to benchmarks/results/beyond.json (runs with the same label are replaced); --show prints them.
 """
@@ -75,14 +79,37 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float) -> tuple[
                           "reward_last_10": round(sum(mean_reward[-10:]) / max(1, len(mean_reward[-10:])), 4)}
 
 
-def run(args) -> dict:
+def prepared(args):
+    """The config, feature cache, data and CIDEr-D reward (document frequencies from the training references)."""
     cfg = get_config(args.profile, device=args.device, **parse_overrides(args.set))
     if args.build_dir:  # keeps the benchmark's checkpoints apart from a learner's
         cfg = cfg.replace(build_dir=Path(args.build_dir))
     course.ensure_dataset(cfg, progress=False)
     cache = features.ensure_features(cfg, splits=("train", "val", "test"), progress=False)
     lab = course.prepare_data(cfg, progress=False)
-    cider = scst.CiderD({i: lab.captions[i] for i in lab.splits["train"]})
+    return cfg, cache, lab, scst.CiderD({i: lab.captions[i] for i in lab.splits["train"]})
+
+
+def dev_lr_sweep(args) -> dict:
+    """The SCST learning rate chosen on dev, never on test: each rate fine-tunes a copy of the finished
+    cross-entropy checkpoints a previous run left in the build folder for --scst-minutes; dev scores before/after."""
+    cfg, cache, lab, cider = prepared(args)
+    sweep = {}
+    for kind in args.kinds:
+        decoder, _, _ = course.load_trained(cfg, kind, progress=False, use_instructor=False)
+        rows = {"cross-entropy": scored(decoder, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
+        for lr in args.dev_lrs:
+            tuned, record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, lr)
+            rows[f"scst lr {lr:g}"] = {**record, **scored(tuned, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
+            print(json.dumps({kind: {f"scst lr {lr:g}": rows[f"scst lr {lr:g}"]}}), flush=True)
+        sweep[kind] = rows
+    return {"label": args.label, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python benchmarks/bench_beyond.py " + " ".join(sys.argv[1:]), "profile": cfg.profile,
+            "split": "dev", "beam": args.beam, "dev_lr_sweep": sweep, "machine": machine_info()}
+
+
+def run(args) -> dict:
+    cfg, cache, lab, cider = prepared(args)
     models = {}
     for kind in ("attention", "transformer"):
         decoder, record = train_scored(cfg, kind, lab, cache, args.beam)
@@ -99,13 +126,25 @@ def run(args) -> dict:
 def table(results: dict) -> str:
     """Each run's models before and after SCST as a Markdown table (beam search on the test split)."""
     rows = ["| run | model | BLEU-4 | METEOR | CIDEr-D | words | distinct | minutes |", "|---|---|---|---|---|---|---|---|"]
-    for run in results["runs"]:
+    for run in (r for r in results["runs"] if "models" in r):  # dev sweeps: see dev_table
         for kind, record in run["models"].items():
             for name, test, minutes in ((kind, record["test"], record["train_minutes"]),
                                         (f"{kind} + SCST", record["scst"]["test"], record["scst"]["scst_minutes"])):
                 s = test["methods"][f"beam{run['beam']}"]
                 rows.append(f"| {run['label']} | {name} | {s['Bleu_4']:.3f} | {s['METEOR']:.3f} | {s['CIDEr']:.3f} | "
                             f"{s['words_per_caption']:.1f} | {s['distinct']:.2f} | {minutes:.1f} |")
+    return "\n".join(rows)
+
+
+def dev_table(results: dict) -> str:
+    """Each dev sweep: dev CIDEr-D and METEOR (beam) of the cross-entropy model and after SCST at each rate."""
+    rows = ["| sweep | model | stage | dev BLEU-4 | dev METEOR | dev CIDEr-D | SCST minutes |", "|---|---|---|---|---|---|---|"]
+    for run in (r for r in results["runs"] if "dev_lr_sweep" in r):
+        for kind, stages in run["dev_lr_sweep"].items():
+            for stage, row in stages.items():
+                s = row[f"beam{run['beam']}"]
+                rows.append(f"| {run['label']} | {kind} | {stage} | {s['Bleu_4']:.3f} | {s['METEOR']:.3f} | "
+                            f"{s['CIDEr']:.3f} | {row.get('scst_minutes', 0):.1f} |")
     return "\n".join(rows)
 
 
@@ -120,14 +159,22 @@ def main(argv=None) -> int:
     parser.add_argument("--scst-lr", type=float, default=5e-5)
     parser.add_argument("--label", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--dev-lrs", type=float, nargs="+", default=None, metavar="LR",
+                        help="choose the SCST rate on dev: fine-tune the finished checkpoints in --build-dir with "
+                             "each rate and score the dev split (nothing trained from scratch, nothing on test)")
+    parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"], help="decoders for --dev-lrs")
     parser.add_argument("--show", action="store_true", help="print the recorded runs as a table; run nothing")
     args = parser.parse_args(argv)
     if args.show:
-        print(table(json.loads(args.out.read_text())))
+        if not args.out.is_file():
+            print(f"No runs are recorded in {args.out} yet; run the benchmark without --show first.")
+            return 1
+        results = json.loads(args.out.read_text())
+        print(table(results), dev_table(results), sep="\n\n")
         return 0
-    record = run(args)
+    record = dev_lr_sweep(args) if args.dev_lrs else run(args)
     record_run(args.out, record, GOAL)
-    print(table({"runs": [record]}))
+    print(dev_table({"runs": [record]}) if args.dev_lrs else table({"runs": [record]}))
     return 0
 
 
