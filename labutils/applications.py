@@ -605,24 +605,25 @@ image picture photo showing shows shown
 """.split())
 
 
-def singular_forms(words: Iterable[str]) -> dict[str, str]:
-    """Plural -> singular for each word of `words` whose singular is among them too ("squares" -> "square",
-    "boxes" -> "box"), so that "three squares" and "a square" name the same thing. Stems of three letters or
-    more only: "as" is not the plural of "a"."""
-    known = set(words)
-    forms = {}
-    for word in known:
-        stem = next((word[:-len(end)] for end in ("es", "s") if word.endswith(end)
-                     and len(word) - len(end) >= 3 and word[:-len(end)] in known), None)
-        if stem is not None:
-            forms[word] = stem
-    return forms
+def word_forms(words: Iterable[str]) -> dict[str, str]:
+    """Each word of `words` that shares its Porter stem with another of them -> the shortest of that group
+    ("squares" -> "square", "jumping" and "jumps" -> "jump"), so that the forms of one word count as one word.
+    The mapped-to word is a real word of the list, never a stem such as "squar", so reports stay readable."""
+    # Imported here: nltk takes over a second to import, and only this function needs it.
+    from nltk.stem.porter import PorterStemmer
+
+    stem = PorterStemmer().stem
+    groups: dict[str, list[str]] = {}
+    for word in sorted(set(words)):
+        groups.setdefault(stem(word), []).append(word)
+    return {word: min(group, key=len) for group in groups.values() if len(group) > 1 for word in group
+            if word != min(group, key=len)}
 
 
 def content_words(text: str, stopwords: Iterable[str] = STOPWORDS,
                   canonical: Mapping[str, str] | None = None) -> list[str]:
     """The words of `text` (tokenized as the metrics do) that are not stop words, mapped through `canonical`
-    (e.g. `singular_forms`), each once, in the order they first appear."""
+    (e.g. `word_forms`), each once, in the order they first appear."""
     stop, canonical = set(stopwords), canonical or {}
     words = (canonical.get(word, word) for word in tokenize(text) if word not in stop)
     return list(dict.fromkeys(words))  # an ordered set

@@ -483,10 +483,12 @@ def test_unsupported_names_the_content_words_no_reference_has():
     assert apps.unsupported("green green circle", ["two circles"]) == ["green", "circle"]
 
 
-def test_singular_forms_fold_plurals_only_when_the_singular_is_known():
-    forms = apps.singular_forms(SHAPE_WORDS + ["as", "boxes", "box", "dress"])
-    assert forms == {"squares": "square", "circles": "circle", "boxes": "box"}  # not "as" -> "a"
+def test_word_forms_fold_plurals_and_verb_forms_onto_a_real_word_of_the_list():
+    forms = apps.word_forms(SHAPE_WORDS + ["as", "boxes", "box", "dress", "jumps", "jumping", "jump", "stands"])
+    assert forms == {"squares": "square", "circles": "circle", "boxes": "box", "jumps": "jump", "jumping": "jump"}
+    # "stands" has no other form in the list, "dress" is not the plural of anything, and "as" is not "a"'s plural.
     assert apps.unsupported("green green circle", ["two circles"], canonical=forms) == ["green"]
+    assert apps.unsupported("a boy jumps into the air", ["a boy jumping in the air"], canonical=forms) == []
 
 
 def test_unsupported_words_report_shares_and_counts():
