@@ -16,3 +16,12 @@ def make_inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         captions[row, length - 1] = 2  # <end>
         captions[row, length:] = 0  # <pad>
     return features, captions, LENGTHS.clone()
+
+
+def garbage_after_the_end(captions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """`captions` [B, T] with random words instead of <pad> after each caption's end: a decoder whose valid steps
+    change when these do lets padding leak backwards."""
+    changed = captions.clone()
+    for row, length in enumerate(lengths.tolist()):
+        changed[row, length:] = torch.arange(length, T) % (V - 4) + 4
+    return changed

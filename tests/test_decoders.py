@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from decoder_inputs import B, C, P, T, V, make_inputs
+from decoder_inputs import B, C, P, T, V, garbage_after_the_end, make_inputs
 
 from labutils import decoders
 from labutils.decoders import ShowAndTell, ShowAttendTell, build_decoder, doubly_stochastic_penalty, from_spec
@@ -54,10 +54,7 @@ def test_show_and_tell_state_layout():
 def test_tokens_after_the_end_do_not_change_valid_steps(name):
     model = _models()[name].eval()
     features, captions, lengths = make_inputs()
-    changed = captions.clone()
-    for row, length in enumerate(lengths.tolist()):
-        changed[row, length:] = torch.arange(length, T) % (V - 4) + 4  # garbage instead of <pad>
-    a, b = model(features, captions, lengths), model(features, changed, lengths)
+    a, b = model(features, captions, lengths), model(features, garbage_after_the_end(captions, lengths), lengths)
     mask = decoders.valid_step_mask(lengths, T - 1)
     assert torch.allclose(a.logits[mask], b.logits[mask], atol=1e-6)
     loss = torch.nn.functional.cross_entropy(a.logits.reshape(-1, V), captions[:, 1:].reshape(-1), ignore_index=0)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from decoder_inputs import B, C, P, T, V, make_inputs
+from decoder_inputs import B, C, P, T, V, garbage_after_the_end, make_inputs
 
 from labutils import checkpoint as ckpt
 from labutils import decode, decoders, solutions, train
@@ -104,10 +104,7 @@ def test_a_changed_word_changes_no_earlier_prediction():
 def test_tokens_after_the_end_do_not_change_valid_steps():
     model = _model().eval()
     features, captions, lengths = make_inputs()
-    changed = captions.clone()
-    for row, length in enumerate(lengths.tolist()):
-        changed[row, length:] = torch.arange(length, T) % (V - 4) + 4  # garbage instead of <pad>
-    a, b = model(features, captions, lengths), model(features, changed, lengths)
+    a, b = model(features, captions, lengths), model(features, garbage_after_the_end(captions, lengths), lengths)
     mask = decoders.valid_step_mask(lengths, T - 1)
     torch.testing.assert_close(a.logits[mask], b.logits[mask], atol=1e-6, rtol=0)
     torch.testing.assert_close(a.alphas, b.alphas, atol=1e-6, rtol=0)
