@@ -24,15 +24,18 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from .infra.files import atomic_write_bytes, atomic_write_text
 from .infra.images import ImageLoadError, load_image
 from .vocab import tokenize
+
+if TYPE_CHECKING:
+    import pandas
 
 CaptionFn = Callable[[Image.Image], object]  # returns a str, or a Caption (its .text is used)
 
@@ -616,8 +619,11 @@ def word_forms(words: Iterable[str]) -> dict[str, str]:
     groups: dict[str, list[str]] = {}
     for word in sorted(set(words)):
         groups.setdefault(stem(word), []).append(word)
-    return {word: min(group, key=len) for group in groups.values() if len(group) > 1 for word in group
-            if word != min(group, key=len)}
+    forms = {}
+    for group in (g for g in groups.values() if len(g) > 1):
+        shortest = min(group, key=len)
+        forms.update({word: shortest for word in group if word != shortest})
+    return forms
 
 
 def content_words(text: str, stopwords: Iterable[str] = STOPWORDS,
@@ -678,7 +684,7 @@ def unsupported_words(captions: Mapping, references: Mapping, stopwords: Iterabl
 
 
 def cooccurrence(texts: Iterable[str], rows: Mapping[str, Iterable[str]],
-                 cols: Mapping[str, Iterable[str]]) -> pd.DataFrame:
+                 cols: Mapping[str, Iterable[str]]) -> pandas.DataFrame:
     """How many of `texts` mention a row group and a column group together, e.g. rows {"man": {"man", "men"},
     ...} and columns {"snowboard": {"snowboard", "snowboarder"}, ...}. A text counts once per cell whatever
     it repeats; the last column, "captions", counts the texts mentioning the row at all."""
@@ -690,5 +696,9 @@ def cooccurrence(texts: Iterable[str], rows: Mapping[str, Iterable[str]],
         for row in (row for row, forms in rows.items() if words & forms):
             counts[row, "captions"] += 1
             counts.update((row, col) for col, forms in cols.items() if words & forms)
+    # Imported here: pandas adds a quarter second to every command that imports this module (caption --speak,
+    # demo, alt-text, video), and only this table needs it.
+    import pandas as pd
+
     return pd.DataFrame([[counts[row, col] for col in [*cols, "captions"]] for row in rows],
                         index=list(rows), columns=[*cols, "captions"])
