@@ -92,6 +92,13 @@ def prepared(args):
     return cfg, cache, lab, scst.CiderD({i: lab.captions[i] for i in lab.splits["train"]})
 
 
+def record_header(args, cfg) -> dict:
+    """What every recorded run starts with: label, date, command, profile, beam and the machine."""
+    return {"label": args.label, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python benchmarks/bench_beyond.py " + " ".join(sys.argv[1:]), "profile": cfg.profile,
+            "beam": args.beam, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "machine": machine_info()}
+
+
 def dev_lr_sweep(args) -> dict:
     """The SCST learning rate chosen on dev, never on test: each rate fine-tunes a copy of the finished
     cross-entropy checkpoints a previous run left in the build folder for --scst-minutes; dev scores before/after."""
@@ -105,9 +112,7 @@ def dev_lr_sweep(args) -> dict:
             rows[f"scst lr {lr:g}"] = {**record, **scored(tuned, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
             print(json.dumps({kind: {f"scst lr {lr:g}": rows[f"scst lr {lr:g}"]}}), flush=True)
         sweep[kind] = rows
-    return {"label": args.label, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python benchmarks/bench_beyond.py " + " ".join(sys.argv[1:]), "profile": cfg.profile,
-            "split": "dev", "beam": args.beam, "dev_lr_sweep": sweep, "machine": machine_info()}
+    return {**record_header(args, cfg), "split": "dev", "dev_lr_sweep": sweep}
 
 
 def run(args) -> dict:
@@ -120,10 +125,7 @@ def run(args) -> dict:
         record["scst"] = {**scst_record, "test": scored(tuned, lab.vocab, cache, lab, "test", args.beam, 0.0)}
         models[kind] = record
         print(json.dumps({kind: {k: v for k, v in record.items() if k != "test"}}), flush=True)
-    return {"label": args.label, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python benchmarks/bench_beyond.py " + " ".join(sys.argv[1:]), "profile": cfg.profile,
-            "beam": args.beam, "models": models, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-            "machine": machine_info()}
+    return {**record_header(args, cfg), "models": models}
 
 
 def table(results: dict) -> str:
