@@ -35,6 +35,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from labutils import coco, course, decode, evaluation, features, get_config, viz  # noqa: E402
 from labutils.infra import flickr8k  # noqa: E402
+from labutils.infra.environment import autocast_dtype  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "flickr8k_recipe.json"
 GOAL = {"Bleu_4": 0.22, "METEOR": 0.20, "CIDEr": 0.55, "minutes": 12.0}  # issue 12: on 2 CPU cores
@@ -158,7 +159,8 @@ def run(args) -> dict:
         "settings": {k: getattr(cfg, k) for k in ("encoder", "encoder_input_size", "grid_size", "min_freq",
                                                   "max_caption_len", "embed_dim", "hidden_dim", "attention_dim",
                                                   "dropout", "batch_size", "epochs", "decoder_lr", "lr_schedule",
-                                                  "alpha_c", "cpu_threads", "device")},
+                                                  "alpha_c", "cpu_threads", "device")}
+        | {"precision": str(autocast_dtype(cfg.device, cfg.mixed_precision) or "float32").removeprefix("torch.")},
         "vocab_size": len(vocab), "train_images": len(lab.splits["train"]), "epochs_run": len(result.history),
         "stopped": result.stopped,
         "stages_s": {k: round(v, 1) for k, v in stages.items()}, "recipe_minutes": round(recipe_minutes, 2),

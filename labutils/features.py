@@ -32,6 +32,7 @@ import torch
 
 from .data import ImageFolderSource, file_names_from_captions
 from .encoders import build_encoder, inference_copy
+from .infra.environment import autocast_dtype
 from .infra.files import (
     DiskFullError,
     atomic_write_json,
@@ -165,7 +166,7 @@ def cache_parts(cfg, encoder, image_ids: Iterable[int], source_fingerprint: dict
     if source_fingerprint is None:
         source_fingerprint = _resolve_images(cfg, None, image_ids)[1]
     ids_digest = hashlib.sha256(np.asarray(image_ids, dtype=np.int64).tobytes()).hexdigest()[:16]
-    return {
+    parts = {
         "version": CACHE_VERSION,
         "encoder": encoder.name,
         "weights_id": encoder.weights_id,
@@ -178,6 +179,11 @@ def cache_parts(cfg, encoder, image_ids: Iterable[int], source_fingerprint: dict
         "dataset": dataset_fingerprint(cfg),
         "source": source_fingerprint,
     }
+    # Features computed under autocast differ from float32 ones in the third digit: they are another cache.
+    dtype = autocast_dtype(torch.device(cfg.device).type, bool(cfg.mixed_precision))
+    if dtype is not None:
+        parts["precision"] = str(dtype).removeprefix("torch.")
+    return parts
 
 
 def cache_key(parts: dict) -> str:
@@ -437,8 +443,8 @@ def _encode(cfg, encoder, ids: list[int], folder: Path, meta: dict, done: int, z
     inode = os.stat(feat_path).st_ino
     device = torch.device(cfg.device)
     fast = inference_copy(encoder).to(device)  # BatchNorm folded, channels_last: faster on CPU
-    use_amp = device.type == "cuda" and bool(cfg.mixed_precision)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext()
+    dtype = autocast_dtype(device.type, bool(cfg.mixed_precision))
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     dataset = _ImageFiles(ids[done:], loader_fn, encoder.eval_transform(cfg.encoder_input_size))
     batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False,
                                           num_workers=cfg.num_workers, pin_memory=device.type == "cuda")

@@ -43,6 +43,7 @@ from .decoders import (
     from_spec,
     valid_step_mask,
 )
+from .infra.environment import autocast_dtype
 
 METRIC = "bleu4"
 # The settings `train` takes from its config (recorded in a checkpoint's "settings" under these names) ...
@@ -280,18 +281,19 @@ def fine_tunes(encoder: nn.Module | None) -> bool:
 
 
 class MixedPrecision:
-    """float16 autocast and a GradScaler when `enabled` (CUDA with cfg.mixed_precision); otherwise plain float32.
+    """Autocast in `dtype` (None: plain float32), with a GradScaler for float16.
 
-    The scaler multiplies the loss before `backward` so that small float16 gradients do not round to zero, and
-    divides them back before the optimizer step (which it skips when a gradient overflowed).
+    float16 (CUDA) has a narrow range: the scaler multiplies the loss before `backward` so that small gradients do
+    not round to zero, and divides them back before the optimizer step (which it skips when a gradient overflowed).
+    bfloat16 (a CPU that computes it in hardware) has float32's range and needs no scaler.
     """
 
-    def __init__(self, enabled: bool, device_type: str):
-        self.enabled, self.device_type = enabled, device_type
-        self.scaler = torch.amp.GradScaler("cuda", enabled=enabled)
+    def __init__(self, dtype: torch.dtype | None, device_type: str):
+        self.dtype, self.device_type, self.enabled = dtype, device_type, dtype is not None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device_type == "cuda")
 
     def autocast(self):
-        return torch.autocast(self.device_type, dtype=torch.float16, enabled=self.enabled)
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.enabled)
 
     def backward(self, loss: Tensor) -> None:
         self.scaler.scale(loss).backward()
@@ -406,7 +408,7 @@ def _resumed_run(resume_from, decoder, encoder, fine_tune: bool, optimizer, lr_s
     optimizer.load_state_dict(resume["optimizer"])
     if lr_scheduler is not None and resume.get("scheduler") is not None:
         lr_scheduler.load_state_dict(resume["scheduler"])
-    if amp.enabled and resume.get("scaler"):
+    if amp.scaler.is_enabled() and resume.get("scaler"):
         amp.scaler.load_state_dict(resume["scaler"])
     for name, state in resume.get("loader_generators", {}).items():
         if name in generators:
@@ -421,7 +423,7 @@ def _save_epoch(path, run: _Run, cfg, vocab, decoder, encoder, fine_tune: bool, 
     """The checkpoint after an epoch: the best weights, and everything needed to resume from this epoch."""
     resume = {"optimizer": optimizer.state_dict(),
               "scheduler": lr_scheduler.state_dict() if lr_scheduler is not None else None,
-              "scaler": amp.scaler.state_dict() if amp.enabled else {},
+              "scaler": amp.scaler.state_dict() if amp.scaler.is_enabled() else {},
               "rng": ckpt.rng_state(),
               "loader_generators": {name: g.get_state() for name, g in generators.items()},
               "bad_epochs": run.bad_epochs, "elapsed_s": elapsed_s}
@@ -484,7 +486,7 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
     fine_tune = fine_tunes(encoder)
     optimizer = _make_optimizer(decoder, encoder, decoder_lr, encoder_lr)
     lr_scheduler = _make_scheduler(optimizer, scheduler, lr_factor, lr_patience, step_size, epochs)
-    amp = MixedPrecision(bool(cfg.mixed_precision) and device.type == "cuda", device.type)
+    amp = MixedPrecision(autocast_dtype(device.type, bool(cfg.mixed_precision)), device.type)
     generators = _loader_generators(loaders)
     run = (_fresh_run(cfg, generators) if resume_from is None else
            _resumed_run(resume_from, decoder, encoder, fine_tune, optimizer, lr_scheduler, amp, generators))

@@ -13,13 +13,45 @@ def test_quick_profile_is_cpu_and_small(monkeypatch):
     assert cfg.captions_file.name == "captions.json" and cfg.split_file.name == "splits.json"
 
 
-def test_coco_profile_falls_back_to_cpu_without_cuda(monkeypatch):
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_coco_profile_falls_back_to_cpu_without_cuda(monkeypatch, native_bf16):
+    # Mixed precision survives the fall-back only on a CPU that computes bfloat16 in hardware.
     import torch
 
+    from labutils.infra import environment
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(environment, "native_bfloat16", lambda: native_bf16)
     cfg = get_config("coco")
     assert cfg.profile == "coco" and cfg.dataset_name == "coco2014"
-    assert cfg.encoder == "resnet101" and cfg.device == "cpu" and not cfg.mixed_precision
+    assert cfg.encoder == "resnet101" and cfg.device == "cpu" and cfg.mixed_precision == native_bf16
+    assert not get_config("quick").mixed_precision  # the shapes stay float32 everywhere: CI's outputs are exact
+
+
+def test_autocast_dtype_is_float16_on_cuda_and_bfloat16_only_on_a_native_cpu(monkeypatch):
+    import torch
+
+    from labutils.infra import environment
+
+    monkeypatch.setattr(environment, "native_bfloat16", lambda: True)
+    assert environment.autocast_dtype("cuda", True) is torch.float16
+    assert environment.autocast_dtype("cpu", True) is torch.bfloat16
+    assert environment.autocast_dtype("cpu", False) is None and environment.autocast_dtype("cuda", False) is None
+    monkeypatch.setattr(environment, "native_bfloat16", lambda: False)
+    assert environment.autocast_dtype("cpu", True) is None  # emulated bfloat16 is slower than float32
+    assert environment.autocast_dtype("mps", True) is None
+
+
+def test_native_bfloat16_reads_the_cpu_flags(monkeypatch, tmp_path):
+    from labutils.infra import environment
+
+    flags = {"zen4": "flags : fpu avx512f avx512_bf16 avx512_vnni\n", "sapphire": "flags : fpu amx_bf16 amx_tile\n",
+             "skylake": "flags : fpu avx2 avx512f avx512bw\n"}
+    real_path = environment.Path
+    for cpu, text in flags.items():
+        (tmp_path / cpu).write_text(text)
+        monkeypatch.setattr(environment, "Path", lambda p, f=tmp_path / cpu: f if p == "/proc/cpuinfo" else real_path(p))
+        assert environment.native_bfloat16() == (cpu != "skylake"), cpu
 
 
 @pytest.mark.parametrize("name", ["full", "FULL", " full "])

@@ -65,6 +65,22 @@ def test_cache_key_changes_with_everything_the_features_depend_on(cfg, ids):
     assert features.build_feature_cache(cfg, tiny_encoder(), reversed(ids), progress=False).key == base
 
 
+def test_bfloat16_features_are_another_cache_and_close_to_float32_ones(cfg, ids, monkeypatch):
+    # On a CPU with hardware bfloat16 the cache is built under autocast: its key says so, and its rows are the
+    # float32 features to bfloat16's precision (not zeros, not another image's).
+    from labutils.infra import environment
+
+    monkeypatch.setattr(environment, "native_bfloat16", lambda: True)
+    mixed = cfg.replace(mixed_precision=True)
+    plain_parts, mixed_parts = (features.cache_parts(c, tiny_encoder(), ids) for c in (cfg, mixed))
+    assert "precision" not in plain_parts and mixed_parts == plain_parts | {"precision": "bfloat16"}
+    plain = features.build_feature_cache(cfg, tiny_encoder(), ids, progress=False)
+    reduced = features.build_feature_cache(mixed, tiny_encoder(), ids, progress=False)
+    assert reduced.key != plain.key
+    a, b = plain.batch(ids).float(), reduced.batch(ids).float()
+    assert not torch.equal(a, b) and torch.allclose(a, b, rtol=0.02, atol=0.02 * float(a.abs().max()))
+
+
 def test_a_changed_dataset_gets_a_new_cache(cfg, ids, tmp_path):
     import shutil
 

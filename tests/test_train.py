@@ -382,6 +382,22 @@ def test_train_runs_the_module_level_epoch_function(lab, monkeypatch):
     assert all(torch.equal(before[name], value) for name, value in decoder.state_dict().items())
 
 
+def test_a_bfloat16_epoch_on_the_cpu_learns_without_a_scaler(lab):
+    # CPU mixed precision: the forward pass in bfloat16, the weights and their updates in float32, no loss scaling.
+    T.seed_everything(0)
+    decoder = _decoder(lab, seed=4)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=lab.cfg.decoder_lr)
+    amp = T.MixedPrecision(torch.bfloat16, "cpu")
+    assert amp.enabled and not amp.scaler.is_enabled()
+    with amp.autocast():
+        out = decoder(torch.randn(2, 16, decoder.feature_dim), torch.full((2, 5), 4), torch.tensor([5, 5]))
+    assert out.logits.dtype == torch.bfloat16
+    first = T.train_one_epoch(decoder, lab.loaders, lab.vocab, optimizer, None, amp, lab.cfg, max_len=16)
+    second = T.train_one_epoch(decoder, lab.loaders, lab.vocab, optimizer, None, amp, lab.cfg, max_len=16)
+    assert all(p.dtype == torch.float32 for p in decoder.parameters())
+    assert second["train_loss"] < first["train_loss"] < math.log(len(lab.vocab)) + 1
+
+
 def test_one_epoch_trains_and_validates_without_teacher_forcing(lab):
     # The epoch function on its own: weights move, the loss is a real cross-entropy, and its validation number is
     # the BLEU-4 of the decoder's own greedy captions (caption_loader + metrics.bleu4), taken after the updates.
@@ -390,7 +406,7 @@ def test_one_epoch_trains_and_validates_without_teacher_forcing(lab):
     decoder = _decoder(lab, seed=4)
     before = {name: value.clone() for name, value in decoder.state_dict().items()}
     optimizer = torch.optim.Adam(decoder.parameters(), lr=cfg.decoder_lr)
-    amp = T.MixedPrecision(False, "cpu")
+    amp = T.MixedPrecision(None, "cpu")
     numbers = T.train_one_epoch(decoder, lab.loaders, lab.vocab, optimizer, None, amp, cfg, max_len=16)
     assert set(numbers) == {"train_loss", "top5", "val_bleu4", "lr"}
     assert 0 < numbers["train_loss"] < math.log(len(lab.vocab)) + 1 and numbers["lr"] == cfg.decoder_lr
