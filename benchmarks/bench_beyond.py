@@ -37,6 +37,7 @@ from bench_flickr8k_recipe import parse_overrides, scored  # noqa: E402
 from machine import machine_info, record_run  # noqa: E402
 
 from labutils import course, features, get_config, scst, train  # noqa: E402
+from labutils.infra.environment import autocast_dtype  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "beyond.json"
 GOAL = "SCST: test CIDEr-D +10 % relative, METEOR not lower, within 10 extra CPU minutes; Transformer >= LSTM CIDEr-D"
@@ -62,6 +63,8 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float) -> tuple[
     tuned = scst.policy_copy(decoder)  # dropout off: the policy scored is the model as it runs at test time
     optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    device_type = torch.device(cfg.device).type
+    amp = train.MixedPrecision(autocast_dtype(device_type, cfg.mixed_precision), device_type)
     started, batches, epoch, history = time.perf_counter(), 0, 0, []
     with train.cpu_threads(cfg.cpu_threads):
         while time.perf_counter() - started < minutes * 60:
@@ -69,7 +72,7 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float) -> tuple[
             lab.loaders["train"].dataset.set_epoch(1000 + epoch)
             for batch in lab.loaders["train"]:
                 stats = scst.scst_epoch(tuned, [batch], optimizer, lab.vocab, cider, cfg, n_samples=5,
-                                        baseline="mean", generator=generator)
+                                        baseline="mean", generator=generator, amp=amp)
                 batches += 1
                 history.append({k: round(float(v), 4) for k, v in stats.items()})
                 if time.perf_counter() - started >= minutes * 60:

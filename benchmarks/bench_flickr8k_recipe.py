@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import matplotlib  # noqa: E402
+import torch  # noqa: E402
 from machine import machine_info, record_run  # noqa: E402
 
 matplotlib.use("Agg")
@@ -160,7 +161,7 @@ def run(args) -> dict:
                                                   "max_caption_len", "embed_dim", "hidden_dim", "attention_dim",
                                                   "dropout", "batch_size", "epochs", "decoder_lr", "lr_schedule",
                                                   "alpha_c", "cpu_threads", "device")}
-        | {"precision": str(autocast_dtype(cfg.device, cfg.mixed_precision) or "float32").removeprefix("torch.")},
+        | {"precision": str(autocast_dtype(torch.device(cfg.device).type, cfg.mixed_precision) or "float32").removeprefix("torch.")},
         "vocab_size": len(vocab), "train_images": len(lab.splits["train"]), "epochs_run": len(result.history),
         "stopped": result.stopped,
         "stages_s": {k: round(v, 1) for k, v in stages.items()}, "recipe_minutes": round(recipe_minutes, 2),
@@ -172,7 +173,7 @@ def run(args) -> dict:
 def table(results: dict) -> str:
     """The recorded runs as a Markdown table: test (else dev) scores of beam search, minutes per stage."""
     rows = ["| run | split | BLEU-4 | METEOR | CIDEr-D | words | distinct | features min | training min | "
-            "recipe min (goal 12) | epochs | date |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "recipe min (goal 12) | epochs | precision | date |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         split = "test" if run.get("test") else "dev"
         scores = run[split]["methods"][f"beam{run['beam']}"]
@@ -180,7 +181,7 @@ def table(results: dict) -> str:
         rows.append(f"| {run['label']} | {split} | {scores['Bleu_4']:.3f} | {scores['METEOR']:.3f} | "
                     f"{scores['CIDEr']:.3f} | {scores['words_per_caption']:.1f} | {scores['distinct']:.2f} | "
                     f"{stages['features'] / 60:.1f} | {stages['training'] / 60:.1f} | {run['recipe_minutes']:.1f} | "
-                    f"{run['epochs_run']} | {run['date'][:10]} |")
+                    f"{run['epochs_run']} | {run['settings'].get('precision', 'float32')} | {run['date'][:10]} |")
     return "\n".join(rows)
 
 

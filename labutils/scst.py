@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import decode
-from .train import batch_features
+from .infra.environment import autocast_dtype
+from .train import MixedPrecision, batch_features
 from .vocab import tokenize
 
 END = "<end>"  # the word `end_token=True` appends; no PTB token looks like it (tokenize splits off "<" and ">")
@@ -345,21 +346,29 @@ def policy_copy(decoder: nn.Module) -> nn.Module:
 
 def scst_epoch(decoder: nn.Module, loader, optimizer, vocab, cider: CiderD, cfg, *, n_samples: int = 5,
                baseline: str = "greedy", max_len: int | None = None,
-               generator: torch.Generator | None = None) -> dict:
-    """One epoch of self-critical fine-tuning over a training loader of `data.CaptionBatch`; the mean stats."""
+               generator: torch.Generator | None = None, amp: MixedPrecision | None = None) -> dict:
+    """One epoch of self-critical fine-tuning over a training loader of `data.CaptionBatch`; the mean stats.
+
+    Mixed precision as in cross-entropy training (cfg.mixed_precision): float16 with loss scaling on CUDA,
+    bfloat16 on a CPU that computes it in hardware. A caller that steps batch by batch passes one `amp` to every
+    call, so that float16's loss scale carries over from batch to batch.
+    """
     device, max_len = torch.device(cfg.device), max_len or int(cfg.max_caption_len)
+    amp = amp or MixedPrecision(autocast_dtype(device.type, bool(cfg.mixed_precision)), device.type)
     decoder.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     totals, batches = Counter(), 0
     for batch in loader:
         features = batch_features(batch.inputs, None, device, device.type == "cuda")  # [B, P, C]
-        loss, stats = scst_loss(decoder, features, batch.image_ids, vocab, cider, n_samples, baseline, max_len,
-                                generator)
+        with amp.autocast():
+            loss, stats = scst_loss(decoder, features, batch.image_ids, vocab, cider, n_samples, baseline, max_len,
+                                    generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        amp.backward(loss)
         if cfg.grad_clip:
+            amp.unscale_(optimizer)
             nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
+        amp.step(optimizer)
         totals.update(stats | {"loss": float(loss.detach())})
         batches += 1
     if not batches:

@@ -235,7 +235,11 @@ def test_policy_copy_runs_without_dropout_and_leaves_the_original_alone(kind):
 TOY_CAPTIONS = {0: "a dog runs", 1: "a cat sleeps", 2: "two birds fly", 3: "a man rides"}
 
 
-def test_a_few_scst_epochs_raise_the_greedy_captions_cider():
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_a_few_scst_epochs_raise_the_greedy_captions_cider(dtype):
+    # bfloat16: the CPU's mixed precision (cfg.mixed_precision on a CPU with it in hardware) must learn as well.
+    from labutils.train import MixedPrecision
+
     torch.manual_seed(0)
     references = {i: [c, c, c, " ".join(c.split()[:2])] for i, c in TOY_CAPTIONS.items()}  # favour one caption
     vocab = Vocabulary.build(c for refs in references.values() for c in refs)
@@ -252,8 +256,9 @@ def test_a_few_scst_epochs_raise_the_greedy_captions_cider():
 
     with cpu_threads(1):  # the same numbers on any machine, and no thread contention on a busy one
         before = greedy_cider()
-        history = [scst.scst_epoch(decoder, loader, optimizer, vocab, cider, cfg, n_samples=5, generator=generator)
-                   for _ in range(30)]
+        amp = MixedPrecision(dtype, "cpu")
+        history = [scst.scst_epoch(decoder, loader, optimizer, vocab, cider, cfg, n_samples=5, generator=generator,
+                                   amp=amp) for _ in range(30)]
         after = greedy_cider()
     best = float(cider.scores([0], [TOY_CAPTIONS[0]])[0])  # the favoured caption's own reward
     assert before < 0.5 and after > before + 2.0 and after < best, (before, after, best)
