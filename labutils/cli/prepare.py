@@ -49,7 +49,7 @@ def encoder_weights(name: str) -> tuple[Path, str | None]:
 
         url = get_model_weights(key).DEFAULT.url
         return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name, url
-    return encoders.lite_weights_file(), None
+    return encoders.lite_weights_file(int(key[len("efficientnet_lite")])), None
 
 
 def _build_encoder(cfg, progress: bool):
