@@ -22,8 +22,8 @@ class Check:
 def native_bfloat16() -> bool:
     """True when this CPU multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX, read from /proc/cpuinfo).
 
-    There, autocast to bfloat16 roughly halves the time of a feature-cache build and of a decoder's training step
-    (benchmarks/bench_cpu_bfloat16.py); elsewhere it is emulated and slower than float32, so it is not used.
+    There, autocast to bfloat16 speeds up a feature-cache build and a decoder's training step (by how much:
+    benchmarks/results/cpu_bfloat16.json); elsewhere it is emulated and slower than float32, so it is not used.
     """
     import torch
 
