@@ -182,8 +182,8 @@ def main(argv=None) -> int:
     parser.add_argument("--profile", default="flickr8k")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a config override")
     parser.add_argument("--transformer-set", action="append", default=[], metavar="NAME=VALUE",
-                        help="a config override for the Transformer only, e.g. epochs=21 to give it the LSTM's "
-                             "training minutes (it runs an epoch in about 0.6 of the LSTM's time on a CPU)")
+                        help="a config override for the Transformer only, e.g. epochs=N to give it the LSTM's "
+                             "training minutes (it runs an epoch faster than the LSTM on a CPU)")
     parser.add_argument("--build-dir", default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--beam", type=int, default=3)
