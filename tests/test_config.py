@@ -15,7 +15,7 @@ def test_quick_profile_is_cpu_and_small(monkeypatch):
 
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_coco_profile_falls_back_to_cpu_without_cuda(monkeypatch, native_bf16):
-    # Mixed precision survives the fall-back only on a CPU that computes bfloat16 in hardware.
+    # Mixed precision stays asked for on the CPU, and runs (as bfloat16) only where the CPU computes it in hardware.
     import torch
 
     from labutils.infra import environment
@@ -24,8 +24,10 @@ def test_coco_profile_falls_back_to_cpu_without_cuda(monkeypatch, native_bf16):
     monkeypatch.setattr(environment, "native_bfloat16", lambda: native_bf16)
     cfg = get_config("coco")
     assert cfg.profile == "coco" and cfg.dataset_name == "coco2014"
-    assert cfg.encoder == "resnet101" and cfg.device == "cpu" and cfg.mixed_precision == native_bf16
-    assert not get_config("quick").mixed_precision  # the shapes stay float32 everywhere: CI's outputs are exact
+    assert cfg.encoder == "resnet101" and cfg.device == "cpu" and cfg.mixed_precision
+    assert environment.autocast_dtype(cfg.device, cfg.mixed_precision) == (torch.bfloat16 if native_bf16 else None)
+    quick = get_config("quick")  # the shapes stay float32 everywhere: CI's outputs are exact
+    assert environment.autocast_dtype(quick.device, quick.mixed_precision) is None
 
 
 def test_autocast_dtype_is_float16_on_cuda_and_bfloat16_only_on_a_native_cpu(monkeypatch):
