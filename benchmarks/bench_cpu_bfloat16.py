@@ -126,18 +126,21 @@ def training_numbers(repeats: int, batch: int, tokens: int) -> dict:
             "speedup_median": round(statistics.median(times["float32"]) / statistics.median(times["bfloat16"]), 2)}
 
 
+def rate(numbers: dict, unit: str) -> str:
+    """`median [min, max]` of one precision's rates, as `summary` recorded them."""
+    return f"{numbers[f'{unit}_median']} {numbers[f'{unit}_range']}"
+
+
 def table(results: dict) -> str:
     rows = ["| run | native bf16 | encoder | px | encoder img/s fp32 | bf16 | ratio | feature error | train batch/s fp32 | bf16 | "
             "ratio |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         enc, tr = run["encoder"], run["training"]
-        rows.append(f"| {run['label']} | {run['native_bfloat16']} | {enc['encoder']} | {enc['input_size']} | "
-                    f"{enc['float32']['images_per_s_median']} "
-                    f"{enc['float32']['images_per_s_range']} | {enc['bfloat16']['images_per_s_median']} "
-                    f"{enc['bfloat16']['images_per_s_range']} | {enc['speedup_median']}x | "
-                    f"{enc['relative_l2_error']:.1%} | {tr['float32']['batches_per_s_median']} "
-                    f"{tr['float32']['batches_per_s_range']} | {tr['bfloat16']['batches_per_s_median']} "
-                    f"{tr['bfloat16']['batches_per_s_range']} | {tr['speedup_median']}x |")
+        cells = [run["label"], run["native_bfloat16"], enc["encoder"], enc["input_size"],
+                 rate(enc["float32"], "images_per_s"), rate(enc["bfloat16"], "images_per_s"),
+                 f"{enc['speedup_median']}x", f"{enc['relative_l2_error']:.1%}",
+                 rate(tr["float32"], "batches_per_s"), rate(tr["bfloat16"], "batches_per_s"), f"{tr['speedup_median']}x"]
+        rows.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(rows)
 
 

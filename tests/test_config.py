@@ -53,7 +53,9 @@ def test_native_bfloat16_reads_the_cpu_flags(monkeypatch, tmp_path):
     for cpu, text in flags.items():
         (tmp_path / cpu).write_text(text)
         monkeypatch.setattr(environment, "Path", lambda p, f=tmp_path / cpu: f if p == "/proc/cpuinfo" else real_path(p))
+        environment.native_bfloat16.cache_clear()  # read once per process: make it read this CPU's flags
         assert environment.native_bfloat16() == (cpu != "skylake"), cpu
+    environment.native_bfloat16.cache_clear()  # the next test reads the real CPU again
 
 
 @pytest.mark.parametrize("name", ["full", "FULL", " full "])

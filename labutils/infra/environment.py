@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ class Check:
     fix: str = ""
 
 
+@functools.cache  # the CPU does not change while the process runs: read its flags once
 def native_bfloat16() -> bool:
     """True when this CPU multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX, read from /proc/cpuinfo).
 
