@@ -20,6 +20,7 @@ Each run is appended to benchmarks/results/beyond.json (runs with the same label
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import os
@@ -58,9 +59,12 @@ def train_scored(cfg, kind: str, lab, cache, beam: int, overrides: dict) -> tupl
                      "parameters": sum(p.numel() for p in decoder.parameters())}
 
 
-def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float) -> tuple[torch.nn.Module, dict]:
-    """Fine-tune a copy with SCST, batch by batch, until `minutes` of wall-clock time are spent."""
-    tuned = scst.policy_copy(decoder)  # dropout off: the policy scored is the model as it runs at test time
+def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: int | None = None,
+                  dropout: bool = False) -> tuple[torch.nn.Module, dict]:
+    """Fine-tune a copy with SCST, batch by batch, until `minutes` of wall-clock time are spent; samples stop at
+    `max_len` tokens (default: the profile's max_caption_len). Dropout is off (the policy scored is the model as
+    it runs at test time) unless `dropout`."""
+    tuned = copy.deepcopy(decoder) if dropout else scst.policy_copy(decoder)
     optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     device_type = torch.device(cfg.device).type
@@ -72,7 +76,7 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float) -> tuple[
             lab.loaders["train"].dataset.set_epoch(1000 + epoch)
             for batch in lab.loaders["train"]:
                 stats = scst.scst_epoch(tuned, [batch], optimizer, lab.vocab, cider, cfg, n_samples=5,
-                                        baseline="mean", generator=generator, amp=amp)
+                                        baseline="mean", max_len=max_len, generator=generator, amp=amp)
                 batches += 1
                 history.append({k: round(float(v), 4) for k, v in stats.items()})
                 if time.perf_counter() - started >= minutes * 60:
@@ -80,6 +84,7 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float) -> tuple[
     spent = (time.perf_counter() - started) / 60
     mean_reward = [h["reward"] for h in history]
     return tuned.eval(), {"scst_minutes": round(spent, 2), "batches": batches, "lr": lr,
+                          "max_len": max_len or int(cfg.max_caption_len), "dropout": dropout,
                           "reward_first_10": round(sum(mean_reward[:10]) / max(1, len(mean_reward[:10])), 4),
                           "reward_last_10": round(sum(mean_reward[-10:]) / max(1, len(mean_reward[-10:])), 4)}
 
@@ -111,9 +116,12 @@ def dev_lr_sweep(args) -> dict:
         decoder, _, _ = course.load_trained(cfg, kind, progress=False, use_instructor=False)
         rows = {"cross-entropy": scored(decoder, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
         for lr in args.dev_lrs:
-            tuned, record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, lr)
-            rows[f"scst lr {lr:g}"] = {**record, **scored(tuned, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
-            print(json.dumps({kind: {f"scst lr {lr:g}": rows[f"scst lr {lr:g}"]}}), flush=True)
+            tuned, record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, lr, args.scst_max_len,
+                                          args.scst_dropout)
+            stage = (f"scst lr {lr:g}" + (f", max {args.scst_max_len} tokens" if args.scst_max_len else "")
+                     + (", dropout on" if args.scst_dropout else ""))
+            rows[stage] = {**record, **scored(tuned, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
+            print(json.dumps({kind: {stage: rows[stage]}}), flush=True)
         sweep[kind] = rows
     return {**record_header(args, cfg), "split": "dev", "dev_lr_sweep": sweep}
 
@@ -124,7 +132,8 @@ def run(args) -> dict:
     for kind in ("attention", "transformer"):
         overrides = parse_overrides(args.transformer_set) if kind == "transformer" else {}
         decoder, record = train_scored(cfg, kind, lab, cache, args.beam, overrides)
-        tuned, scst_record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, args.scst_lr)
+        tuned, scst_record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, args.scst_lr,
+                                           args.scst_max_len, args.scst_dropout)
         record["scst"] = {**scst_record, "test": scored(tuned, lab.vocab, cache, lab, "test", args.beam, 0.0)}
         models[kind] = record
         print(json.dumps({kind: {k: v for k, v in record.items() if k != "test"}}), flush=True)
@@ -189,6 +198,9 @@ def main(argv=None) -> int:
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--scst-minutes", type=float, default=10.0, help="wall-clock budget of each SCST stage")
     parser.add_argument("--scst-lr", type=float, default=5e-5)
+    parser.add_argument("--scst-max-len", type=int, default=None,
+                        help="tokens a SCST sample may run to (default: the profile's max_caption_len)")
+    parser.add_argument("--scst-dropout", action="store_true", help="keep the decoder's dropout during SCST")
     parser.add_argument("--label", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--dev-lrs", type=float, nargs="+", default=None, metavar="LR",

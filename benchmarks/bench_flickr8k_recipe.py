@@ -137,7 +137,7 @@ def run(args) -> dict:
     lab = course.prepare_data(cfg, progress=False)
     stages["data"] = time.perf_counter() - started
     started = time.perf_counter()
-    decoder, vocab, result, _path = course.train_quick_captioner(cfg, "attention", progress=False, lab_data=lab,
+    decoder, vocab, result, _path = course.train_quick_captioner(cfg, args.decoder, progress=False, lab_data=lab,
                                                                  callbacks=[record])
     stages["training"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -156,7 +156,7 @@ def run(args) -> dict:
     return {
         "label": args.label, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/bench_flickr8k_recipe.py " + " ".join(sys.argv[1:]),
-        "overrides": overrides, "beam": args.beam, "length_penalty": args.length_penalty,
+        "decoder": args.decoder, "overrides": overrides, "beam": args.beam, "length_penalty": args.length_penalty,
         "settings": {k: getattr(cfg, k) for k in ("encoder", "encoder_input_size", "grid_size", "min_freq",
                                                   "max_caption_len", "embed_dim", "hidden_dim", "attention_dim",
                                                   "dropout", "batch_size", "epochs", "decoder_lr", "lr_schedule",
@@ -172,13 +172,13 @@ def run(args) -> dict:
 
 def table(results: dict) -> str:
     """The recorded runs as a Markdown table: test (else dev) scores of beam search, minutes per stage."""
-    rows = ["| run | split | BLEU-4 | METEOR | CIDEr-D | words | distinct | features min | training min | "
-            "recipe min (goal 12) | epochs | precision | date |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | decoder | split | BLEU-4 | METEOR | CIDEr-D | words | distinct | features min | training min | "
+            "recipe min (goal 12) | epochs | precision | date |", "|---" * 14 + "|"]
     for run in results["runs"]:
         split = "test" if run.get("test") else "dev"
         scores = run[split]["methods"][f"beam{run['beam']}"]
         stages = run["stages_s"]
-        rows.append(f"| {run['label']} | {split} | {scores['Bleu_4']:.3f} | {scores['METEOR']:.3f} | "
+        rows.append(f"| {run['label']} | {run.get('decoder', 'attention')} | {split} | {scores['Bleu_4']:.3f} | {scores['METEOR']:.3f} | "
                     f"{scores['CIDEr']:.3f} | {scores['words_per_caption']:.1f} | {scores['distinct']:.2f} | "
                     f"{stages['features'] / 60:.1f} | {stages['training'] / 60:.1f} | {run['recipe_minutes']:.1f} | "
                     f"{run['epochs_run']} | {run['settings'].get('precision', 'float32')} | {run['date'][:10]} |")
@@ -195,6 +195,8 @@ def main(argv=None) -> int:
     parser.add_argument("--build-dir", default=None, help="build folder (an empty one times the feature cache)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--label", default="recipe")
+    parser.add_argument("--decoder", default="attention", choices=("attention", "transformer"),
+                        help="the decoder to train (notebook 10's Transformer: pass its --set decoder_lr=1e-3)")
     parser.add_argument("--dev-only", action="store_true", help="score the dev split only (choosing the recipe)")
     parser.add_argument("--figures", default=None, help="folder for attention figures of ten test photos")
     parser.add_argument("--decode-sweep", action="store_true", help="also score beam sizes x length penalties on dev")
