@@ -59,18 +59,43 @@ def train_scored(cfg, kind: str, lab, cache, beam: int, overrides: dict) -> tupl
                      "parameters": sum(p.numel() for p in decoder.parameters())}
 
 
+def dev_cider(cfg, lab):
+    """A function giving a decoder's greedy dev CIDEr-D, in-process (`scst.CiderD` on the dev references, as
+    pycocoevalcap computes it): the number the SCST stage keeps its best weights by, as cross-entropy training
+    keeps its best validation epoch."""
+    scorer = scst.CiderD({i: lab.captions[i] for i in lab.splits["val"]})
+
+    def score(decoder) -> float:
+        predictions, _ = train.caption_loader(decoder, lab.loaders["val"], lab.vocab, cfg.device, cfg.max_caption_len)
+        return float(scorer.scores(list(predictions), list(predictions.values())).mean())
+    return score
+
+
 def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: int | None = None,
-                  dropout: bool = False) -> tuple[torch.nn.Module, dict]:
+                  dropout: bool = False, check_every: int = 0) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy with SCST, batch by batch, until `minutes` of wall-clock time are spent; samples stop at
-    `max_len` tokens (default: the profile's max_caption_len). Dropout is off (the policy scored is the model as
-    it runs at test time) unless `dropout`."""
+    `max_len` tokens (default: the profile's scst_max_len). Dropout is off (the policy scored is the model as
+    it runs at test time) unless `dropout`. With `check_every` > 0 the greedy dev CIDEr-D is measured before the
+    first batch, every `check_every` batches and at the end (inside the minutes), and the copy ends with the best
+    weights seen: SCST's dev score rises, then falls as the captions collapse onto a few safe phrasings."""
     tuned = copy.deepcopy(decoder) if dropout else scst.policy_copy(decoder)
     optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     device_type = torch.device(cfg.device).type
     amp = train.MixedPrecision(autocast_dtype(device_type, cfg.mixed_precision), device_type)
-    started, batches, epoch, history = time.perf_counter(), 0, 0, []
+    score = dev_cider(cfg, lab) if check_every else None
+    started, batches, epoch, history, checks, best = time.perf_counter(), 0, 0, [], [], None
+
+    def check() -> None:
+        nonlocal best
+        checks.append({"batches": batches, "minutes": round((time.perf_counter() - started) / 60, 2),
+                       "dev_cider_greedy": round(score(tuned), 4)})
+        if best is None or checks[-1]["dev_cider_greedy"] > best[0]["dev_cider_greedy"]:
+            best = (checks[-1], copy.deepcopy(tuned.state_dict()))
+
     with train.cpu_threads(cfg.cpu_threads):
+        if score:
+            check()
         while time.perf_counter() - started < minutes * 60:
             epoch += 1
             lab.loaders["train"].dataset.set_epoch(1000 + epoch)
@@ -79,12 +104,19 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: 
                                         baseline="mean", max_len=max_len, generator=generator, amp=amp)
                 batches += 1
                 history.append({k: round(float(v), 4) for k, v in stats.items()})
+                if score and batches % check_every == 0:
+                    check()
                 if time.perf_counter() - started >= minutes * 60:
                     break
+        if score and checks[-1]["batches"] != batches:
+            check()
+    if best is not None:
+        tuned.load_state_dict(best[1])
     spent = (time.perf_counter() - started) / 60
     mean_reward = [h["reward"] for h in history]
     return tuned.eval(), {"scst_minutes": round(spent, 2), "batches": batches, "lr": lr,
-                          "max_len": max_len or int(cfg.max_caption_len), "dropout": dropout,
+                          "max_len": max_len or int(cfg.scst_max_len or cfg.max_caption_len), "dropout": dropout,
+                          "kept_batch": best[0]["batches"] if best else batches, "dev_checks": checks,
                           "reward_first_10": round(sum(mean_reward[:10]) / max(1, len(mean_reward[:10])), 4),
                           "reward_last_10": round(sum(mean_reward[-10:]) / max(1, len(mean_reward[-10:])), 4)}
 
@@ -117,7 +149,7 @@ def dev_lr_sweep(args) -> dict:
         rows = {"cross-entropy": scored(decoder, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
         for lr in args.dev_lrs:
             tuned, record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, lr, args.scst_max_len,
-                                          args.scst_dropout)
+                                          args.scst_dropout, args.scst_check_every)
             stage = (f"scst lr {lr:g}" + (f", max {args.scst_max_len} tokens" if args.scst_max_len else "")
                      + (", dropout on" if args.scst_dropout else ""))
             rows[stage] = {**record, **scored(tuned, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
@@ -126,14 +158,34 @@ def dev_lr_sweep(args) -> dict:
     return {**record_header(args, cfg), "split": "dev", "dev_lr_sweep": sweep}
 
 
+def recorded_cross_entropy(cfg, kind: str, lab, cache, beam: int, run: dict) -> tuple[torch.nn.Module, dict]:
+    """The cross-entropy checkpoint of decoder `kind` that recorded run `run` left in the build folder, with that
+    run's training record; its test scores are measured again, and must be the recorded ones."""
+    decoder, _, _ = course.load_trained(cfg, kind, progress=False, use_instructor=False)
+    record = {k: v for k, v in run["models"][kind].items() if k != "scst"}
+    test = scored(decoder, lab.vocab, cache, lab, "test", beam, 0.0)
+    for name, row in record["test"]["methods"].items():
+        if abs(test["methods"][name]["CIDEr"] - row["CIDEr"]) > 1e-6:
+            raise SystemExit(f"The {kind} checkpoint in {cfg.checkpoint_dir} scores test CIDEr-D "
+                             f"{test['methods'][name]['CIDEr']:.4f} ({name}), not run {run['label']}'s "
+                             f"{row['CIDEr']:.4f}: it is another model; train again without --reuse.")
+    return decoder, {**record, "reused_from": run["label"]}
+
+
 def run(args) -> dict:
     cfg, cache, lab, cider = prepared(args)
+    reused = None
+    if args.reuse:
+        reused = next((r for r in json.loads(args.out.read_text())["runs"] if r["label"] == args.reuse), None)
+        if reused is None or "models" not in reused:
+            raise SystemExit(f"No recorded test run is labelled {args.reuse!r} in {args.out}; see --show.")
     models = {}
     for kind in ("attention", "transformer"):
         overrides = parse_overrides(args.transformer_set) if kind == "transformer" else {}
-        decoder, record = train_scored(cfg, kind, lab, cache, args.beam, overrides)
+        decoder, record = (recorded_cross_entropy(cfg, kind, lab, cache, args.beam, reused) if reused else
+                           train_scored(cfg, kind, lab, cache, args.beam, overrides))
         tuned, scst_record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, args.scst_lr,
-                                           args.scst_max_len, args.scst_dropout)
+                                           args.scst_max_len, args.scst_dropout, args.scst_check_every)
         record["scst"] = {**scst_record, "test": scored(tuned, lab.vocab, cache, lab, "test", args.beam, 0.0)}
         models[kind] = record
         print(json.dumps({kind: {k: v for k, v in record.items() if k != "test"}}), flush=True)
@@ -147,6 +199,8 @@ def table(results: dict) -> str:
     for run in (r for r in results["runs"] if "models" in r):  # dev sweeps: see dev_table
         for kind, record in run["models"].items():
             scst_stage = f"+ SCST, lr {record['scst']['lr']:g}, {record['scst']['batches']} batches"
+            if record["scst"].get("dev_checks"):
+                scst_stage += f" (best dev after {record['scst']['kept_batch']})"
             for stage, test, minutes in ((f"cross-entropy, {record['epochs']} epochs", record["test"],
                                           record["train_minutes"]),
                                          (scst_stage, record["scst"]["test"], record["scst"]["scst_minutes"])):
@@ -199,14 +253,20 @@ def main(argv=None) -> int:
     parser.add_argument("--scst-minutes", type=float, default=10.0, help="wall-clock budget of each SCST stage")
     parser.add_argument("--scst-lr", type=float, default=5e-5)
     parser.add_argument("--scst-max-len", type=int, default=None,
-                        help="tokens a SCST sample may run to (default: the profile's max_caption_len)")
+                        help="tokens a SCST sample may run to (default: the profile's scst_max_len)")
     parser.add_argument("--scst-dropout", action="store_true", help="keep the decoder's dropout during SCST")
+    parser.add_argument("--scst-check-every", type=int, default=40, metavar="N",
+                        help="measure the greedy dev CIDEr-D every N SCST batches and keep the best weights (0: off)")
     parser.add_argument("--label", default="cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--dev-lrs", type=float, nargs="+", default=None, metavar="LR",
                         help="choose the SCST rate on dev: fine-tune the finished checkpoints in --build-dir with "
                              "each rate and score the dev split (nothing trained from scratch, nothing on test)")
     parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"], help="decoders for --dev-lrs")
+    parser.add_argument("--reuse", default=None, metavar="LABEL",
+                        help="skip cross-entropy training: fine-tune the checkpoints recorded run LABEL left in "
+                             "--build-dir (their test scores are checked against the record), to compare SCST "
+                             "settings on the same models")
     parser.add_argument("--show", action="store_true", help="print the recorded runs as a table; run nothing")
     args = parser.parse_args(argv)
     if args.show:

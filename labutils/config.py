@@ -94,6 +94,10 @@ class LabConfig:
     transformer_layers: int = 2
     num_heads: int = 4  # 4 heads of 64 channels: several places per word, each head still wide enough to match
     transformer_dim: int = 256  # width of words and memory (FFN 4x wider, as Vaswani et al.); the LSTM's hidden size
+    # Self-critical training (notebook 10): the tokens a sampled caption may run to; None: max_caption_len. Long
+    # rambling samples cost steps and teach little: on flickr8k's dev split, 16 gave both decoders two to three
+    # times the CIDEr-D gain of 40 in the same 5 minutes (benchmarks/results/beyond.json, dev-*-max16 vs max40).
+    scst_max_len: int | None = None
     batch_size: int = 64
     # Batch captions of similar length together (data.LengthGroupedBatchSampler): less padding, so a step costs
     # less; off on the quick profile, whose recorded results use plain shuffled batches.
@@ -197,6 +201,7 @@ COCO = LabConfig(
     decoder_lr=4e-4,
     encoder_lr=1e-4,
     alpha_c=1.0,  # as in Show, Attend and Tell (Xu et al., 2015)
+    scst_max_len=16,  # flickr8k's choice (made on its dev split); not measured on MS-COCO
     time_budget_s=None,
     cpu_threads=None,
     min_bleu4=0.20,  # real captions: the papers' models reach 0.24-0.28 (notebook 07)
@@ -228,6 +233,7 @@ FLICKR8K = LabConfig(
     epochs=13,  # with bfloat16 on this build machine's CPU, the most that fits the 12-minute recipe goal (benchmarks)
     decoder_lr=2e-3,
     lr_schedule="cosine",  # halving on every noisy dev dip drove the rate to ~1e-6 long before the last epoch
+    scst_max_len=16,
     time_budget_s=None,
     min_bleu4=0.15,
     device="cuda",  # falls back to the CPU when there is no GPU

@@ -353,7 +353,7 @@ def scst_epoch(decoder: nn.Module, loader, optimizer, vocab, cider: CiderD, cfg,
     bfloat16 on a CPU that computes it in hardware. A caller that steps batch by batch passes one `amp` to every
     call, so that float16's loss scale carries over from batch to batch.
     """
-    device, max_len = torch.device(cfg.device), max_len or int(cfg.max_caption_len)
+    device, max_len = torch.device(cfg.device), max_len or int(cfg.scst_max_len or cfg.max_caption_len)
     amp = amp or MixedPrecision(autocast_dtype(device.type, bool(cfg.mixed_precision)), device.type)
     decoder.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -264,3 +264,25 @@ def test_a_few_scst_epochs_raise_the_greedy_captions_cider(dtype):
     assert before < 0.5 and after > before + 2.0 and after < best, (before, after, best)
     assert history[-1]["reward"] > history[0]["reward"]
     assert set(history[0]) == {"loss", "reward", "baseline", "sample_length", "finished"}
+
+
+@pytest.mark.parametrize(("scst_max_len", "given", "expected"), [(3, None, 3), (None, None, 6), (3, 5, 5)])
+def test_scst_epoch_samples_up_to_the_profiles_scst_max_len(monkeypatch, scst_max_len, given, expected):
+    # cfg.scst_max_len caps the samples (None: max_caption_len); an explicit max_len wins over both.
+    seen = []
+    original = scst.sample_with_log_probs
+
+    def spy(decoder, features, vocab, n_samples, max_len, generator):
+        seen.append(max_len)
+        return original(decoder, features, vocab, n_samples, max_len, generator)
+
+    monkeypatch.setattr(scst, "sample_with_log_probs", spy)
+    torch.manual_seed(0)
+    vocab = Vocabulary.build(TOY_CAPTIONS.values())
+    cider = scst.CiderD({i: [c] for i, c in TOY_CAPTIONS.items()})
+    decoder = ShowAttendTell(len(vocab), feature_dim=8, embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.0)
+    loader = [CaptionBatch(torch.randn(2, 3, 8), None, None, [0, 1])]
+    cfg = QUICK.replace(device="cpu", max_caption_len=6, scst_max_len=scst_max_len)
+    stats = scst.scst_epoch(decoder, loader, torch.optim.SGD(decoder.parameters(), lr=0.0), vocab, cider, cfg,
+                            max_len=given, baseline="mean", generator=torch.Generator().manual_seed(0))
+    assert seen == [expected] and stats["sample_length"] <= expected
