@@ -150,8 +150,8 @@ def dev_lr_sweep(args) -> dict:
         for lr in args.dev_lrs:
             tuned, record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, lr, args.scst_max_len,
                                           args.scst_dropout, args.scst_check_every)
-            stage = (f"scst lr {lr:g}" + (f", max {args.scst_max_len} tokens" if args.scst_max_len else "")
-                     + (", dropout on" if args.scst_dropout else ""))
+            stage = (f"scst lr {lr:g}, max {record['max_len']} tokens" + (", dropout on" if args.scst_dropout else "")
+                     + (f", best dev after {record['kept_batch']}" if record["dev_checks"] else ""))
             rows[stage] = {**record, **scored(tuned, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
             print(json.dumps({kind: {stage: rows[stage]}}), flush=True)
         sweep[kind] = rows
