@@ -95,8 +95,8 @@ class LabConfig:
     num_heads: int = 4  # 4 heads of 64 channels: several places per word, each head still wide enough to match
     transformer_dim: int = 256  # width of words and memory (FFN 4x wider, as Vaswani et al.); the LSTM's hidden size
     # Self-critical training (notebook 10): the tokens a sampled caption may run to; None: max_caption_len. Long
-    # rambling samples cost steps and teach little: on flickr8k's dev split, 16 gave both decoders two to three
-    # times the CIDEr-D gain of 40 in the same 5 minutes (benchmarks/results/beyond.json, dev-*-max16 vs max40).
+    # rambling samples cost steps and teach little: on flickr8k's dev split, 16 gave both decoders a larger CIDEr-D
+    # gain than 40 in the same minutes (benchmarks/results/beyond.json: dev-*-max16 against dev-*-max40).
     scst_max_len: int | None = None
     batch_size: int = 64
     # Batch captions of similar length together (data.LengthGroupedBatchSampler): less padding, so a step costs
