@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_flickr8k_recipe import parse_overrides, scored  # noqa: E402
 from machine import machine_info, record_run  # noqa: E402
 
-from labutils import course, features, get_config, scst, train  # noqa: E402
+from labutils import coco, course, features, get_config, metrics, scst, train  # noqa: E402
 from labutils.infra.environment import autocast_dtype  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "beyond.json"
@@ -45,7 +45,16 @@ GOAL = "SCST: test CIDEr-D +10 % relative, METEOR not lower, within 10 extra CPU
 TRANSFORMER_MAX_LR = 1e-3  # notebook 10: at 3e-3 its loss rose again after a few epochs
 
 
-def train_scored(cfg, kind: str, lab, cache, beam: int, overrides: dict) -> tuple[torch.nn.Module, dict]:
+def test_scores(decoder, lab, cache, beam: int, captions: dict | None, key: str) -> dict:
+    """Beam and greedy test scores; where `captions` is a dict, every test caption is kept in it under `key`."""
+    test = scored(decoder, lab.vocab, cache, lab, "test", beam, 0.0, keep_captions=captions is not None)
+    if captions is not None:
+        captions[key] = test.pop("captions")
+    return test
+
+
+def train_scored(cfg, kind: str, lab, cache, beam: int, overrides: dict,
+                 captions: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """Train decoder `kind` with the profile's recipe (and `overrides`); its test scores and training minutes."""
     if kind == "transformer":
         cfg = cfg.replace(decoder_lr=min(cfg.decoder_lr, TRANSFORMER_MAX_LR))
@@ -53,7 +62,7 @@ def train_scored(cfg, kind: str, lab, cache, beam: int, overrides: dict) -> tupl
     started = time.perf_counter()
     decoder, vocab, result, _ = course.train_quick_captioner(cfg, kind, progress=False, lab_data=lab)
     minutes = (time.perf_counter() - started) / 60
-    test = scored(decoder, vocab, cache, lab, "test", beam, 0.0)
+    test = test_scores(decoder, lab, cache, beam, captions, f"{kind}/cross-entropy")
     return decoder, {"train_minutes": round(minutes, 2), "epochs": len(result.history), "overrides": overrides,
                      "test": test,
                      "parameters": sum(p.numel() for p in decoder.parameters())}
@@ -179,17 +188,71 @@ def run(args) -> dict:
         reused = next((r for r in json.loads(args.out.read_text())["runs"] if r["label"] == args.reuse), None)
         if reused is None or "models" not in reused:
             raise SystemExit(f"No recorded test run is labelled {args.reuse!r} in {args.out}; see --show.")
-    models = {}
-    for kind in ("attention", "transformer"):
+    models, captions, first_command = {}, {} if args.captions_dir else None, None
+    if args.extend:  # one run in several sittings: a lent GPU machine limits each command's minutes
+        earlier = next((r for r in json.loads(args.out.read_text())["runs"] if r["label"] == args.label), None)
+        if earlier is None or "models" not in earlier:
+            raise SystemExit(f"--extend: no test run is labelled {args.label!r} in {args.out} to add to.")
+        models, first_command = dict(earlier["models"]), earlier["command"]
+        if captions is not None and (args.captions_dir / "captions.json").is_file():
+            captions = json.loads((args.captions_dir / "captions.json").read_text())
+    for kind in args.kinds:
         overrides = parse_overrides(args.transformer_set) if kind == "transformer" else {}
         decoder, record = (recorded_cross_entropy(cfg, kind, lab, cache, args.beam, reused) if reused else
-                           train_scored(cfg, kind, lab, cache, args.beam, overrides))
+                           train_scored(cfg, kind, lab, cache, args.beam, overrides, captions))
         tuned, scst_record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, args.scst_lr,
                                            args.scst_max_len, args.scst_dropout, args.scst_check_every)
-        record["scst"] = {**scst_record, "test": scored(tuned, lab.vocab, cache, lab, "test", args.beam, 0.0)}
+        record["scst"] = {**scst_record, "test": test_scores(tuned, lab, cache, args.beam, captions, f"{kind}/scst")}
         models[kind] = record
         print(json.dumps({kind: {k: v for k, v in record.items() if k != "test"}}), flush=True)
-    return {**record_header(args, cfg), "models": models}
+        # After each model, so that a run cut short (a time limit on a lent GPU machine) keeps what it finished.
+        record_run(args.out, extended(record_header(args, cfg), first_command, models), GOAL)
+        if captions is not None:
+            args.captions_dir.mkdir(parents=True, exist_ok=True)
+            (args.captions_dir / "captions.json").write_text(json.dumps(captions) + "\n")
+    return extended(record_header(args, cfg), first_command, models)
+
+
+def extended(header: dict, first_command: str | None, models: dict) -> dict:
+    """The run's record; one made in several sittings (--extend) names every command, in order."""
+    if first_command:
+        header["command"] = f"{first_command} ; then {header['command']}"
+    return {**header, "models": models}
+
+
+def meteor_from(args) -> dict:
+    """Run `--label` as a machine without a Java runtime (a GPU machine) recorded it in `--meteor-from`'s
+    beyond.json, with METEOR measured here from the test captions it saved there (captions.json). BLEU-4 and
+    CIDEr-D are measured again from the same captions and must equal the record's: the same captions, the same
+    tokens (the Python PTB tokenizer it used is tested equal to the Java one)."""
+    if not metrics.java_available():
+        raise SystemExit("METEOR needs `java` on the PATH: install a Java runtime (apt-get install default-jre) "
+                         "and run --meteor-from again.")
+    folder = args.meteor_from
+    runs = json.loads((folder / "beyond.json").read_text())["runs"]
+    run = next((r for r in runs if r["label"] == args.label), None)
+    if run is None or "models" not in run:
+        raise SystemExit(f"No test run is labelled {args.label!r} in {folder / 'beyond.json'}; pass its --label.")
+    captions = json.loads((folder / "captions.json").read_text())
+    references = coco.captions_by_image(coco.load_captions(get_config(run["profile"], device="cpu")))
+    for kind, record in run["models"].items():
+        for stage, test in (("cross-entropy", record["test"]), ("scst", record["scst"]["test"])):
+            for method, texts in captions[f"{kind}/{stage}"].items():
+                predictions = {int(i): text for i, text in texts.items()}
+                scores = metrics.coco_scores(predictions, {i: references[i] for i in predictions})
+                row = test["methods"][method]
+                for name in ("Bleu_4", "CIDEr"):
+                    if abs(scores[name] - row[name]) > 1e-4:
+                        raise SystemExit(f"{kind} {stage} {method}: {name} from the saved captions is "
+                                         f"{scores[name]:.4f}, the record says {row[name]:.4f}; the captions in "
+                                         f"{folder} are not that run's.")
+                row["METEOR"] = round(float(scores["METEOR"]), 4)
+    return {**run, "meteor_measured_on": machine_info()}
+
+
+def meteor(scores: dict) -> str:
+    """METEOR for a table; "—" where the run was made without java (see --meteor-from)."""
+    return f"{scores['METEOR']:.3f}" if "METEOR" in scores else "—"
 
 
 def table(results: dict) -> str:
@@ -205,7 +268,7 @@ def table(results: dict) -> str:
                                           record["train_minutes"]),
                                          (scst_stage, record["scst"]["test"], record["scst"]["scst_minutes"])):
                 s = test["methods"][f"beam{run['beam']}"]
-                rows.append(f"| {run['label']} | {kind} | {stage} | {s['Bleu_4']:.3f} | {s['METEOR']:.3f} | "
+                rows.append(f"| {run['label']} | {kind} | {stage} | {s['Bleu_4']:.3f} | {meteor(s)} | "
                             f"{s['CIDEr']:.3f} | {s['words_per_caption']:.1f} | {s['distinct']:.2f} | {minutes:.1f} |")
     return "\n".join(rows)
 
@@ -218,8 +281,9 @@ def goal_lines(results: dict) -> str:
         beam = f"beam{run['beam']}"
         for kind, record in run["models"].items():
             before, after = record["test"]["methods"][beam], record["scst"]["test"]["methods"][beam]
-            lines.append(f"{run['label']}: {kind} SCST CIDEr-D {after['CIDEr'] / before['CIDEr'] - 1:+.1%} relative, "
-                         f"METEOR {after['METEOR'] - before['METEOR']:+.4f}, in {record['scst']['scst_minutes']:.1f} min")
+            gain = after["CIDEr"] / before["CIDEr"] - 1 if before["CIDEr"] else float("nan")
+            lines.append(f"{run['label']}: {kind} SCST CIDEr-D {gain:+.1%} relative, "
+                         f"METEOR {after.get('METEOR', float('nan')) - before.get('METEOR', float('nan')):+.4f}, in {record['scst']['scst_minutes']:.1f} min")
         if {"attention", "transformer"} <= run["models"].keys():
             lstm, tfm = run["models"]["attention"], run["models"]["transformer"]
             lines.append(f"{run['label']}: Transformer CIDEr-D {tfm['test']['methods'][beam]['CIDEr']:.3f} in "
@@ -235,7 +299,7 @@ def dev_table(results: dict) -> str:
         for kind, stages in run["dev_lr_sweep"].items():
             for stage, row in stages.items():
                 s = row[f"beam{run['beam']}"]
-                rows.append(f"| {run['label']} | {kind} | {stage} | {s['Bleu_4']:.3f} | {s['METEOR']:.3f} | "
+                rows.append(f"| {run['label']} | {kind} | {stage} | {s['Bleu_4']:.3f} | {meteor(s)} | "
                             f"{s['CIDEr']:.3f} | {row.get('scst_minutes', 0):.1f} |")
     return "\n".join(rows)
 
@@ -262,11 +326,20 @@ def main(argv=None) -> int:
     parser.add_argument("--dev-lrs", type=float, nargs="+", default=None, metavar="LR",
                         help="choose the SCST rate on dev: fine-tune the finished checkpoints in --build-dir with "
                              "each rate and score the dev split (nothing trained from scratch, nothing on test)")
-    parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"], help="decoders for --dev-lrs")
+    parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"], choices=["attention", "transformer"],
+                        help="the decoders to train (or sweep, with --dev-lrs), in this order")
     parser.add_argument("--reuse", default=None, metavar="LABEL",
                         help="skip cross-entropy training: fine-tune the checkpoints recorded run LABEL left in "
                              "--build-dir (their test scores are checked against the record), to compare SCST "
                              "settings on the same models")
+    parser.add_argument("--extend", action="store_true",
+                        help="add the --kinds trained now to the recorded run of the same --label (made earlier with "
+                             "the same settings and other --kinds)")
+    parser.add_argument("--captions-dir", type=Path, default=None, metavar="DIR",
+                        help="also write every test caption to DIR/captions.json (for --meteor-from)")
+    parser.add_argument("--meteor-from", type=Path, default=None, metavar="DIR",
+                        help="record run --label from DIR/beyond.json, made where java was missing (no METEOR), "
+                             "with METEOR measured here from DIR/captions.json")
     parser.add_argument("--show", action="store_true", help="print the recorded runs as a table; run nothing")
     args = parser.parse_args(argv)
     if args.show:
@@ -276,7 +349,7 @@ def main(argv=None) -> int:
         results = json.loads(args.out.read_text())
         print(table(results), goal_lines(results), dev_table(results), sep="\n\n")
         return 0
-    record = dev_lr_sweep(args) if args.dev_lrs else run(args)
+    record = meteor_from(args) if args.meteor_from else dev_lr_sweep(args) if args.dev_lrs else run(args)
     record_run(args.out, record, GOAL)
     one = {"runs": [record]}
     print(dev_table(one) if args.dev_lrs else f"{table(one)}\n\n{goal_lines(one)}")

@@ -54,8 +54,10 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def scored(decoder, vocab, cache, lab, split: str, beam: int, length_penalty: float) -> dict:
-    """coco-caption scores of beam search (and greedy) on one split, plus caption length and diversity."""
+def scored(decoder, vocab, cache, lab, split: str, beam: int, length_penalty: float,
+           keep_captions: bool = False) -> dict:
+    """coco-caption scores of beam search (and greedy) on one split, plus caption length and diversity; with
+    `keep_captions`, every caption too ("captions": method -> image id -> text), to score again elsewhere."""
     ids = lab.splits[split]
     methods = {f"beam{beam}": {"method": "beam", "beam_size": beam, "length_penalty": length_penalty},
                "greedy": {"method": "greedy"}}
@@ -70,7 +72,10 @@ def scored(decoder, vocab, cache, lab, split: str, beam: int, length_penalty: fl
                        ("words_per_caption", "words/caption"), ("distinct", "distinct"), ("decode_s", "decode s"))
                       if col in row}
     examples = {str(i): comparison.captions[f"beam{beam}"][i].text for i in ids[:10]}
-    return {"methods": rows, "examples": examples}
+    if not keep_captions:
+        return {"methods": rows, "examples": examples}
+    captions = {name: {str(i): comparison.captions[name][i].text for i in ids} for name in methods}
+    return {"methods": rows, "examples": examples, "captions": captions}
 
 
 def attention_figures(decoder, vocab, cache, lab, folder: Path, beam: int, length_penalty: float, n: int = 10):
