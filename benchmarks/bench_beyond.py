@@ -247,7 +247,8 @@ def meteor_from(args) -> dict:
                                          f"{scores[name]:.4f}, the record says {row[name]:.4f}; the captions in "
                                          f"{folder} are not that run's.")
                 row["METEOR"] = round(float(scores["METEOR"]), 4)
-    return {**run, "meteor_measured_on": machine_info()}
+    return {**run, "label": args.record_as or run["label"], "meteor_measured_on": machine_info(),
+            "meteor_command": "python benchmarks/bench_beyond.py " + " ".join(sys.argv[1:])}
 
 
 def meteor(scores: dict) -> str:
@@ -264,9 +265,9 @@ def table(results: dict) -> str:
             scst_stage = f"+ SCST, lr {record['scst']['lr']:g}, {record['scst']['batches']} batches"
             if record["scst"].get("dev_checks"):
                 scst_stage += f" (best dev after {record['scst']['kept_batch']})"
-            for stage, test, minutes in ((f"cross-entropy, {record['epochs']} epochs", record["test"],
-                                          record["train_minutes"]),
-                                         (scst_stage, record["scst"]["test"], record["scst"]["scst_minutes"])):
+            stages = [(f"cross-entropy, {record['epochs']} epochs", record["test"], record["train_minutes"]),
+                      (scst_stage, record["scst"]["test"], record["scst"]["scst_minutes"])]
+            for stage, test, minutes in stages[:2 if record["scst"]["batches"] else 1]:  # 1: --scst-minutes 0
                 s = test["methods"][f"beam{run['beam']}"]
                 rows.append(f"| {run['label']} | {kind} | {stage} | {s['Bleu_4']:.3f} | {meteor(s)} | "
                             f"{s['CIDEr']:.3f} | {s['words_per_caption']:.1f} | {s['distinct']:.2f} | {minutes:.1f} |")
@@ -280,6 +281,8 @@ def goal_lines(results: dict) -> str:
     for run in (r for r in results["runs"] if "models" in r):
         beam = f"beam{run['beam']}"
         for kind, record in run["models"].items():
+            if not record["scst"]["batches"]:  # cross-entropy only (--scst-minutes 0)
+                continue
             before, after = record["test"]["methods"][beam], record["scst"]["test"]["methods"][beam]
             gain = after["CIDEr"] / before["CIDEr"] - 1 if before["CIDEr"] else float("nan")
             lines.append(f"{run['label']}: {kind} SCST CIDEr-D {gain:+.1%} relative, "
@@ -340,6 +343,8 @@ def main(argv=None) -> int:
     parser.add_argument("--meteor-from", type=Path, default=None, metavar="DIR",
                         help="record run --label from DIR/beyond.json, made where java was missing (no METEOR), "
                              "with METEOR measured here from DIR/captions.json")
+    parser.add_argument("--record-as", default=None, metavar="LABEL",
+                        help="with --meteor-from: the label to record that run under (default: its own)")
     parser.add_argument("--show", action="store_true", help="print the recorded runs as a table; run nothing")
     args = parser.parse_args(argv)
     if args.show:
