@@ -91,7 +91,7 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: 
     optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     device_type = torch.device(cfg.device).type
-    amp = train.MixedPrecision(autocast_dtype(device_type, cfg.mixed_precision), device_type)
+    amp = train.MixedPrecision(autocast_dtype(device_type, cfg.mixed_precision, decoder_only=True), device_type)
     score = dev_cider(cfg, lab) if check_every else None
     started, batches, epoch, history, checks, best = time.perf_counter(), 0, 0, [], [], None
 

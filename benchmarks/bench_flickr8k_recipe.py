@@ -166,7 +166,7 @@ def run(args) -> dict:
                                                   "max_caption_len", "embed_dim", "hidden_dim", "attention_dim",
                                                   "dropout", "batch_size", "epochs", "decoder_lr", "lr_schedule",
                                                   "alpha_c", "cpu_threads", "device")}
-        | {"precision": str(autocast_dtype(torch.device(cfg.device).type, cfg.mixed_precision) or "float32").removeprefix("torch.")},
+        | {"precision": str(autocast_dtype(torch.device(cfg.device).type, cfg.mixed_precision, decoder_only=True) or "float32").removeprefix("torch.")},
         "vocab_size": len(vocab), "train_images": len(lab.splits["train"]), "epochs_run": len(result.history),
         "stopped": result.stopped,
         "stages_s": {k: round(v, 1) for k, v in stages.items()}, "recipe_minutes": round(recipe_minutes, 2),

@@ -128,7 +128,9 @@ class LabConfig:
     min_bleu4: float = 0.80
     num_workers: int = 0
     device: str = "cpu"
-    mixed_precision: bool = False  # float16 on CUDA; bfloat16 on a CPU with it in hardware (environment.autocast_dtype)
+    # bfloat16 on a CPU with it in hardware; on CUDA float16 for the encoder, float32 for a decoder trained alone
+    # on cached features (environment.autocast_dtype says why)
+    mixed_precision: bool = False
 
     @property
     def dataset_dir(self) -> Path:

@@ -180,7 +180,7 @@ def cache_parts(cfg, encoder, image_ids: Iterable[int], source_fingerprint: dict
         "source": source_fingerprint,
     }
     # Features computed under autocast differ from float32 ones in the third digit: they are another cache.
-    dtype = autocast_dtype(torch.device(cfg.device).type, bool(cfg.mixed_precision))
+    dtype = autocast_dtype(torch.device(cfg.device).type, bool(cfg.mixed_precision), decoder_only=False)
     if dtype is not None:
         parts["precision"] = str(dtype).removeprefix("torch.")
     return parts
@@ -443,7 +443,7 @@ def _encode(cfg, encoder, ids: list[int], folder: Path, meta: dict, done: int, z
     inode = os.stat(feat_path).st_ino
     device = torch.device(cfg.device)
     fast = inference_copy(encoder).to(device)  # BatchNorm folded, channels_last: faster on CPU
-    dtype = autocast_dtype(device.type, bool(cfg.mixed_precision))
+    dtype = autocast_dtype(device.type, bool(cfg.mixed_precision), decoder_only=False)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     dataset = _ImageFiles(ids[done:], loader_fn, encoder.eval_transform(cfg.encoder_input_size))
     batches = torch.utils.data.DataLoader(dataset, batch_size=batch_size or cfg.batch_size, shuffle=False,

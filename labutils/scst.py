@@ -349,12 +349,14 @@ def scst_epoch(decoder: nn.Module, loader, optimizer, vocab, cider: CiderD, cfg,
                generator: torch.Generator | None = None, amp: MixedPrecision | None = None) -> dict:
     """One epoch of self-critical fine-tuning over a training loader of `data.CaptionBatch`; the mean stats.
 
-    Mixed precision as in cross-entropy training (cfg.mixed_precision): float16 with loss scaling on CUDA,
-    bfloat16 on a CPU that computes it in hardware. A caller that steps batch by batch passes one `amp` to every
-    call, so that float16's loss scale carries over from batch to batch.
+    Mixed precision as in cross-entropy training of a decoder alone (cfg.mixed_precision,
+    `environment.autocast_dtype`): bfloat16 on a CPU that computes it in hardware, float32 on CUDA. A caller that
+    steps batch by batch passes one `amp` to every call, so that a float16 loss scale, where one is used, carries
+    over from batch to batch.
     """
     device, max_len = torch.device(cfg.device), max_len or int(cfg.scst_max_len or cfg.max_caption_len)
-    amp = amp or MixedPrecision(autocast_dtype(device.type, bool(cfg.mixed_precision)), device.type)
+    amp = amp or MixedPrecision(autocast_dtype(device.type, bool(cfg.mixed_precision), decoder_only=True),
+                                device.type)
     decoder.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     totals, batches = Counter(), 0

@@ -486,7 +486,8 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
     fine_tune = fine_tunes(encoder)
     optimizer = _make_optimizer(decoder, encoder, decoder_lr, encoder_lr)
     lr_scheduler = _make_scheduler(optimizer, scheduler, lr_factor, lr_patience, step_size, epochs)
-    amp = MixedPrecision(autocast_dtype(device.type, bool(cfg.mixed_precision)), device.type)
+    amp = MixedPrecision(autocast_dtype(device.type, bool(cfg.mixed_precision), decoder_only=not fine_tune),
+                         device.type)
     generators = _loader_generators(loaders)
     run = (_fresh_run(cfg, generators) if resume_from is None else
            _resumed_run(resume_from, decoder, encoder, fine_tune, optimizer, lr_scheduler, amp, generators))

@@ -398,6 +398,16 @@ def test_a_bfloat16_epoch_on_the_cpu_learns_without_a_scaler(lab):
     assert second["train_loss"] < first["train_loss"] < math.log(len(lab.vocab)) + 1
 
 
+def test_train_asks_for_the_decoder_only_precision_when_no_encoder_fine_tunes(lab, monkeypatch):
+    # On CUDA that precision is float32 (environment.autocast_dtype): float16 made the decoders worse and slower.
+    asked = []
+    monkeypatch.setattr(T, "autocast_dtype", lambda device_type, mixed, *, decoder_only: asked.append(
+        (device_type, mixed, decoder_only)))
+    T.train(lab.cfg.replace(epochs=1, mixed_precision=True), _decoder(lab, seed=4), lab.loaders, lab.vocab,
+            patience=None, progress=False)
+    assert asked == [("cpu", True, True)]
+
+
 def test_one_epoch_trains_and_validates_without_teacher_forcing(lab):
     # The epoch function on its own: weights move, the loss is a real cross-entropy, and its validation number is
     # the BLEU-4 of the decoder's own greedy captions (caption_loader + metrics.bleu4), taken after the updates.

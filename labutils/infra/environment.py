@@ -38,17 +38,23 @@ def native_bfloat16() -> bool:
     return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
 
 
-def autocast_dtype(device_type: str, mixed_precision: bool):
-    """The dtype autocast computes in: float16 on CUDA, bfloat16 on a CPU that has it natively, else None (float32).
+def autocast_dtype(device_type: str, mixed_precision: bool, *, decoder_only: bool):
+    """The dtype autocast computes in, or None (float32), when `mixed_precision` is asked for.
 
-    bfloat16 keeps float32's exponent range, so unlike float16 it needs no gradient scaling.
+    * A CPU: bfloat16 where it computes it in hardware, else None. bfloat16 keeps float32's exponent range, so
+      unlike float16 it needs no gradient scaling.
+    * CUDA: float16 (with loss scaling when training, `train.MixedPrecision`) for work that runs the image encoder
+      (the feature cache, fine-tuning); None for a decoder trained alone on cached features (`decoder_only`). On a
+      lent H200, float16 training lowered both decoders' flickr8k test scores and took longer than float32
+      (benchmarks/results/beyond.json: run h200-fp16 against h200-lstm-fp32 and h200-tfm-fp32): the decoders are
+      small, so a step waits on kernel launches, not on arithmetic, and float16 only adds casts and rounding.
     """
     import torch
 
     if not mixed_precision:
         return None
     if device_type == "cuda":
-        return torch.float16
+        return None if decoder_only else torch.float16
     return torch.bfloat16 if device_type == "cpu" and native_bfloat16() else None
 
 
