@@ -50,18 +50,27 @@ def test_autocast_dtype_is_float16_for_the_encoder_on_cuda_and_bfloat16_only_on_
     assert environment.autocast_dtype("mps", True, decoder_only=False) is None
 
 
-def test_native_bfloat16_reads_the_cpu_flags(monkeypatch, tmp_path):
+@pytest.fixture
+def uncached_cpu_flags():
+    """native_bfloat16 reads the CPU once per process: clear that before the test and after it, even when the test
+    fails midway, so that no other test sees a made-up CPU."""
     from labutils.infra import environment
 
+    environment.native_bfloat16.cache_clear()
+    yield environment
+    environment.native_bfloat16.cache_clear()
+
+
+def test_native_bfloat16_reads_the_cpu_flags(monkeypatch, tmp_path, uncached_cpu_flags):
+    environment = uncached_cpu_flags
     flags = {"zen4": "flags : fpu avx512f avx512_bf16 avx512_vnni\n", "sapphire": "flags : fpu amx_bf16 amx_tile\n",
              "skylake": "flags : fpu avx2 avx512f avx512bw\n"}
     real_path = environment.Path
     for cpu, text in flags.items():
         (tmp_path / cpu).write_text(text)
         monkeypatch.setattr(environment, "Path", lambda p, f=tmp_path / cpu: f if p == "/proc/cpuinfo" else real_path(p))
-        environment.native_bfloat16.cache_clear()  # read once per process: make it read this CPU's flags
+        environment.native_bfloat16.cache_clear()  # make it read this CPU's flags
         assert environment.native_bfloat16() == (cpu != "skylake"), cpu
-    environment.native_bfloat16.cache_clear()  # the next test reads the real CPU again
 
 
 @pytest.mark.parametrize("name", ["full", "FULL", " full "])
