@@ -42,6 +42,7 @@ from labutils.infra.environment import autocast_dtype  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "beyond.json"
 GOAL = "SCST: test CIDEr-D +10 % relative, METEOR not lower, within 10 extra CPU minutes; Transformer >= LSTM CIDEr-D"
+KINDS = ("attention", "transformer")
 TRANSFORMER_MAX_LR = 1e-3  # notebook 10: at 3e-3 its loss rose again after a few epochs
 
 
@@ -81,7 +82,7 @@ def dev_cider(cfg, lab):
 
 
 def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: int | None = None,
-                  dropout: bool = False, check_every: int = 0) -> tuple[torch.nn.Module, dict]:
+                  dropout: bool = False, check_every: int = 0, xe_weight: float = 0.0) -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy with SCST, batch by batch, until `minutes` of wall-clock time are spent; samples stop at
     `max_len` tokens (default: the profile's scst_max_len). Dropout is off (the policy scored is the model as
     it runs at test time) unless `dropout`. With `check_every` > 0 the greedy dev CIDEr-D is measured before the
@@ -110,7 +111,8 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: 
             lab.loaders["train"].dataset.set_epoch(1000 + epoch)
             for batch in lab.loaders["train"]:
                 stats = scst.scst_epoch(tuned, [batch], optimizer, lab.vocab, cider, cfg, n_samples=5,
-                                        baseline="mean", max_len=max_len, generator=generator, amp=amp)
+                                        baseline="mean", max_len=max_len, generator=generator, amp=amp,
+                                        xe_weight=xe_weight)
                 batches += 1
                 history.append({k: round(float(v), 4) for k, v in stats.items()})
                 if score and batches % check_every == 0:
@@ -125,6 +127,7 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: 
     mean_reward = [h["reward"] for h in history]
     return tuned.eval(), {"scst_minutes": round(spent, 2), "batches": batches, "lr": lr,
                           "max_len": max_len or int(cfg.scst_max_len or cfg.max_caption_len), "dropout": dropout,
+                          "xe_weight": xe_weight,
                           "kept_batch": best[0]["batches"] if best else batches, "dev_checks": checks,
                           "reward_first_10": round(sum(mean_reward[:10]) / max(1, len(mean_reward[:10])), 4),
                           "reward_last_10": round(sum(mean_reward[-10:]) / max(1, len(mean_reward[-10:])), 4)}
@@ -158,8 +161,9 @@ def dev_lr_sweep(args) -> dict:
         rows = {"cross-entropy": scored(decoder, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
         for lr in args.dev_lrs:
             tuned, record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, lr, args.scst_max_len,
-                                          args.scst_dropout, args.scst_check_every)
+                                          args.scst_dropout, args.scst_check_every, args.scst_xe[kind])
             stage = (f"scst lr {lr:g}, max {record['max_len']} tokens" + (", dropout on" if args.scst_dropout else "")
+                     + (f", + {record['xe_weight']:g} x cross-entropy" if record["xe_weight"] else "")
                      + (f", best dev after {record['kept_batch']}" if record["dev_checks"] else ""))
             rows[stage] = {**record, **scored(tuned, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
             print(json.dumps({kind: {stage: rows[stage]}}), flush=True)
@@ -200,8 +204,9 @@ def run(args) -> dict:
         overrides = parse_overrides(args.transformer_set) if kind == "transformer" else {}
         decoder, record = (recorded_cross_entropy(cfg, kind, lab, cache, args.beam, reused) if reused else
                            train_scored(cfg, kind, lab, cache, args.beam, overrides, captions))
-        tuned, scst_record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, args.scst_lr,
-                                           args.scst_max_len, args.scst_dropout, args.scst_check_every)
+        tuned, scst_record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, args.scst_lr[kind],
+                                           args.scst_max_len, args.scst_dropout, args.scst_check_every,
+                                           args.scst_xe[kind])
         record["scst"] = {**scst_record, "test": test_scores(tuned, lab, cache, args.beam, captions, f"{kind}/scst")}
         models[kind] = record
         print(json.dumps({kind: {k: v for k, v in record.items() if k != "test"}}), flush=True)
@@ -307,6 +312,24 @@ def dev_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def per_decoder(values: list[str], flag: str) -> dict[str, float]:
+    """`["5e-5"]` (every decoder) or `["attention=2e-4", "transformer=5e-5"]` (each) as {decoder kind: number}."""
+    usage = f"{flag} takes one number for both decoders, or KIND=NUMBER for each of {' and '.join(KINDS)}"
+    pairs = ([(kind, values[0]) for kind in KINDS] if len(values) == 1 and "=" not in values[0]
+             else [item.partition("=")[::2] for item in values])
+    chosen = {}
+    for kind, number in pairs:
+        try:
+            chosen[kind] = float(number)
+        except ValueError:
+            raise SystemExit(f"{usage}; {number!r} is not a number.") from None
+        if kind not in KINDS:
+            raise SystemExit(f"{usage}; {kind!r} is not a decoder.")
+    if missing := [kind for kind in KINDS if kind not in chosen]:
+        raise SystemExit(f"{usage}; {' and '.join(missing)} got none.")
+    return chosen
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="flickr8k")
@@ -318,9 +341,15 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--scst-minutes", type=float, default=10.0, help="wall-clock budget of each SCST stage")
-    parser.add_argument("--scst-lr", type=float, default=5e-5)
+    parser.add_argument("--scst-lr", nargs="+", default=["attention=2e-4", "transformer=5e-5"], metavar="LR",
+                        help="SCST's learning rate: one for both decoders, or KIND=LR for each (default: the rates "
+                             "chosen on dev)")
     parser.add_argument("--scst-max-len", type=int, default=None,
                         help="tokens a SCST sample may run to (default: the profile's scst_max_len)")
+    parser.add_argument("--scst-xe", nargs="+", default=["attention=1", "transformer=0"], metavar="WEIGHT",
+                        help="add WEIGHT x the teacher-forced cross-entropy of the batch's reference captions to the "
+                             "SCST loss (0: SCST alone): one for both decoders, or KIND=WEIGHT for each (default: "
+                             "the weights chosen on dev)")
     parser.add_argument("--scst-dropout", action="store_true", help="keep the decoder's dropout during SCST")
     parser.add_argument("--scst-check-every", type=int, default=40, metavar="N",
                         help="measure the greedy dev CIDEr-D every N SCST batches and keep the best weights (0: off)")
@@ -329,7 +358,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dev-lrs", type=float, nargs="+", default=None, metavar="LR",
                         help="choose the SCST rate on dev: fine-tune the finished checkpoints in --build-dir with "
                              "each rate and score the dev split (nothing trained from scratch, nothing on test)")
-    parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"], choices=["attention", "transformer"],
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
                         help="the decoders to train (or sweep, with --dev-lrs), in this order")
     parser.add_argument("--reuse", default=None, metavar="LABEL",
                         help="skip cross-entropy training: fine-tune the checkpoints recorded run LABEL left in "
@@ -347,6 +376,7 @@ def main(argv=None) -> int:
                         help="with --meteor-from: the label to record that run under (default: its own)")
     parser.add_argument("--show", action="store_true", help="print the recorded runs as a table; run nothing")
     args = parser.parse_args(argv)
+    args.scst_lr, args.scst_xe = per_decoder(args.scst_lr, "--scst-lr"), per_decoder(args.scst_xe, "--scst-xe")
     if args.show:
         if not args.out.is_file():
             print(f"No runs are recorded in {args.out} yet; run the benchmark without --show first.")

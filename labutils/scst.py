@@ -10,7 +10,8 @@ raises the log-probability of the samples that beat a baseline (REINFORCE with a
 * `sample_with_log_probs`: several multinomial samples per image, with the gradient of their log-probabilities;
 * `scst_loss`: rewards, the baseline ("greedy": the model's greedy caption, as in the paper; "mean": the mean of
   the image's OTHER samples), the policy-gradient loss and a few numbers to watch;
-* `scst_epoch`: one epoch of fine-tuning over the lab's training loader;
+* `scst_epoch`: one epoch of fine-tuning over the lab's training loader, optionally mixed with the cross-entropy of
+  the references (`reference_cross_entropy`);
 * `policy_copy`: the copy of a trained decoder to fine-tune, with dropout off.
 
 Known pitfalls, and how they are handled here:
@@ -344,10 +345,26 @@ def policy_copy(decoder: nn.Module) -> nn.Module:
     return policy
 
 
+def reference_cross_entropy(decoder: nn.Module, features: Tensor, captions: Tensor, lengths: Tensor,
+                            pad_id: int) -> Tensor:
+    """The teacher-forced cross-entropy of reference captions [B, T] (`<pad>` ignored), the loss notebook 07's
+    `train_one_epoch` spells out: here the anchor of SCST's mixed objective."""
+    logits = decoder(features, captions, lengths).logits  # [B, T-1, V]
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), captions[:, 1:].reshape(-1),
+                           ignore_index=pad_id)
+
+
 def scst_epoch(decoder: nn.Module, loader, optimizer, vocab, cider: CiderD, cfg, *, n_samples: int = 5,
                baseline: str = "greedy", max_len: int | None = None,
-               generator: torch.Generator | None = None, amp: MixedPrecision | None = None) -> dict:
+               generator: torch.Generator | None = None, amp: MixedPrecision | None = None,
+               xe_weight: float = 0.0) -> dict:
     """One epoch of self-critical fine-tuning over a training loader of `data.CaptionBatch`; the mean stats.
+
+    With `xe_weight` above 0 the loss adds that many times the cross-entropy of the batch's reference captions, a
+    mixed objective (as Paulus et al. 2017 train summarisers): the references hold the policy near varied, human
+    phrasings while the reward pulls it towards what CIDEr-D scores. On flickr8k's dev split it kept the LSTM's
+    captions apart, where SCST alone collapsed them onto a few phrasings; the Transformer gained more without it
+    (benchmarks/results/beyond.json, the dev sweeps named `*-xe*`).
 
     Mixed precision as in cross-entropy training of a decoder alone (cfg.mixed_precision,
     `environment.autocast_dtype`): bfloat16 on a CPU that computes it in hardware, float32 on CUDA. A caller that
@@ -365,6 +382,9 @@ def scst_epoch(decoder: nn.Module, loader, optimizer, vocab, cider: CiderD, cfg,
         with amp.autocast():
             loss, stats = scst_loss(decoder, features, batch.image_ids, vocab, cider, n_samples, baseline, max_len,
                                     generator)
+            if xe_weight:
+                xe = reference_cross_entropy(decoder, features, batch.captions.to(device), batch.lengths, vocab.pad_id)
+                loss, stats = loss + xe_weight * xe, stats | {"xe": float(xe.detach())}
         optimizer.zero_grad(set_to_none=True)
         amp.backward(loss)
         if cfg.grad_clip:
@@ -379,4 +399,4 @@ def scst_epoch(decoder: nn.Module, loader, optimizer, vocab, cider: CiderD, cfg,
 
 
 __all__ = ["BASELINES", "END", "CiderD", "Samples", "caption_words", "greedy_rewards", "leave_one_out",
-           "policy_copy", "sample_with_log_probs", "scst_epoch", "scst_loss"]
+           "policy_copy", "reference_cross_entropy", "sample_with_log_probs", "scst_epoch", "scst_loss"]

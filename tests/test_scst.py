@@ -286,3 +286,32 @@ def test_scst_epoch_samples_up_to_the_profiles_scst_max_len(monkeypatch, scst_ma
     stats = scst.scst_epoch(decoder, loader, torch.optim.SGD(decoder.parameters(), lr=0.0), vocab, cider, cfg,
                             max_len=given, baseline="mean", generator=torch.Generator().manual_seed(0))
     assert seen == [expected] and stats["sample_length"] <= expected
+
+
+def test_scst_epoch_adds_the_weighted_cross_entropy_of_the_references():
+    # The mixed objective: SCST's loss + weight x the teacher-forced cross-entropy of the batch's references; with
+    # no weight (the default), nothing is added.
+    torch.manual_seed(0)
+    vocab = Vocabulary.build(TOY_CAPTIONS.values())
+    cider = scst.CiderD({i: [c] for i, c in TOY_CAPTIONS.items()})
+    decoder = ShowAttendTell(len(vocab), feature_dim=8, embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.0)
+    features = torch.randn(2, 3, 8)
+    encoded = [torch.tensor(vocab.encode(TOY_CAPTIONS[i])) for i in (0, 1)]
+    captions = nn.utils.rnn.pad_sequence(encoded, batch_first=True)  # [2, T], 0 = <pad>
+    lengths = torch.tensor([len(c) for c in encoded])
+    loader = [CaptionBatch(features, captions, lengths, [0, 1])]
+    with torch.no_grad():
+        logits = decoder(features, captions, lengths).logits  # [2, T-1, V]
+    expected_xe = float(nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), captions[:, 1:].reshape(-1),
+                                                    ignore_index=vocab.pad_id))
+
+    def epoch(cfg, weight=0.0) -> dict:  # lr 0: the weights, hence the samples of one seed, stay the same
+        return scst.scst_epoch(decoder, loader, torch.optim.SGD(decoder.parameters(), lr=0.0), vocab, cider, cfg,
+                               baseline="mean", xe_weight=weight, generator=torch.Generator().manual_seed(0))
+
+    cfg = QUICK.replace(device="cpu", max_caption_len=6)
+    alone, mixed, half = epoch(cfg), epoch(cfg, 2.0), epoch(cfg, 0.5)
+    assert "xe" not in alone and mixed["xe"] == pytest.approx(expected_xe, rel=1e-5)
+    assert mixed["loss"] - alone["loss"] == pytest.approx(2.0 * expected_xe, rel=1e-4)
+    assert half["loss"] - alone["loss"] == pytest.approx(0.5 * expected_xe, rel=1e-4)
+    assert {k: v for k, v in mixed.items() if k not in ("loss", "xe")} == {k: v for k, v in alone.items() if k != "loss"}
