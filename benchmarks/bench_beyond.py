@@ -268,6 +268,8 @@ def table(results: dict) -> str:
     for run in (r for r in results["runs"] if "models" in r):  # dev sweeps: see dev_table
         for kind, record in run["models"].items():
             scst_stage = f"+ SCST, lr {record['scst']['lr']:g}, {record['scst']['batches']} batches"
+            if record["scst"].get("xe_weight"):
+                scst_stage += f", + {record['scst']['xe_weight']:g} x cross-entropy"
             if record["scst"].get("dev_checks"):
                 scst_stage += f" (best dev after {record['scst']['kept_batch']})"
             stages = [(f"cross-entropy, {record['epochs']} epochs", record["test"], record["train_minutes"]),
