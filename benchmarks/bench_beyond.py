@@ -211,11 +211,12 @@ def run(args) -> dict:
         models[kind] = record
         print(json.dumps({kind: {k: v for k, v in record.items() if k != "test"}}), flush=True)
         # After each model, so that a run cut short (a time limit on a lent GPU machine) keeps what it finished.
-        record_run(args.out, extended(record_header(args, cfg), first_command, models), GOAL)
+        run_record = extended(record_header(args, cfg), first_command, models)
+        record_run(args.out, run_record, GOAL)
         if captions is not None:
             args.captions_dir.mkdir(parents=True, exist_ok=True)
             (args.captions_dir / "captions.json").write_text(json.dumps(captions) + "\n")
-    return extended(record_header(args, cfg), first_command, models)
+    return run_record
 
 
 def extended(header: dict, first_command: str | None, models: dict) -> dict:
@@ -387,7 +388,8 @@ def main(argv=None) -> int:
         print(table(results), goal_lines(results), dev_table(results), sep="\n\n")
         return 0
     record = meteor_from(args) if args.meteor_from else dev_lr_sweep(args) if args.dev_lrs else run(args)
-    record_run(args.out, record, GOAL)
+    if args.meteor_from or args.dev_lrs:  # a test run records itself, after each model
+        record_run(args.out, record, GOAL)
     one = {"runs": [record]}
     print(dev_table(one) if args.dev_lrs else f"{table(one)}\n\n{goal_lines(one)}")
     return 0
