@@ -324,12 +324,17 @@ def slide_count(browser: Chromium) -> int:
     return int(browser.evaluate("document.querySelectorAll('svg[data-marpit-svg]').length"))
 
 
-# Resolves once the active slide's images are decoded and two frames have been painted since, so the screenshot
-# shows that slide and not the previous one (a fixed sleep is too short on a busy machine).
+# Resolves once the active slide's images are decoded, the fonts its text asked for have loaded (a font loads
+# when text first uses it: the code font on the first slide with code) and two frames have been painted since,
+# so the screenshot and the measurements show that slide in its final layout, not the previous slide or a
+# fallback font's (a fixed sleep is too short on a busy machine).
 _PAINTED = """(async () => {
+  const frames = () => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
   const active = document.querySelector('svg.bespoke-marp-active');
   await Promise.all([...(active ? active.querySelectorAll('img') : [])].map(i => i.decode().catch(() => null)));
-  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  await frames();
+  await document.fonts.ready;
+  await frames();
   return true;
 })()"""
 
@@ -352,6 +357,7 @@ def check_deck(browser: Chromium, html: Path, settle: float = 0.05, activate_wai
             state = browser.evaluate(_SLIDE_STATE % (index - 1, index - 1))
         browser.evaluate(_PAINTED)
         time.sleep(settle)
+        state = browser.evaluate(_SLIDE_STATE % (index - 1, index - 1))  # measured in the painted layout
         png = browser.screenshot()
         results.append(SlideCheck(html.name, index, ink_fraction(png), bool(state["active"]), state["broken"],
                                   int(state["overflow"]), state["notes"] > 0, png, state["small"]))
