@@ -23,11 +23,13 @@ import argparse
 import copy
 import datetime as dt
 import json
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,13 +83,24 @@ def dev_cider(cfg, lab):
     return score
 
 
+def rate_at(lr: float, spent: float, schedule: str) -> float:
+    """The SCST learning rate after `spent` (0..1) of the stage's minutes: `lr` throughout ("constant"), or from
+    `lr` down to 0 along a half cosine ("cosine"). The stage is bounded by the clock, not by epochs, so the
+    schedule follows the clock too."""
+    if schedule == "constant":
+        return lr
+    return lr * 0.5 * (1 + math.cos(math.pi * min(max(spent, 0.0), 1.0)))
+
+
 def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: int | None = None,
-                  dropout: bool = False, check_every: int = 0, xe_weight: float = 0.0) -> tuple[torch.nn.Module, dict]:
+                  dropout: bool = False, check_every: int = 0, xe_weight: float = 0.0,
+                  schedule: str = "constant") -> tuple[torch.nn.Module, dict]:
     """Fine-tune a copy with SCST, batch by batch, until `minutes` of wall-clock time are spent; samples stop at
     `max_len` tokens (default: the profile's scst_max_len). Dropout is off (the policy scored is the model as
     it runs at test time) unless `dropout`. With `check_every` > 0 the greedy dev CIDEr-D is measured before the
     first batch, every `check_every` batches and at the end (inside the minutes), and the copy ends with the best
-    weights seen: SCST's dev score rises, then falls as the captions collapse onto a few safe phrasings."""
+    weights seen: SCST's dev score rises, then falls as the captions collapse onto a few safe phrasings. The rate
+    follows `schedule` (`rate_at`) over the minutes."""
     tuned = copy.deepcopy(decoder) if dropout else scst.policy_copy(decoder)
     optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
@@ -110,6 +123,8 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: 
             epoch += 1
             lab.loaders["train"].dataset.set_epoch(1000 + epoch)
             for batch in lab.loaders["train"]:
+                for group in optimizer.param_groups:
+                    group["lr"] = rate_at(lr, (time.perf_counter() - started) / (minutes * 60), schedule)
                 stats = scst.scst_epoch(tuned, [batch], optimizer, lab.vocab, cider, cfg, n_samples=5,
                                         baseline="mean", max_len=max_len, generator=generator, amp=amp,
                                         xe_weight=xe_weight)
@@ -127,7 +142,7 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: 
     mean_reward = [h["reward"] for h in history]
     return tuned.eval(), {"scst_minutes": round(spent, 2), "batches": batches, "lr": lr,
                           "max_len": max_len or int(cfg.scst_max_len or cfg.max_caption_len), "dropout": dropout,
-                          "xe_weight": xe_weight,
+                          "xe_weight": xe_weight, "schedule": schedule,
                           "kept_batch": best[0]["batches"] if best else batches, "dev_checks": checks,
                           "reward_first_10": round(sum(mean_reward[:10]) / max(1, len(mean_reward[:10])), 4),
                           "reward_last_10": round(sum(mean_reward[-10:]) / max(1, len(mean_reward[-10:])), 4)}
@@ -161,8 +176,10 @@ def dev_lr_sweep(args) -> dict:
         rows = {"cross-entropy": scored(decoder, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
         for lr in args.dev_lrs:
             tuned, record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, lr, args.scst_max_len,
-                                          args.scst_dropout, args.scst_check_every, args.scst_xe[kind])
-            stage = (f"scst lr {lr:g}, max {record['max_len']} tokens" + (", dropout on" if args.scst_dropout else "")
+                                          args.scst_dropout, args.scst_check_every, args.scst_xe[kind],
+                                          args.scst_schedule)
+            stage = (f"scst lr {lr:g}" + (f" {args.scst_schedule}" if args.scst_schedule != "constant" else "")
+                     + f", max {record['max_len']} tokens" + (", dropout on" if args.scst_dropout else "")
                      + (f", + {record['xe_weight']:g} x cross-entropy" if record["xe_weight"] else "")
                      + (f", best dev after {record['kept_batch']}" if record["dev_checks"] else ""))
             rows[stage] = {**record, **scored(tuned, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
@@ -171,12 +188,13 @@ def dev_lr_sweep(args) -> dict:
     return {**record_header(args, cfg), "split": "dev", "dev_lr_sweep": sweep}
 
 
-def recorded_cross_entropy(cfg, kind: str, lab, cache, beam: int, run: dict) -> tuple[torch.nn.Module, dict]:
+def recorded_cross_entropy(cfg, kind: str, lab, cache, beam: int, run: dict,
+                           captions: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """The cross-entropy checkpoint of decoder `kind` that recorded run `run` left in the build folder, with that
     run's training record; its test scores are measured again, and must be the recorded ones."""
     decoder, _, _ = course.load_trained(cfg, kind, progress=False, use_instructor=False)
     record = {k: v for k, v in run["models"][kind].items() if k != "scst"}
-    test = scored(decoder, lab.vocab, cache, lab, "test", beam, 0.0)
+    test = test_scores(decoder, lab, cache, beam, captions, f"{kind}/cross-entropy")
     for name, row in record["test"]["methods"].items():
         if abs(test["methods"][name]["CIDEr"] - row["CIDEr"]) > 1e-6:
             raise SystemExit(f"The {kind} checkpoint in {cfg.checkpoint_dir} scores test CIDEr-D "
@@ -202,21 +220,60 @@ def run(args) -> dict:
             captions = json.loads((args.captions_dir / "captions.json").read_text())
     for kind in args.kinds:
         overrides = parse_overrides(args.transformer_set) if kind == "transformer" else {}
-        decoder, record = (recorded_cross_entropy(cfg, kind, lab, cache, args.beam, reused) if reused else
+        decoder, record = (recorded_cross_entropy(cfg, kind, lab, cache, args.beam, reused, captions) if reused else
                            train_scored(cfg, kind, lab, cache, args.beam, overrides, captions))
         tuned, scst_record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, args.scst_lr[kind],
                                            args.scst_max_len, args.scst_dropout, args.scst_check_every,
-                                           args.scst_xe[kind])
-        record["scst"] = {**scst_record, "test": test_scores(tuned, lab, cache, args.beam, captions, f"{kind}/scst")}
+                                           args.scst_xe[kind], args.scst_schedule)
+        # No batch (--scst-minutes 0) leaves the weights as they were: their scores are the cross-entropy ones.
+        record["scst"] = {**scst_record, "test": test_scores(tuned, lab, cache, args.beam, captions, f"{kind}/scst")
+                          if scst_record["batches"] else record["test"]}
         models[kind] = record
         print(json.dumps({kind: {k: v for k, v in record.items() if k != "test"}}), flush=True)
         # After each model, so that a run cut short (a time limit on a lent GPU machine) keeps what it finished.
         run_record = extended(record_header(args, cfg), first_command, models)
+        if captions is not None:
+            run_record["intervals"] = intervals(captions, lab, f"beam{args.beam}", models)
         record_run(args.out, run_record, GOAL)
         if captions is not None:
             args.captions_dir.mkdir(parents=True, exist_ok=True)
             (args.captions_dir / "captions.json").write_text(json.dumps(captions) + "\n")
     return run_record
+
+
+def paired_bootstrap(first: dict, second: dict, references: dict, resamples: int = 10_000, seed: int = 0) -> dict:
+    """Test CIDEr-D of captions `second` relative to captions `first` (image id -> text, the same images), with a
+    95 % paired bootstrap interval: how far the difference could move with another draw of test photos.
+
+    Per-image CIDEr-D comes from `scst.CiderD` on these images' references (document frequencies from the same
+    references, as pycocoevalcap takes them; the mean over images is the corpus score). The images are drawn with
+    replacement `resamples` times, the same draw for both sets (paired), and the relative difference of the two
+    means is taken in each draw; the interval holds the middle 95 % of those. The document frequencies stay those
+    of the full test set, the usual simplification."""
+    ids = sorted(first, key=int)
+    if sorted(second, key=int) != ids:
+        raise ValueError("The two caption sets cover different images; compare captions of the same test photos.")
+    scorer = scst.CiderD({i: references[int(i)] for i in ids})
+    a, b = (scorer.scores(ids, [captions[i] for i in ids]) for captions in (first, second))  # [N] each
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))  # [resamples, N]
+    relative = b[draws].mean(axis=1) / a[draws].mean(axis=1) - 1  # [resamples]
+    low, high = np.percentile(relative, [2.5, 97.5])
+    return {"first": round(float(a.mean()), 4), "second": round(float(b.mean()), 4),
+            "relative": round(float(b.mean() / a.mean() - 1), 4), "low": round(float(low), 4),
+            "high": round(float(high), 4), "resamples": resamples, "images": len(ids)}
+
+
+def intervals(captions: dict, lab, method: str, models: dict) -> dict:
+    """Paired bootstrap intervals (`paired_bootstrap`, beam captions) of each decoder's SCST gain and, where both
+    decoders ran, of the Transformer's cross-entropy CIDEr-D against the LSTM's."""
+    out = {}
+    for kind in (k for k in KINDS if k in models and f"{k}/scst" in captions):
+        out[f"{kind} scst vs cross-entropy"] = paired_bootstrap(captions[f"{kind}/cross-entropy"][method],
+                                                                captions[f"{kind}/scst"][method], lab.captions)
+    if all(f"{k}/cross-entropy" in captions for k in KINDS):
+        out["transformer vs attention, cross-entropy"] = paired_bootstrap(
+            captions["attention/cross-entropy"][method], captions["transformer/cross-entropy"][method], lab.captions)
+    return out
 
 
 def extended(header: dict, first_command: str | None, models: dict) -> dict:
@@ -268,7 +325,9 @@ def table(results: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for run in (r for r in results["runs"] if "models" in r):  # dev sweeps: see dev_table
         for kind, record in run["models"].items():
-            scst_stage = f"+ SCST, lr {record['scst']['lr']:g}, {record['scst']['batches']} batches"
+            schedule = record["scst"].get("schedule", "constant")
+            scst_stage = (f"+ SCST, lr {record['scst']['lr']:g}" + (f" {schedule}" if schedule != "constant" else "")
+                          + f", {record['scst']['batches']} batches")
             if record["scst"].get("xe_weight"):
                 scst_stage += f", + {record['scst']['xe_weight']:g} x cross-entropy"
             if record["scst"].get("dev_checks"):
@@ -300,6 +359,9 @@ def goal_lines(results: dict) -> str:
             lines.append(f"{run['label']}: Transformer CIDEr-D {tfm['test']['methods'][beam]['CIDEr']:.3f} in "
                          f"{tfm['train_minutes']:.1f} min vs LSTM {lstm['test']['methods'][beam]['CIDEr']:.3f} in "
                          f"{lstm['train_minutes']:.1f} min")
+        for name, spread in run.get("intervals", {}).items():
+            lines.append(f"{run['label']}: {name}: CIDEr-D {spread['relative']:+.1%}, 95 % interval "
+                         f"{spread['low']:+.1%} to {spread['high']:+.1%} (paired bootstrap, {spread['images']} photos)")
     return "\n".join(lines)
 
 
@@ -353,6 +415,9 @@ def main(argv=None) -> int:
                         help="add WEIGHT x the teacher-forced cross-entropy of the batch's reference captions to the "
                              "SCST loss (0: SCST alone): one for both decoders, or KIND=WEIGHT for each (default: "
                              "the weights chosen on dev)")
+    parser.add_argument("--scst-schedule", choices=("constant", "cosine"), default="constant",
+                        help="SCST's learning rate over its minutes: constant, or from --scst-lr down to 0 along a "
+                             "half cosine")
     parser.add_argument("--scst-dropout", action="store_true", help="keep the decoder's dropout during SCST")
     parser.add_argument("--scst-check-every", type=int, default=40, metavar="N",
                         help="measure the greedy dev CIDEr-D every N SCST batches and keep the best weights (0: off)")

@@ -1,0 +1,56 @@
+"""The issue-13 benchmark's paired bootstrap: how far a CIDEr-D difference on the test photos could move."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from labutils import scst
+
+REFERENCES = {
+    1: ["a dog runs on the grass", "a brown dog running across a lawn", "a dog is running outside"],
+    2: ["two children play in the sand", "kids playing on a beach", "two kids dig in the sand"],
+    3: ["a man rides a bike down a street", "a cyclist on a city road", "a man on a bicycle in traffic"],
+    4: ["a woman sits on a bench", "a lady sitting on a park bench", "a woman resting on a bench"],
+    5: ["a black cat sleeps on a bed", "a cat lying on a blanket", "a sleeping black cat"],
+    6: ["a boy jumps into a pool", "a child jumping into the water", "a kid leaps into a swimming pool"],
+}
+GOOD = {"1": "a dog running on the grass", "2": "two kids playing in the sand", "3": "a man riding a bike",
+        "4": "a woman sitting on a bench", "5": "a black cat sleeping on a bed", "6": "a boy jumping into a pool"}
+WEAK = {"1": "a dog", "2": "two kids", "3": "a man", "4": "a woman", "5": "a cat", "6": "a boy"}  # right, but short
+
+
+def load_benchmark():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_beyond.py"
+    spec = importlib.util.spec_from_file_location("bench_beyond", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_benchmark()
+
+
+def test_the_same_captions_differ_by_exactly_nothing_in_every_draw(bench):
+    spread = bench.paired_bootstrap(GOOD, dict(GOOD), REFERENCES, resamples=500)
+    # Paired draws score both sets on the same photos; independent draws would spread around zero.
+    assert (spread["relative"], spread["low"], spread["high"]) == (0.0, 0.0, 0.0)
+
+
+def test_captions_better_on_every_photo_give_an_interval_above_zero_around_the_difference(bench):
+    spread = bench.paired_bootstrap(WEAK, GOOD, REFERENCES, resamples=2000)
+    scorer = scst.CiderD(REFERENCES)
+    ids = sorted(REFERENCES)
+    good, weak = (scorer.scores(ids, [c[str(i)] for i in ids]).mean() for c in (GOOD, WEAK))
+    assert spread["second"] == pytest.approx(good, abs=1e-4) and spread["first"] == pytest.approx(weak, abs=1e-4)
+    assert spread["relative"] == pytest.approx(good / weak - 1, abs=1e-4)
+    assert 0 < spread["low"] <= spread["relative"] <= spread["high"]
+    assert spread["low"] < spread["high"]  # six photos: another draw moves the ratio
+    assert (spread["images"], spread["resamples"]) == (6, 2000)
+
+
+def test_caption_sets_of_different_photos_are_refused(bench):
+    with pytest.raises(ValueError, match="different images"):
+        bench.paired_bootstrap(GOOD, {k: v for k, v in GOOD.items() if k != "6"}, REFERENCES)
