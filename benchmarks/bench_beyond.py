@@ -233,7 +233,7 @@ def run(args) -> dict:
         # After each model, so that a run cut short (a time limit on a lent GPU machine) keeps what it finished.
         run_record = extended(record_header(args, cfg), first_command, models)
         if captions is not None:
-            run_record["intervals"] = intervals(captions, lab, f"beam{args.beam}", models)
+            run_record["intervals"] = intervals(captions, lab.captions, f"beam{args.beam}", models)
         record_run(args.out, run_record, GOAL)
         if captions is not None:
             args.captions_dir.mkdir(parents=True, exist_ok=True)
@@ -263,16 +263,16 @@ def paired_bootstrap(first: dict, second: dict, references: dict, resamples: int
             "high": round(float(high), 4), "resamples": resamples, "images": len(ids)}
 
 
-def intervals(captions: dict, lab, method: str, models: dict) -> dict:
+def intervals(captions: dict, references: dict, method: str, models: dict) -> dict:
     """Paired bootstrap intervals (`paired_bootstrap`, beam captions) of each decoder's SCST gain and, where both
     decoders ran, of the Transformer's cross-entropy CIDEr-D against the LSTM's."""
     out = {}
     for kind in (k for k in KINDS if k in models and f"{k}/scst" in captions):
         out[f"{kind} scst vs cross-entropy"] = paired_bootstrap(captions[f"{kind}/cross-entropy"][method],
-                                                                captions[f"{kind}/scst"][method], lab.captions)
+                                                                captions[f"{kind}/scst"][method], references)
     if all(f"{k}/cross-entropy" in captions for k in KINDS):
         out["transformer vs attention, cross-entropy"] = paired_bootstrap(
-            captions["attention/cross-entropy"][method], captions["transformer/cross-entropy"][method], lab.captions)
+            captions["attention/cross-entropy"][method], captions["transformer/cross-entropy"][method], references)
     return out
 
 
@@ -287,7 +287,8 @@ def meteor_from(args) -> dict:
     """Run `--label` as a machine without a Java runtime (a GPU machine) recorded it in `--meteor-from`'s
     beyond.json, with METEOR measured here from the test captions it saved there (captions.json). BLEU-4 and
     CIDEr-D are measured again from the same captions and must equal the record's: the same captions, the same
-    tokens (the Python PTB tokenizer it used is tested equal to the Java one)."""
+    tokens (the Python PTB tokenizer it used is tested equal to the Java one). The record also gets the run's
+    paired bootstrap intervals (`intervals`), from the same captions."""
     if not metrics.java_available():
         raise SystemExit("METEOR needs `java` on the PATH: install a Java runtime (apt-get install default-jre) "
                          "and run --meteor-from again.")
@@ -310,7 +311,8 @@ def meteor_from(args) -> dict:
                                          f"{scores[name]:.4f}, the record says {row[name]:.4f}; the captions in "
                                          f"{folder} are not that run's.")
                 row["METEOR"] = round(float(scores["METEOR"]), 4)
-    return {**run, "label": args.record_as or run["label"], "meteor_measured_on": machine_info(),
+    spread = {"intervals": intervals(captions, references, f"beam{run['beam']}", run["models"])}
+    return {**run, **spread, "label": args.record_as or run["label"], "meteor_measured_on": machine_info(),
             "meteor_command": "python benchmarks/bench_beyond.py " + " ".join(sys.argv[1:])}
 
 
