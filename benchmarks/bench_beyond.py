@@ -367,6 +367,36 @@ def goal_lines(results: dict) -> str:
     return "\n".join(lines)
 
 
+def scst_setting(run: dict, kind: str) -> tuple:
+    """What makes two SCST stages the same experiment: the decoder, the device and the stage's settings (records
+    made before a setting existed had its default: no cross-entropy term, a constant rate, 40-token samples)."""
+    stage = run["models"][kind]["scst"]
+    return (kind, run["machine"].get("cuda") or "cpu", stage["lr"], stage.get("xe_weight") or 0.0,
+            stage.get("schedule") or "constant", stage.get("max_len") or 40, bool(stage.get("dropout")))
+
+
+def seed_lines(results: dict) -> str:
+    """SCST's relative test CIDEr-D gain for each setting run more than once (other seeds or other checkpoints),
+    run by run and their mean: one run on a few hundred photos is within a few points of chance (see the
+    intervals), so a goal is read off the runs together."""
+    gains: dict[tuple, list[tuple[str, float]]] = {}
+    for run in (r for r in results["runs"] if "models" in r):
+        beam = f"beam{run['beam']}"
+        for kind, record in run["models"].items():
+            if record["scst"]["batches"]:
+                before = record["test"]["methods"][beam]["CIDEr"]
+                after = record["scst"]["test"]["methods"][beam]["CIDEr"]
+                gains.setdefault(scst_setting(run, kind), []).append((run["label"], after / before - 1))
+    lines = []
+    for (kind, device, lr, xe, schedule, max_len, dropout), runs in gains.items():
+        if len(runs) > 1:
+            mean = sum(gain for _, gain in runs) / len(runs)
+            listed = ", ".join(f"{label} {gain:+.1%}" for label, gain in runs)
+            lines.append(f"{kind} SCST on {device}, lr {lr:g} {schedule}, xe {xe:g}, {max_len} tokens"
+                         f"{', dropout' if dropout else ''}: {listed}; mean {mean:+.1%} over {len(runs)} runs")
+    return "\n".join(lines)
+
+
 def dev_table(results: dict) -> str:
     """Each dev sweep: dev CIDEr-D and METEOR (beam) of the cross-entropy model and after SCST at each rate."""
     rows = ["| sweep | model | stage | dev BLEU-4 | dev METEOR | dev CIDEr-D | SCST minutes |", "|---|---|---|---|---|---|---|"]
@@ -452,7 +482,7 @@ def main(argv=None) -> int:
             print(f"No runs are recorded in {args.out} yet; run the benchmark without --show first.")
             return 1
         results = json.loads(args.out.read_text())
-        print(table(results), goal_lines(results), dev_table(results), sep="\n\n")
+        print(table(results), goal_lines(results), seed_lines(results), dev_table(results), sep="\n\n")
         return 0
     record = meteor_from(args) if args.meteor_from else dev_lr_sweep(args) if args.dev_lrs else run(args)
     if args.meteor_from or args.dev_lrs:  # a test run records itself, after each model

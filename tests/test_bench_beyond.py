@@ -54,3 +54,21 @@ def test_captions_better_on_every_photo_give_an_interval_above_zero_around_the_d
 def test_caption_sets_of_different_photos_are_refused(bench):
     with pytest.raises(ValueError, match="different images"):
         bench.paired_bootstrap(GOOD, {k: v for k, v in GOOD.items() if k != "6"}, REFERENCES)
+
+
+def a_run(label, before, after, lr=2e-4, cuda=None, batches=300):
+    scores = {"beam3": {"CIDEr": before}}
+    stage = {"batches": batches, "lr": lr, "xe_weight": 1.0, "schedule": "constant", "max_len": 16,
+             "dropout": False, "test": {"methods": {"beam3": {"CIDEr": after}}}}
+    return {"label": label, "beam": 3, "machine": {"cuda": cuda},
+            "models": {"attention": {"test": {"methods": scores}, "scst": stage}}}
+
+
+def test_runs_of_one_scst_setting_are_summed_up_together_and_other_settings_apart(bench):
+    results = {"runs": [a_run("seed0", 0.40, 0.44), a_run("seed1", 0.50, 0.52), a_run("other-lr", 0.4, 0.6, lr=1e-4),
+                        a_run("gpu", 0.4, 0.6, cuda="NVIDIA H200"), a_run("gpu-xe-only", 0.4, 0.4, batches=0),
+                        {"label": "a dev sweep", "dev_lr_sweep": {}}]}
+    lines = bench.seed_lines(results).splitlines()
+    # Only the setting run twice gets a line: +10 % and +4 % average to +7 %.
+    assert len(lines) == 1 and "seed0 +10.0%, seed1 +4.0%" in lines[0] and "mean +7.0% over 2 runs" in lines[0]
+    assert "other-lr" not in lines[0] and "gpu" not in lines[0]
