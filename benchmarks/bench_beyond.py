@@ -368,11 +368,14 @@ def goal_lines(results: dict) -> str:
 
 
 def scst_setting(run: dict, kind: str) -> tuple:
-    """What makes two SCST stages the same experiment: the decoder, the device and the stage's settings (records
-    made before a setting existed had its default: no cross-entropy term, a constant rate, 40-token samples)."""
-    stage = run["models"][kind]["scst"]
-    return (kind, run["machine"].get("cuda") or "cpu", stage["lr"], stage.get("xe_weight") or 0.0,
-            stage.get("schedule") or "constant", stage.get("max_len") or 40, bool(stage.get("dropout")))
+    """What makes two SCST stages the same experiment: the decoder and its shape (its overrides but the epochs,
+    which only fit it to the minutes), the device and the stage's settings (records made before a setting existed
+    had its default: no cross-entropy term, a constant rate, 40-token samples)."""
+    model = run["models"][kind]
+    stage, shape = model["scst"], sorted((k, v) for k, v in (model.get("overrides") or {}).items() if k != "epochs")
+    return (kind, ", ".join(f"{k}={v}" for k, v in shape), run["machine"].get("cuda") or "cpu", stage["lr"],
+            stage.get("xe_weight") or 0.0, stage.get("schedule") or "constant", stage.get("max_len") or 40,
+            bool(stage.get("dropout")))
 
 
 def seed_lines(results: dict) -> str:
@@ -388,11 +391,12 @@ def seed_lines(results: dict) -> str:
                 after = record["scst"]["test"]["methods"][beam]["CIDEr"]
                 gains.setdefault(scst_setting(run, kind), []).append((run["label"], after / before - 1))
     lines = []
-    for (kind, device, lr, xe, schedule, max_len, dropout), runs in gains.items():
+    for (kind, shape, device, lr, xe, schedule, max_len, dropout), runs in gains.items():
         if len(runs) > 1:
             mean = sum(gain for _, gain in runs) / len(runs)
             listed = ", ".join(f"{label} {gain:+.1%}" for label, gain in runs)
-            lines.append(f"{kind} SCST on {device}, lr {lr:g} {schedule}, xe {xe:g}, {max_len} tokens"
+            lines.append(f"{kind}{f' ({shape})' if shape else ''} SCST on {device}, lr {lr:g} {schedule}, xe {xe:g}, "
+                         f"{max_len} tokens"
                          f"{', dropout' if dropout else ''}: {listed}; mean {mean:+.1%} over {len(runs)} runs")
     return "\n".join(lines)
 

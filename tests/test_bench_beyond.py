@@ -56,19 +56,29 @@ def test_caption_sets_of_different_photos_are_refused(bench):
         bench.paired_bootstrap(GOOD, {k: v for k, v in GOOD.items() if k != "6"}, REFERENCES)
 
 
-def a_run(label, before, after, lr=2e-4, cuda=None, batches=300):
+def a_run(label, before, after, lr=2e-4, cuda=None, batches=300, overrides=None):
     scores = {"beam3": {"CIDEr": before}}
     stage = {"batches": batches, "lr": lr, "xe_weight": 1.0, "schedule": "constant", "max_len": 16,
              "dropout": False, "test": {"methods": {"beam3": {"CIDEr": after}}}}
     return {"label": label, "beam": 3, "machine": {"cuda": cuda},
-            "models": {"attention": {"test": {"methods": scores}, "scst": stage}}}
+            "models": {"attention": {"test": {"methods": scores}, "scst": stage, "overrides": overrides or {}}}}
 
 
 def test_runs_of_one_scst_setting_are_summed_up_together_and_other_settings_apart(bench):
-    results = {"runs": [a_run("seed0", 0.40, 0.44), a_run("seed1", 0.50, 0.52), a_run("other-lr", 0.4, 0.6, lr=1e-4),
-                        a_run("gpu", 0.4, 0.6, cuda="NVIDIA H200"), a_run("gpu-xe-only", 0.4, 0.4, batches=0),
-                        {"label": "a dev sweep", "dev_lr_sweep": {}}]}
+    results = {"runs": [a_run("seed0", 0.40, 0.44), a_run("seed1", 0.50, 0.52, overrides={"epochs": 19}),
+                        a_run("other-lr", 0.4, 0.6, lr=1e-4), a_run("gpu", 0.4, 0.6, cuda="NVIDIA H200"),
+                        a_run("deeper", 0.4, 0.6, overrides={"transformer_layers": 3, "epochs": 13}),
+                        a_run("xe-only", 0.4, 0.4, batches=0), {"label": "a dev sweep", "dev_lr_sweep": {}}]}
     lines = bench.seed_lines(results).splitlines()
-    # Only the setting run twice gets a line: +10 % and +4 % average to +7 %.
+    # Only the setting run twice gets a line (other epochs fit the same model to the minutes): +10 % and +4 %
+    # average to +7 %. Another rate, device or model shape is another experiment; no SCST batch, no SCST gain.
     assert len(lines) == 1 and "seed0 +10.0%, seed1 +4.0%" in lines[0] and "mean +7.0% over 2 runs" in lines[0]
-    assert "other-lr" not in lines[0] and "gpu" not in lines[0]
+    assert not any(label in lines[0] for label in ("other-lr", "gpu", "deeper", "xe-only"))
+
+
+def test_the_scst_rate_stays_put_when_constant_and_falls_along_a_half_cosine_with_the_clock(bench):
+    assert [bench.rate_at(2e-4, spent, "constant") for spent in (0.0, 0.5, 1.0)] == [2e-4] * 3
+    cosine = [bench.rate_at(4e-4, spent, "cosine") for spent in (0.0, 0.25, 0.5, 1.0)]
+    assert cosine == pytest.approx([4e-4, 4e-4 * (1 + 2**-0.5) / 2, 2e-4, 0.0])
+    # The clock overruns a little (the last batch ends after the minutes): the rate stays at 0, never rises again.
+    assert bench.rate_at(4e-4, 1.1, "cosine") == 0.0 and bench.rate_at(4e-4, -0.1, "cosine") == 4e-4
