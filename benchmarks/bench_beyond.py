@@ -401,6 +401,28 @@ def seed_lines(results: dict) -> str:
     return "\n".join(lines)
 
 
+def matchup_lines(results: dict) -> str:
+    """The Transformer's cross-entropy CIDEr-D relative to the LSTM's of the same run, for each Transformer shape
+    (its overrides other than epochs) and device run more than once: run by run, with both training minutes, and
+    the mean. A run that fine-tuned another run's checkpoints (--reuse) is that run again, and is left out."""
+    ratios: dict[tuple, list[tuple]] = {}
+    for run in (r for r in results["runs"] if "models" in r and set(KINDS) <= r["models"].keys()):
+        lstm, tfm = (run["models"][kind] for kind in KINDS)
+        if lstm.get("reused_from") or tfm.get("reused_from"):
+            continue
+        beam = f"beam{run['beam']}"
+        relative = tfm["test"]["methods"][beam]["CIDEr"] / lstm["test"]["methods"][beam]["CIDEr"] - 1
+        setting = scst_setting(run, "transformer")[1:3]  # (shape, device)
+        ratios.setdefault(setting, []).append((run["label"], relative, tfm["train_minutes"], lstm["train_minutes"]))
+    lines = []
+    for (shape, device), runs in ratios.items():
+        if len(runs) > 1:
+            listed = ", ".join(f"{label} {gain:+.1%} ({mine:.1f} vs {theirs:.1f} min)" for label, gain, mine, theirs in runs)
+            lines.append(f"Transformer{f' ({shape})' if shape else ''} vs LSTM after cross-entropy on {device}: "
+                         f"{listed}; mean {sum(run[1] for run in runs) / len(runs):+.1%} over {len(runs)} runs")
+    return "\n".join(lines)
+
+
 def dev_table(results: dict) -> str:
     """Each dev sweep: dev CIDEr-D and METEOR (beam) of the cross-entropy model and after SCST at each rate."""
     rows = ["| sweep | model | stage | dev BLEU-4 | dev METEOR | dev CIDEr-D | SCST minutes |", "|---|---|---|---|---|---|---|"]
@@ -486,7 +508,8 @@ def main(argv=None) -> int:
             print(f"No runs are recorded in {args.out} yet; run the benchmark without --show first.")
             return 1
         results = json.loads(args.out.read_text())
-        print(table(results), goal_lines(results), seed_lines(results), dev_table(results), sep="\n\n")
+        print(table(results), goal_lines(results), seed_lines(results), matchup_lines(results), dev_table(results),
+              sep="\n\n")
         return 0
     record = meteor_from(args) if args.meteor_from else dev_lr_sweep(args) if args.dev_lrs else run(args)
     if args.meteor_from or args.dev_lrs:  # a test run records itself, after each model

@@ -82,3 +82,24 @@ def test_the_scst_rate_stays_put_when_constant_and_falls_along_a_half_cosine_wit
     assert cosine == pytest.approx([4e-4, 4e-4 * (1 + 2**-0.5) / 2, 2e-4, 0.0])
     # The clock overruns a little (the last batch ends after the minutes): the rate stays at 0, never rises again.
     assert bench.rate_at(4e-4, 1.1, "cosine") == 0.0 and bench.rate_at(4e-4, -0.1, "cosine") == 4e-4
+
+
+def a_matchup(label, lstm, transformer, overrides=None, reused_from=None):
+    def model(cider, minutes, extra):
+        return {"test": {"methods": {"beam3": {"CIDEr": cider}}}, "train_minutes": minutes, "reused_from": reused_from,
+                "scst": {"batches": 0, "lr": 5e-5}, **extra}
+    return {"label": label, "beam": 3, "machine": {"cuda": None},
+            "models": {"attention": model(lstm, 7.0, {}), "transformer": model(transformer, 6.5, {"overrides": overrides or {}})}}
+
+
+def test_transformer_against_lstm_is_summed_up_per_transformer_shape_without_the_reused_checkpoints(bench):
+    results = {"runs": [a_matchup("two-a", 0.40, 0.38, {"epochs": 19}), a_matchup("two-b", 0.40, 0.40),
+                        a_matchup("two-a-again", 0.40, 0.38, {"epochs": 19}, reused_from="two-a"),
+                        a_matchup("three-a", 0.40, 0.42, {"transformer_layers": 3}),
+                        a_matchup("three-b", 0.40, 0.44, {"transformer_layers": 3, "epochs": 13}),
+                        a_run("lstm-only", 0.4, 0.5)]}
+    two, three = bench.matchup_lines(results).splitlines()
+    # -5 % and 0 % average to -2.5 %; the reused run is the same two models again and would pull the mean down.
+    assert "two-a -5.0% (6.5 vs 7.0 min), two-b +0.0%" in two and "mean -2.5% over 2 runs" in two
+    assert "again" not in two and "three" not in two
+    assert three.startswith("Transformer (transformer_layers=3)") and "mean +7.5% over 2 runs" in three
