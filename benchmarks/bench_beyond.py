@@ -166,13 +166,24 @@ def record_header(args, cfg) -> dict:
             "beam": args.beam, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "machine": machine_info()}
 
 
+def finished_checkpoint(cfg, kind: str) -> torch.nn.Module:
+    """The finished cross-entropy model of `kind` that an earlier run left in the build folder. Never trained
+    here: a sweep or a --reuse run given other settings than that run's (another --set seed, say) would otherwise
+    train a new model in its place and overwrite the checkpoint it was meant to fine-tune."""
+    try:
+        decoder, _, _ = course.load_trained(cfg, kind, progress=False, use_instructor=False, train=False)
+    except FileNotFoundError as error:
+        raise SystemExit(f"{error} Here: the --set options of the run that trained it.") from None
+    return decoder
+
+
 def dev_lr_sweep(args) -> dict:
     """The SCST learning rate chosen on dev, never on test: each rate fine-tunes a copy of the finished
     cross-entropy checkpoints a previous run left in the build folder for --scst-minutes; dev scores before/after."""
     cfg, cache, lab, cider = prepared(args)
     sweep = {}
     for kind in args.kinds:
-        decoder, _, _ = course.load_trained(cfg, kind, progress=False, use_instructor=False)
+        decoder = finished_checkpoint(cfg, kind)
         rows = {"cross-entropy": scored(decoder, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
         for lr in args.dev_lrs:
             tuned, record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, lr, args.scst_max_len,
@@ -192,7 +203,7 @@ def recorded_cross_entropy(cfg, kind: str, lab, cache, beam: int, run: dict,
                            captions: dict | None = None) -> tuple[torch.nn.Module, dict]:
     """The cross-entropy checkpoint of decoder `kind` that recorded run `run` left in the build folder, with that
     run's training record; its test scores are measured again, and must be the recorded ones."""
-    decoder, _, _ = course.load_trained(cfg, kind, progress=False, use_instructor=False)
+    decoder = finished_checkpoint(cfg, kind)
     record = {k: v for k, v in run["models"][kind].items() if k != "scst"}
     test = test_scores(decoder, lab, cache, beam, captions, f"{kind}/cross-entropy")
     for name, row in record["test"]["methods"].items():

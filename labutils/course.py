@@ -237,7 +237,8 @@ def _instructor_fallback(cfg, kind: str, why: str):
     return saved
 
 
-def load_trained(cfg, kind: str = "attention", progress: bool = True, use_instructor: bool = True):
+def load_trained(cfg, kind: str = "attention", progress: bool = True, use_instructor: bool = True,
+                 train: bool = True):
     """Load the checkpoint of a finished run that `train_quick_captioner` saved for `kind`.
 
     Without one it uses the instructor's fallback (`instructor_checkpoint_path`) when there is one and
@@ -246,7 +247,8 @@ def load_trained(cfg, kind: str = "attention", progress: bool = True, use_instru
     (a Colab disconnect in notebook 07, say) or cut short by the safety time limit: a learner expects the model
     notebook 07 was training, and the resume continues that very run (exactly, epoch for epoch) without redoing
     the epochs already done. A resumed run gets `cfg.time_budget_s` as its safety limit, not the one it was
-    started with. Returns (decoder in eval mode on cfg.device, vocabulary, checkpoint dict with its file as
+    started with. With `train=False` it never trains: a missing, mismatched or unfinished checkpoint is a
+    FileNotFoundError (for a caller that must use the very model a run left, and must not overwrite it). Returns (decoder in eval mode on cfg.device, vocabulary, checkpoint dict with its file as
     `"checkpoint_file"`).
     """
     kind = canonical_kind(kind)
@@ -259,6 +261,10 @@ def load_trained(cfg, kind: str = "attention", progress: bool = True, use_instru
         if fallback is not None:
             fallback["checkpoint_file"] = str(instructor_checkpoint_path(cfg, kind))
             return decoder_from_checkpoint(fallback).to(cfg.device), Vocabulary.from_dict(fallback["vocab"]), fallback
+    if not train and (reason is not None or unfinished):
+        raise FileNotFoundError(f"There is no finished {kind} checkpoint for these settings at {path} "
+                                f"({reason or 'its run has not finished'}); train it first, or give the settings "
+                                "it was trained with (its seed, profile and encoder).")
     if reason is not None:
         print(f"Training the {kind} captioner first, for at most {cfg.epochs} epochs as notebook 07 does "
               f"({reason}: {path}).")

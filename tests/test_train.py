@@ -424,3 +424,33 @@ def test_one_epoch_trains_and_validates_without_teacher_forcing(lab):
     predictions, references = T.caption_loader(decoder, lab.loaders["val"], lab.vocab, max_len=16)
     assert numbers["val_bleu4"] == metrics.bleu4(predictions, references, exact=False)
 
+
+
+def test_load_trained_without_training_refuses_a_missing_or_mismatched_checkpoint_and_leaves_it_alone(
+        lab, tmp_path, monkeypatch, capsys):
+    cfg = lab.cfg.replace(epochs=1, build_dir=tmp_path)
+    monkeypatch.setattr(course, "prepare_data", lambda *args, **kwargs: lab)
+    path = course.checkpoint_path_for(cfg, "show_and_tell")
+    with pytest.raises(FileNotFoundError, match="no checkpoint yet") as missing:
+        course.load_trained(cfg, "show_and_tell", progress=False, train=False)
+    assert str(path) in str(missing.value) and not path.exists()  # nothing was trained in its place
+
+    course.train_quick_captioner(cfg, "show_and_tell", progress=False)
+    made = path.read_bytes()
+    with pytest.raises(FileNotFoundError, match="trained on other data/features"):
+        course.load_trained(cfg.replace(seed=cfg.seed + 1), "show_and_tell", progress=False, train=False)
+    assert path.read_bytes() == made and capsys.readouterr().out == ""  # not retrained, not overwritten
+
+    decoder, _, saved = course.load_trained(cfg, "show_and_tell", progress=False, train=False)
+    assert saved["finished"] and path.read_bytes() == made
+    for name, weight in saved["model_state"].items():
+        assert torch.equal(weight, decoder.state_dict()[name].cpu())
+
+    def disconnect(epoch, row):
+        raise T.TrainingInterrupted("simulated Colab disconnect")
+
+    cut = cfg.replace(epochs=2, build_dir=tmp_path / "cut")
+    with pytest.raises(T.TrainingInterrupted):
+        course.train_quick_captioner(cut, "show_and_tell", progress=False, callbacks=[disconnect])
+    with pytest.raises(FileNotFoundError, match="its run has not finished"):  # resuming would train
+        course.load_trained(cut, "show_and_tell", progress=False, train=False)
