@@ -378,13 +378,21 @@ def goal_lines(results: dict) -> str:
     return "\n".join(lines)
 
 
+def shape_of(model: dict) -> str:
+    """A recorded decoder's shape: its overrides but the epochs, which only fit it to the minutes ("" for none)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted((model.get("overrides") or {}).items()) if k != "epochs")
+
+
+def device_of(run: dict) -> str:
+    return run["machine"].get("cuda") or "cpu"
+
+
 def scst_setting(run: dict, kind: str) -> tuple:
     """What makes two SCST stages the same experiment: the decoder and its shape (its overrides but the epochs,
     which only fit it to the minutes), the device and the stage's settings (records made before a setting existed
     had its default: no cross-entropy term, a constant rate, 40-token samples)."""
-    model = run["models"][kind]
-    stage, shape = model["scst"], sorted((k, v) for k, v in (model.get("overrides") or {}).items() if k != "epochs")
-    return (kind, ", ".join(f"{k}={v}" for k, v in shape), run["machine"].get("cuda") or "cpu", stage["lr"],
+    stage = run["models"][kind]["scst"]
+    return (kind, shape_of(run["models"][kind]), device_of(run), stage["lr"],
             stage.get("xe_weight") or 0.0, stage.get("schedule") or "constant", stage.get("max_len") or 40,
             bool(stage.get("dropout")))
 
@@ -423,7 +431,7 @@ def matchup_lines(results: dict) -> str:
             continue
         beam = f"beam{run['beam']}"
         relative = tfm["test"]["methods"][beam]["CIDEr"] / lstm["test"]["methods"][beam]["CIDEr"] - 1
-        setting = scst_setting(run, "transformer")[1:3]  # (shape, device)
+        setting = (shape_of(tfm), device_of(run))
         ratios.setdefault(setting, []).append((run["label"], relative, tfm["train_minutes"], lstm["train_minutes"]))
     lines = []
     for (shape, device), runs in ratios.items():
