@@ -38,8 +38,8 @@ run: setup  ## generate the offline dataset and execute every notebook in order,
 test: setup slide-tools  ## unit tests + every notebook executed with nbval
 	$(BIN)/python -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider
 
-test-fast: setup  ## unit tests only, without the slow ones
-	$(BIN)/python -m pytest tests -m "not slow" -p no:cacheprovider
+test-fast: setup  ## unit tests only, without the slow ones and without the slide tools (see slide-tools)
+	$(BIN)/python -m pytest tests -m "not slow and not slide_tools" -p no:cacheprovider
 
 lint: setup
 	$(BIN)/python -m ruff check labutils tests benchmarks slides

@@ -244,6 +244,7 @@ def test_installing_without_root_gives_the_command_to_run(monkeypatch):
         setup_tools.apt_install(["chromium", "fonts-liberation"])
 
 
+@pytest.mark.slide_tools
 def test_setup_has_installed_every_tool_and_rerunning_it_is_quiet_and_fast():
     script = str(SLIDES / "setup_tools.py")
     check = subprocess.run([sys.executable, script, "--check"], capture_output=True, text=True)
