@@ -56,10 +56,14 @@ def test_caption_sets_of_different_photos_are_refused(bench):
         bench.paired_bootstrap(GOOD, {k: v for k, v in GOOD.items() if k != "6"}, REFERENCES)
 
 
-def a_run(label, before, after, lr=2e-4, cuda=None, batches=300, overrides=None):
-    scores = {"beam3": {"CIDEr": before}}
+def a_run(label, before, after, lr=2e-4, cuda=None, batches=300, overrides=None, greedy=None):
+    """A recorded run whose LSTM scored `before` and `after` SCST with beam 3, and with greedy decoding too when
+    `greedy` is (before, after)."""
+    scores, tuned = {"beam3": {"CIDEr": before}}, {"beam3": {"CIDEr": after}}
+    if greedy:
+        scores["greedy"], tuned["greedy"] = {"CIDEr": greedy[0]}, {"CIDEr": greedy[1]}
     stage = {"batches": batches, "lr": lr, "xe_weight": 1.0, "schedule": "constant", "max_len": 16,
-             "dropout": False, "test": {"methods": {"beam3": {"CIDEr": after}}}}
+             "dropout": False, "test": {"methods": tuned}}
     return {"label": label, "beam": 3, "machine": {"cuda": cuda},
             "models": {"attention": {"test": {"methods": scores}, "scst": stage, "overrides": overrides or {}}}}
 
@@ -74,6 +78,17 @@ def test_runs_of_one_scst_setting_are_summed_up_together_and_other_settings_apar
     # average to +7 %. Another rate, device or model shape is another experiment; no SCST batch, no SCST gain.
     assert len(lines) == 1 and "seed0 +10.0%, seed1 +4.0%" in lines[0] and "mean +7.0% over 2 runs" in lines[0]
     assert not any(label in lines[0] for label in ("other-lr", "gpu", "deeper", "xe-only"))
+    assert "greedy" not in lines[0]  # neither run scored greedy captions
+
+
+def test_the_greedy_captions_gain_is_given_beside_the_beam_search_gain_when_every_run_scored_them(bench):
+    both = [a_run("seed0", 0.40, 0.44, greedy=(0.40, 0.48)), a_run("seed1", 0.50, 0.52, greedy=(0.40, 0.44))]
+    line = bench.seed_lines({"runs": both})
+    # Beam +10 % and +4 % (mean +7 %); greedy +20 % and +10 % (mean +15 %): each run's pair, then both means.
+    assert "seed0 +10.0% (greedy +20.0%), seed1 +4.0% (greedy +10.0%)" in line
+    assert line.endswith("mean +7.0% over 2 runs (greedy +15.0%)")
+    one_without = bench.seed_lines({"runs": [both[0], a_run("seed2", 0.50, 0.52)]})
+    assert one_without.endswith("mean +7.0% over 2 runs")  # no greedy mean over fewer runs than the beam's
 
 
 def test_the_scst_rate_stays_put_when_constant_and_falls_along_a_half_cosine_with_the_clock(bench):
