@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_flickr8k_recipe import parse_overrides, scored  # noqa: E402
+from bench_flickr8k_recipe import decode_sweep, parse_overrides, scored  # noqa: E402
 from machine import machine_info, record_run  # noqa: E402
 
 from labutils import coco, course, features, get_config, metrics, scst, train  # noqa: E402
@@ -177,6 +177,16 @@ def finished_checkpoint(cfg, kind: str) -> torch.nn.Module:
     return decoder
 
 
+def dev_scores(decoder, lab, cache, args) -> dict:
+    """Dev scores of beam search (raw log-probabilities) and greedy decoding; with --dev-length-penalties, also of
+    beam search at each length penalty, under "length_penalties"."""
+    methods = scored(decoder, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]
+    if args.dev_length_penalties:
+        methods["length_penalties"] = decode_sweep(decoder, lab.vocab, cache, lab, beams=(args.beam,),
+                                                   penalties=tuple(args.dev_length_penalties))
+    return methods
+
+
 def dev_lr_sweep(args) -> dict:
     """The SCST learning rate chosen on dev, never on test: each rate fine-tunes a copy of the finished
     cross-entropy checkpoints a previous run left in the build folder for --scst-minutes; dev scores before/after."""
@@ -184,7 +194,7 @@ def dev_lr_sweep(args) -> dict:
     sweep = {}
     for kind in args.kinds:
         decoder = finished_checkpoint(cfg, kind)
-        rows = {"cross-entropy": scored(decoder, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
+        rows = {"cross-entropy": dev_scores(decoder, lab, cache, args)}
         for lr in args.dev_lrs:
             tuned, record = self_critical(decoder, cfg, lab, cider, args.scst_minutes, lr, args.scst_max_len,
                                           args.scst_dropout, args.scst_check_every, args.scst_xe[kind],
@@ -193,7 +203,7 @@ def dev_lr_sweep(args) -> dict:
                      + f", max {record['max_len']} tokens" + (", dropout on" if args.scst_dropout else "")
                      + (f", + {record['xe_weight']:g} x cross-entropy" if record["xe_weight"] else "")
                      + (f", best dev after {record['kept_batch']}" if record["dev_checks"] else ""))
-            rows[stage] = {**record, **scored(tuned, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]}
+            rows[stage] = {**record, **dev_scores(tuned, lab, cache, args)}
             print(json.dumps({kind: {stage: rows[stage]}}), flush=True)
         sweep[kind] = rows
     return {**record_header(args, cfg), "split": "dev", "dev_lr_sweep": sweep}
@@ -459,6 +469,23 @@ def dev_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def length_penalty_lines(results: dict) -> str:
+    """Each dev sweep that decoded with several length penalties: dev CIDEr-D and words per caption at each, before
+    and after SCST. A raw-log-prob beam (penalty 0) favours short captions, and SCST sharpens the policy it ranks."""
+    lines = []
+    for run in (r for r in results["runs"] if "dev_lr_sweep" in r):
+        for kind, stages in run["dev_lr_sweep"].items():
+            for stage, row in stages.items():
+                if sweep := row.get("length_penalties"):
+                    listed = ", ".join(f"{r['length_penalty']:g}: {r['CIDEr']:.3f} ({r['words_per_caption']:.1f} words)"
+                                       for r in sweep)
+                    greedy = row["greedy"]
+                    lines.append(f"{run['label']} {kind} {stage}: dev CIDEr-D of beam {run['beam']} by length "
+                                 f"penalty {listed}; greedy {greedy['CIDEr']:.3f} "
+                                 f"({greedy['words_per_caption']:.1f} words)")
+    return "\n".join(lines)
+
+
 def per_decoder(values: list[str], flag: str) -> dict[str, float]:
     """`["5e-5"]` (every decoder) or `["attention=2e-4", "transformer=5e-5"]` (each) as {decoder kind: number}."""
     usage = f"{flag} takes one number for both decoders, or KIND=NUMBER for each of {' and '.join(KINDS)}"
@@ -508,6 +535,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dev-lrs", type=float, nargs="+", default=None, metavar="LR",
                         help="choose the SCST rate on dev: fine-tune the finished checkpoints in --build-dir with "
                              "each rate and score the dev split (nothing trained from scratch, nothing on test)")
+    parser.add_argument("--dev-length-penalties", type=float, nargs="+", default=None, metavar="ALPHA",
+                        help="with --dev-lrs: also score dev with beam search at each length penalty (Wu et al.), "
+                             "before and after SCST")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
                         help="the decoders to train (or sweep, with --dev-lrs), in this order")
     parser.add_argument("--reuse", default=None, metavar="LABEL",
@@ -527,19 +557,21 @@ def main(argv=None) -> int:
     parser.add_argument("--show", action="store_true", help="print the recorded runs as a table; run nothing")
     args = parser.parse_args(argv)
     args.scst_lr, args.scst_xe = per_decoder(args.scst_lr, "--scst-lr"), per_decoder(args.scst_xe, "--scst-xe")
+    if args.dev_length_penalties and not args.dev_lrs:
+        raise SystemExit("--dev-length-penalties scores the dev split of a --dev-lrs sweep; add --dev-lrs RATE.")
     if args.show:
         if not args.out.is_file():
             print(f"No runs are recorded in {args.out} yet; run the benchmark without --show first.")
             return 1
         results = json.loads(args.out.read_text())
         print(table(results), goal_lines(results), seed_lines(results), matchup_lines(results), dev_table(results),
-              sep="\n\n")
+              length_penalty_lines(results), sep="\n\n")
         return 0
     record = meteor_from(args) if args.meteor_from else dev_lr_sweep(args) if args.dev_lrs else run(args)
     if args.meteor_from or args.dev_lrs:  # a test run records itself, after each model
         record_run(args.out, record, GOAL)
     one = {"runs": [record]}
-    print(dev_table(one) if args.dev_lrs else f"{table(one)}\n\n{goal_lines(one)}")
+    print(f"{dev_table(one)}\n\n{length_penalty_lines(one)}" if args.dev_lrs else f"{table(one)}\n\n{goal_lines(one)}")
     return 0
 
 

@@ -118,3 +118,24 @@ def test_transformer_against_lstm_is_summed_up_per_transformer_shape_without_the
     assert "two-a -5.0% (6.5 vs 7.0 min), two-b +0.0%" in two and "mean -2.5% over 2 runs" in two
     assert "again" not in two and "three" not in two
     assert three.startswith("Transformer (transformer_layers=3)") and "mean +7.5% over 2 runs" in three
+
+
+def test_a_dev_sweep_decoded_at_several_length_penalties_lists_each_before_and_after_scst(bench):
+    def row(cider_at, greedy):
+        sweep = [{"length_penalty": lp, "CIDEr": c, "words_per_caption": w} for lp, (c, w) in cider_at.items()]
+        return {"beam3": {"CIDEr": sweep[0]["CIDEr"]}, "greedy": {"CIDEr": greedy, "words_per_caption": 9.0},
+                "length_penalties": sweep}
+    sweep = {"label": "dev-lp", "beam": 3, "dev_lr_sweep": {"transformer": {
+        "cross-entropy": row({0.0: (0.46, 8.5), 1.0: (0.47, 9.4)}, 0.45),
+        "scst lr 5e-05": row({0.0: (0.48, 8.2), 1.0: (0.51, 9.3)}, 0.50)}}}
+    plain = {"label": "dev-plain", "beam": 3, "dev_lr_sweep": {"attention": {"cross-entropy": {"beam3": {"CIDEr": 0.4}}}}}
+    lines = bench.length_penalty_lines({"runs": [sweep, plain]}).splitlines()
+    assert len(lines) == 2  # a sweep decoded with the plain beam only has nothing to list
+    assert lines[1] == ("dev-lp transformer scst lr 5e-05: dev CIDEr-D of beam 3 by length penalty "
+                        "0: 0.480 (8.2 words), 1: 0.510 (9.3 words); greedy 0.500 (9.0 words)")
+    assert lines[0].startswith("dev-lp transformer cross-entropy:") and "1: 0.470 (9.4 words)" in lines[0]
+
+
+def test_length_penalties_without_a_dev_sweep_are_refused_with_the_flag_to_add(bench):
+    with pytest.raises(SystemExit, match="add --dev-lrs RATE"):
+        bench.main(["--dev-length-penalties", "0", "1"])
