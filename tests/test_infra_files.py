@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -146,6 +147,55 @@ def test_second_writer_waits_and_says_so_once(tmp_path):
     proc.wait()
     assert waited > 0.3
     assert len(said) == 1 and "Waiting for process" in said[0]
+
+
+# Takes the lock as folder_lock does, then names itself only after argv[2] seconds: the gap every holder has
+# between flock and writing its pid, stretched.
+LATE = textwrap.dedent("""
+    import fcntl, json, os, socket, sys, time
+    from labutils.infra.files import lock_path
+    path = lock_path(sys.argv[1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.ftruncate(fd, 0)
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+    time.sleep(float(sys.argv[3]))
+""")
+
+
+def _late_holder(folder, unnamed_s, then_s):
+    proc = subprocess.Popen([sys.executable, "-c", LATE, str(folder), str(unnamed_s), str(then_s)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_waiter_that_arrives_before_the_holder_names_itself_still_names_it(tmp_path):
+    folder = tmp_path / "cache"
+    proc = _late_holder(folder, 0.4, 0.6)
+    said = []
+    with files.folder_lock(folder, "the test data", notify=said.append, poll=0.05):
+        pass
+    proc.wait()
+    assert said == [f"Waiting for process {proc.pid} on {socket.gethostname()}, which is writing the test data in "
+                    f"{folder} ..."]
+
+
+def test_a_holder_that_never_names_itself_is_another_process_said_once(tmp_path):
+    folder = tmp_path / "cache"
+    proc = _late_holder(folder, 30, 0)
+    said = []
+    try:
+        with pytest.raises(FolderBusyError, match="Another process is already writing the test data"):
+            with files.folder_lock(folder, "the test data", notify=said.append, poll=0.05, timeout=1.5):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    assert len(said) == 1 and said[0].startswith("Waiting for another process, which is writing the test data")
 
 
 def test_a_killed_holder_does_not_block(tmp_path):

@@ -213,13 +213,17 @@ def _unlock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+_UNNAMED = "another process"
+_NAMING_GRACE_S = 1.0
+
+
 def _holder(fd: int) -> str:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
         info = json.loads(os.read(fd, 4096).decode() or "{}")
         return f"process {info['pid']} on {info['host']}"
     except (OSError, ValueError, KeyError):
-        return "another process"
+        return _UNNAMED
 
 
 @contextlib.contextmanager
@@ -242,7 +246,9 @@ def folder_lock(folder: str | Path, what: str, wait: bool = True, timeout: float
             if not wait or (timeout is not None and time.monotonic() - started >= timeout):
                 raise FolderBusyError(f"{holder.capitalize()} is already writing {what} in {Path(folder)}; "
                                       "wait for it to finish (or stop it), then run this again.")
-            if not told:
+            # A holder names itself just after taking the lock: give it a moment rather than say "another process".
+            named = holder != _UNNAMED or time.monotonic() - started >= _NAMING_GRACE_S
+            if not told and named:
                 (notify or (lambda s: print(s, file=sys.stderr, flush=True)))(
                     f"Waiting for {holder}, which is writing {what} in {Path(folder)} ...")
                 told = True
