@@ -181,9 +181,13 @@ def dev_scores(decoder, lab, cache, args) -> dict:
     """Dev scores of beam search (raw log-probabilities) and greedy decoding; with --dev-length-penalties, also of
     beam search at each length penalty, under "length_penalties"."""
     methods = scored(decoder, lab.vocab, cache, lab, "val", args.beam, 0.0)["methods"]
-    if args.dev_length_penalties:
-        methods["length_penalties"] = decode_sweep(decoder, lab.vocab, cache, lab, beams=(args.beam,),
-                                                   penalties=tuple(args.dev_length_penalties))
+    if args.dev_length_penalties:  # penalty 0 is the beam just scored: not decoded twice
+        raw = {"beam": args.beam, "length_penalty": 0.0, **{k: methods[f"beam{args.beam}"][k] for k in
+                                                            ("Bleu_4", "METEOR", "CIDEr", "words_per_caption")}}
+        others = tuple(lp for lp in args.dev_length_penalties if lp != 0.0)
+        swept = decode_sweep(decoder, lab.vocab, cache, lab, beams=(args.beam,), penalties=others) if others else []
+        methods["length_penalties"] = sorted([raw, *swept] if 0.0 in args.dev_length_penalties else swept,
+                                             key=lambda row: row["length_penalty"])
     return methods
 
 

@@ -139,3 +139,23 @@ def test_a_dev_sweep_decoded_at_several_length_penalties_lists_each_before_and_a
 def test_length_penalties_without_a_dev_sweep_are_refused_with_the_flag_to_add(bench):
     with pytest.raises(SystemExit, match="add --dev-lrs RATE"):
         bench.main(["--dev-length-penalties", "0", "1"])
+
+
+def test_dev_scores_reuse_the_raw_beam_for_penalty_0_and_decode_only_the_other_penalties(bench, monkeypatch):
+    beam = {"Bleu_4": 0.2, "METEOR": 0.18, "CIDEr": 0.45, "words_per_caption": 8.5, "decode_s": 3.0}
+    swept_with = []
+    monkeypatch.setattr(bench, "scored", lambda *a, **k: {"methods": {"beam3": beam, "greedy": {"CIDEr": 0.4}}})
+
+    def sweep(decoder, vocab, cache, lab, beams, penalties):
+        swept_with.append((beams, penalties))
+        return [{"beam": beams[0], "length_penalty": lp, "CIDEr": 0.5 + lp} for lp in penalties]
+    monkeypatch.setattr(bench, "decode_sweep", sweep)
+    args = type("Args", (), {"beam": 3, "dev_length_penalties": [1.0, 0.0, 0.5]})()
+    rows = bench.dev_scores(None, type("Lab", (), {"vocab": None})(), None, args)["length_penalties"]
+    assert swept_with == [((3,), (1.0, 0.5))]  # penalty 0 is not decoded a second time
+    assert [r["length_penalty"] for r in rows] == [0.0, 0.5, 1.0]
+    assert rows[0] == {"beam": 3, "length_penalty": 0.0, "Bleu_4": 0.2, "METEOR": 0.18, "CIDEr": 0.45,
+                       "words_per_caption": 8.5}
+    args.dev_length_penalties = [0.5]
+    assert [r["length_penalty"] for r in bench.dev_scores(None, type("Lab", (), {"vocab": None})(), None,
+                                                          args)["length_penalties"]] == [0.5]
