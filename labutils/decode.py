@@ -117,6 +117,23 @@ def words_only(scores: Tensor, vocab) -> Tensor:
     return scores.index_fill(1, banned, float("-inf"))
 
 
+def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One token id [R] per row of `probs` [R, V] (each row non-negative, not all zero), drawn with the row's
+    probabilities: one uniform number per row, placed on the row's cumulative sums (inverse transform sampling).
+
+    The same distribution as `torch.multinomial(probs, 1)`, which instead draws an exponential number for every
+    one of the V words of every row: on a CPU that was the largest single cost of sampling a caption
+    (benchmarks/bench_scst_sampling.py). A word of probability 0 is never drawn; the sums are float64 so that a
+    word of tiny probability keeps its own step of the cumulative sum.
+    """
+    cumulative = probs.double().cumsum(dim=1)  # [R, V]
+    point = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=torch.float64)  # [R, 1]
+    total = cumulative[:, -1:]  # [R, 1]
+    # Below the total even where rounding the product would reach it: the first sum above it is then a real word.
+    point = torch.minimum(point * total, torch.nextafter(total, torch.zeros_like(total)))  # [R, 1]
+    return torch.searchsorted(cumulative, point, right=True).squeeze(1)  # [R]: the first sum above the point
+
+
 def length_penalty(length: int | float, alpha: float) -> float:
     """Wu et al. (2016) length penalty ((5 + length) / 6) ** alpha; a beam's score is log_prob / penalty."""
     return ((5.0 + length) / 6.0) ** alpha
@@ -247,7 +264,7 @@ def sample(decoder, features: Tensor, vocab, temperature: float = 1.0, top_k: in
             n = _top_n(top_n_schedule, step)
             k = n if k is None else min(k, n)
         probs = filter_logits(logits / temperature, top_k=k, top_p=top_p).softmax(dim=1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return draw(probs, generator)
 
     return _run_sequential(decoder, features, vocab, max_len, choose=choose)
 

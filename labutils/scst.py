@@ -271,7 +271,7 @@ def sample_with_log_probs(decoder, features: Tensor, vocab, n_samples: int = 5, 
     for _ in range(max_len):
         logits, state, _ = decoder.step(tokens, state)  # [R, V]
         logp = F.log_softmax(decode.words_only(logits.float(), vocab), dim=1)  # [R, V]
-        drawn = torch.multinomial(logp.detach().exp(), 1, generator=generator).squeeze(1)  # [R]
+        drawn = decode.draw(logp.detach().exp(), generator)  # [R]
         tokens = drawn.masked_fill(done, vocab.pad_id)  # [R]: rows that ended only pad
         masks.append((~done).float())  # [R]
         log_probs.append(logp.gather(1, drawn.unsqueeze(1)).squeeze(1) * masks[-1])  # [R]

@@ -56,14 +56,14 @@ def test_caption_sets_of_different_photos_are_refused(bench):
         bench.paired_bootstrap(GOOD, {k: v for k, v in GOOD.items() if k != "6"}, REFERENCES)
 
 
-def a_run(label, before, after, lr=2e-4, cuda=None, batches=300, overrides=None, greedy=None):
+def a_run(label, before, after, lr=2e-4, cuda=None, batches=300, overrides=None, greedy=None, sampler=None):
     """A recorded run whose LSTM scored `before` and `after` SCST with beam 3, and with greedy decoding too when
     `greedy` is (before, after)."""
     scores, tuned = {"beam3": {"CIDEr": before}}, {"beam3": {"CIDEr": after}}
     if greedy:
         scores["greedy"], tuned["greedy"] = {"CIDEr": greedy[0]}, {"CIDEr": greedy[1]}
     stage = {"batches": batches, "lr": lr, "xe_weight": 1.0, "schedule": "constant", "max_len": 16,
-             "dropout": False, "test": {"methods": tuned}}
+             "dropout": False, "test": {"methods": tuned}, **({"sampler": sampler} if sampler else {})}
     return {"label": label, "beam": 3, "machine": {"cuda": cuda},
             "models": {"attention": {"test": {"methods": scores}, "scst": stage, "overrides": overrides or {}}}}
 
@@ -72,12 +72,17 @@ def test_runs_of_one_scst_setting_are_summed_up_together_and_other_settings_apar
     results = {"runs": [a_run("seed0", 0.40, 0.44), a_run("seed1", 0.50, 0.52, overrides={"epochs": 19}),
                         a_run("other-lr", 0.4, 0.6, lr=1e-4), a_run("gpu", 0.4, 0.6, cuda="NVIDIA H200"),
                         a_run("deeper", 0.4, 0.6, overrides={"transformer_layers": 3, "epochs": 13}),
-                        a_run("xe-only", 0.4, 0.4, batches=0), {"label": "a dev sweep", "dev_lr_sweep": {}}]}
+                        a_run("xe-only", 0.4, 0.4, batches=0), a_run("drawn", 0.4, 0.6, sampler="decode.draw"),
+                        {"label": "a dev sweep", "dev_lr_sweep": {}}]}
     lines = bench.seed_lines(results).splitlines()
     # Only the setting run twice gets a line (other epochs fit the same model to the minutes): +10 % and +4 %
-    # average to +7 %. Another rate, device or model shape is another experiment; no SCST batch, no SCST gain.
+    # average to +7 %. Another rate, device, model shape or sampler (it sets how many batches fit in the minutes)
+    # is another experiment; no SCST batch, no SCST gain. A record without a sampler drew with torch.multinomial.
     assert len(lines) == 1 and "seed0 +10.0%, seed1 +4.0%" in lines[0] and "mean +7.0% over 2 runs" in lines[0]
-    assert not any(label in lines[0] for label in ("other-lr", "gpu", "deeper", "xe-only"))
+    assert "drawn by torch.multinomial" in lines[0]
+    assert not any(label in lines[0] for label in ("other-lr", "gpu", "deeper", "xe-only", "drawn +"))
+    again = bench.seed_lines({"runs": [*results["runs"], a_run("drawn-again", 0.5, 0.55, sampler="decode.draw")]})
+    assert "drawn by decode.draw: drawn +50.0%, drawn-again +10.0%; mean +30.0% over 2 runs" in again
     assert "greedy" not in lines[0]  # neither run scored greedy captions
 
 

@@ -491,7 +491,8 @@ def test_no_search_emits_unk_pad_or_start_even_when_the_model_prefers_them():
     found = {
         "greedy": decode.greedy(decoder, features, vocab, max_len=6)[0],
         "beam": decode.beam_search(decoder, features, vocab, beam_size=3, max_len=6)[0][0],
-        "sample": decode.sample(decoder, features, vocab, generator=0, max_len=6)[0],
+        # top_k=1 keeps the most likely word left: a real one only if the specials went first
+        "sample_top_1": decode.sample(decoder, features, vocab, top_k=1, generator=0, max_len=6)[0],
         "greedy_one_image": decode.greedy_one_image(decoder, features[0], vocab, max_len=6),
         "beam_one_image": decode.beam_search_one_image(decoder, features[0], vocab, beam_size=3, max_len=6),
     }
@@ -499,3 +500,32 @@ def test_no_search_emits_unk_pad_or_start_even_when_the_model_prefers_them():
         assert caption.tokens == [dog, runs, end], name
         assert caption.finished, name
         assert caption.log_prob == pytest.approx(math.log(0.18 * 0.19 * 0.2), abs=1e-5), name  # the model's own
+    for seed in range(40):  # plain sampling draws every real word at times, and never a special one
+        tokens = decode.sample(decoder, features, vocab, generator=seed, max_len=6)[0].tokens
+        assert set(tokens) <= {dog, runs, end} and tokens[-1] == end, (seed, tokens)
+
+
+def test_draw_follows_each_rows_probabilities_and_never_draws_a_word_of_probability_zero():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0],
+                          [0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+                          [1.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+                          [2.0, 0.0, 6.0, 0.0, 0.0, 0.0]])  # [4, V]: the last row not normalised
+    n = 50_000
+    drawn = decode.draw(probs.repeat(n, 1), torch.Generator().manual_seed(0)).view(n, 4)  # [n, 4]
+    counts = torch.stack([torch.bincount(drawn[:, row], minlength=6) for row in range(4)])  # [4, V]
+    expected = probs / probs.sum(1, keepdim=True)
+    assert torch.equal(counts[expected == 0], torch.zeros_like(counts[expected == 0]))
+    assert torch.allclose(counts / n, expected, atol=0.01), counts / n  # 0.01 is > 4 standard deviations here
+
+
+def test_draw_repeats_with_a_seed_and_stays_on_real_words_at_the_top_of_the_range(monkeypatch):
+    probs = torch.softmax(torch.randn(64, 30, generator=torch.Generator().manual_seed(1)), dim=1)
+    first = decode.draw(probs, torch.Generator().manual_seed(5))
+    assert torch.equal(first, decode.draw(probs, torch.Generator().manual_seed(5)))
+    assert not torch.equal(first, decode.draw(probs, torch.Generator().manual_seed(6)))
+    # The ends of the uniform range must still land on words that can be drawn: 0 on the first of them, and a
+    # number that rounds onto the row's total on the last of them.
+    starts_and_ends_in_zero = torch.tensor([[0.0, 0.0, 0.25, 0.75, 0.0]])
+    for uniform, word in ((torch.zeros, 2), (torch.ones, 3)):
+        monkeypatch.setattr(torch, "rand", lambda *size, fill=uniform, **kwargs: fill(*size, dtype=kwargs["dtype"]))
+        assert decode.draw(starts_and_ends_in_zero).tolist() == [word], uniform

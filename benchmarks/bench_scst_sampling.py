@@ -1,0 +1,128 @@
+"""Drawing SCST's samples: `decode.draw` (one uniform number per row, placed on the cumulative sums) against
+`torch.multinomial(probs, 1)` (an exponential number for every word of every row), inside the sampling step that
+self-critical training runs on every batch.
+
+What is timed, for each decoder: `scst.sample_with_log_probs` (the flickr8k profile's SCST batch: `--images`
+images x `--samples` samples, up to `--max-len` tokens, with the autograd graph) and the backward pass of a
+policy-gradient loss on it, under the profile's mixed precision; the same thing with `torch.multinomial` put in
+place of `decode.draw`. The two alternate, `--repeats` times, so a change of load hits both; the ratio of each
+pair is recorded, with its median and range. The decoders have the profile's sizes and random weights (timing
+does not depend on what they learned, except that a trained model ends captions earlier: all rows run
+`--max-len` steps here), the features are random, the vocabulary has `--vocab-size` words (2,543: the flickr8k
+profile's, recorded in results/flickr8k_recipe.json).
+
+What it buys end to end shows in results/beyond.json: the SCST batches that fit in the same 10 minutes.
+
+    python benchmarks/bench_scst_sampling.py --label cpu-2cores
+    python benchmarks/bench_scst_sampling.py --repeats 2 --images 8 --out /tmp/s.json --label smoke
+
+Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_flickr8k_recipe import parse_overrides  # noqa: E402
+from machine import machine_info, record_run  # noqa: E402
+
+from labutils import decode, decoders, get_config, scst, train  # noqa: E402
+from labutils.infra.environment import autocast_dtype  # noqa: E402
+from labutils.vocab import Vocabulary  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "scst_sampling.json"
+GOAL = "SCST's sampling step with decode.draw faster than with torch.multinomial (ratio > 1), same distribution (tests)"
+SAMPLERS = {"decode.draw": decode.draw,
+            "torch.multinomial": lambda probs, generator=None: torch.multinomial(probs, 1,
+                                                                                generator=generator).squeeze(1)}
+
+
+def one_step(decoder, features, vocab, args, amp, sampler: str, seed: int) -> float:
+    """Seconds of one SCST sampling step (samples with their graph, then the backward pass) using `sampler`."""
+    original = decode.draw
+    decode.draw = SAMPLERS[sampler]
+    try:
+        started = time.perf_counter()
+        with amp.autocast():
+            samples = scst.sample_with_log_probs(decoder, features, vocab, args.samples, args.max_len,
+                                                 torch.Generator().manual_seed(seed))
+            advantage = torch.randn(samples.log_prob.shape, generator=torch.Generator().manual_seed(seed))  # [R]
+            loss = -(advantage * samples.log_prob).mean()
+        loss.backward()
+        seconds = time.perf_counter() - started
+    finally:
+        decode.draw = original
+    decoder.zero_grad(set_to_none=True)
+    return seconds
+
+
+def measure(kind: str, cfg, args) -> dict:
+    """Seconds per step with each sampler, alternating, and the ratio multinomial / draw of each pair."""
+    torch.manual_seed(0)
+    vocab = Vocabulary([f"w{i}" for i in range(args.vocab_size - 4)])  # + <pad> <start> <end> <unk>
+    decoder = scst.policy_copy(decoders.build_decoder(kind, len(vocab), args.feature_dim, cfg)).train()
+    features = torch.randn(args.images, cfg.grid_size ** 2, args.feature_dim)  # [B, P, C]
+    amp = train.MixedPrecision(autocast_dtype("cpu", bool(cfg.mixed_precision), decoder_only=True), "cpu")
+    times = {name: [] for name in SAMPLERS}
+    with train.cpu_threads(cfg.cpu_threads):
+        for name in SAMPLERS:  # warm-up: first calls allocate
+            one_step(decoder, features[:2], vocab, args, amp, name, 0)
+        for repeat in range(args.repeats):
+            for name in (SAMPLERS if repeat % 2 == 0 else reversed(list(SAMPLERS))):
+                times[name].append(one_step(decoder, features, vocab, args, amp, name, repeat))
+    ratios = [m / d for m, d in zip(times["torch.multinomial"], times["decode.draw"], strict=True)]
+    return {"decoder": kind, "rows": args.images * args.samples, "vocab_size": len(vocab),
+            "seconds_per_step": {name: [round(t, 4) for t in ts] for name, ts in times.items()},
+            "median_seconds": {name: round(statistics.median(ts), 4) for name, ts in times.items()},
+            "multinomial_over_draw_median": round(statistics.median(ratios), 3),
+            "multinomial_over_draw_min_max": [round(min(ratios), 3), round(max(ratios), 3)]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="flickr8k")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a config override")
+    parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"],
+                        choices=["attention", "transformer"])
+    parser.add_argument("--images", type=int, default=64, help="images per SCST batch (the profile's batch size)")
+    parser.add_argument("--samples", type=int, default=5, help="samples per image")
+    parser.add_argument("--max-len", type=int, default=16, help="tokens per sample (the profile's scst_max_len)")
+    parser.add_argument("--vocab-size", type=int, default=2543)
+    parser.add_argument("--feature-dim", type=int, default=1280, help="channels of the grid (EfficientNet-Lite0's "
+                                                                      "head: the flickr8k profile's encoder)")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = get_config(args.profile, device="cpu", **parse_overrides(args.set))
+    runs = []
+    for kind in args.kinds:
+        runs.append(measure(kind, cfg, args))
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "seconds_per_step"}), flush=True)
+    record_run(args.out, {"label": args.label, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                          "command": "python benchmarks/bench_scst_sampling.py " + " ".join(
+                              argv if argv is not None else sys.argv[1:]),
+                          "profile": cfg.profile, "mixed_precision": bool(cfg.mixed_precision),
+                          "machine": machine_info(), "runs": runs}, GOAL)
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
