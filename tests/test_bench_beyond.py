@@ -1,9 +1,8 @@
 """The issue-13 benchmark's paired bootstrap: how far a CIDEr-D difference on the test photos could move."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
+from benchmark_scripts import load_benchmark
 
 from labutils import scst
 
@@ -20,17 +19,9 @@ GOOD = {"1": "a dog running on the grass", "2": "two kids playing in the sand", 
 WEAK = {"1": "a dog", "2": "two kids", "3": "a man", "4": "a woman", "5": "a cat", "6": "a boy"}  # right, but short
 
 
-def load_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_beyond.py"
-    spec = importlib.util.spec_from_file_location("bench_beyond", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def bench():
-    return load_benchmark()
+    return load_benchmark("bench_beyond")
 
 
 def test_the_same_captions_differ_by_exactly_nothing_in_every_draw(bench):

@@ -1,23 +1,15 @@
 """The sampling benchmark times both samplers on the same step and leaves the library's own sampler in place."""
 
-import importlib.util
 import json
 import statistics
-from pathlib import Path
+
+from benchmark_scripts import load_benchmark
 
 from labutils import decode
 
 
-def load_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scst_sampling.py"
-    spec = importlib.util.spec_from_file_location("bench_scst_sampling", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_both_samplers_are_timed_alternately_and_the_ratio_is_read_off_the_pairs(tmp_path):
-    bench, original = load_benchmark(), decode.draw
+    bench, original = load_benchmark("bench_scst_sampling"), decode.draw
     out = tmp_path / "sampling.json"
     steps, timed = [], bench.one_step
 

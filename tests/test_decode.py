@@ -1,12 +1,11 @@
 """Tests for labutils.decode: exact checks on toy decoders with known transition tables, then the real decoders."""
 
-import importlib.util
 import itertools
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from torch import nn
 
 from labutils import decode
@@ -210,16 +209,8 @@ def test_batched_beam_search_equals_one_image_at_a_time():
             assert torch.equal(a.alphas, b.alphas)
 
 
-def load_benchmark():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_beam_search.py"
-    spec = importlib.util.spec_from_file_location("bench_beam_search", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_benchmark_compares_the_batched_search_with_the_library_per_image_one():
-    bench = load_benchmark()
+    bench = load_benchmark("bench_beam_search")
     assert not hasattr(bench, "reference_beam_search")  # beam search is implemented once, in labutils.decode
     vocab = words_vocab(8)
     decoder = TableDecoder(random_table(vocab, seed=0, end_bias=-1.0), end_ramp=0.3)
