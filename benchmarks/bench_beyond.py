@@ -40,7 +40,6 @@ from bench_flickr8k_recipe import decode_sweep, parse_overrides, scored  # noqa:
 from machine import machine_info, record_run  # noqa: E402
 
 from labutils import coco, course, features, get_config, metrics, scst, train  # noqa: E402
-from labutils.infra.environment import autocast_dtype  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "beyond.json"
 GOAL = "SCST: test CIDEr-D +10 % relative, METEOR not lower, within 10 extra CPU minutes; Transformer >= LSTM CIDEr-D"
@@ -106,7 +105,7 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: 
     optimizer = torch.optim.Adam(tuned.parameters(), lr=lr)
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     device_type = torch.device(cfg.device).type
-    amp = train.MixedPrecision(autocast_dtype(device_type, cfg.mixed_precision, decoder_only=True), device_type)
+    amp = train.MixedPrecision.for_config(cfg, device_type)
     score = dev_cider(cfg, lab) if check_every else None
     started, batches, epoch, history, checks, best = time.perf_counter(), 0, 0, [], [], None
 

@@ -39,7 +39,6 @@ from bench_flickr8k_recipe import parse_overrides  # noqa: E402
 from machine import machine_info, record_run  # noqa: E402
 
 from labutils import decode, decoders, get_config, scst, train  # noqa: E402
-from labutils.infra.environment import autocast_dtype  # noqa: E402
 from labutils.vocab import Vocabulary  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scst_sampling.json"
@@ -74,7 +73,7 @@ def measure(kind: str, cfg, args) -> dict:
     vocab = Vocabulary([f"w{i}" for i in range(args.vocab_size - 4)])  # + <pad> <start> <end> <unk>
     decoder = scst.policy_copy(decoders.build_decoder(kind, len(vocab), args.feature_dim, cfg)).train()
     features = torch.randn(args.images, cfg.grid_size ** 2, args.feature_dim)  # [B, P, C]
-    amp = train.MixedPrecision(autocast_dtype("cpu", bool(cfg.mixed_precision), decoder_only=True), "cpu")
+    amp = train.MixedPrecision.for_config(cfg, "cpu")
     times = {name: [] for name in SAMPLERS}
     with train.cpu_threads(cfg.cpu_threads):
         for name in SAMPLERS:  # warm-up: first calls allocate

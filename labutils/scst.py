@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import decode
-from .infra.environment import autocast_dtype
 from .train import MixedPrecision, batch_features
 from .vocab import tokenize
 
@@ -372,8 +371,7 @@ def scst_epoch(decoder: nn.Module, loader, optimizer, vocab, cider: CiderD, cfg,
     over from batch to batch.
     """
     device, max_len = torch.device(cfg.device), max_len or int(cfg.scst_max_len or cfg.max_caption_len)
-    amp = amp or MixedPrecision(autocast_dtype(device.type, bool(cfg.mixed_precision), decoder_only=True),
-                                device.type)
+    amp = amp or MixedPrecision.for_config(cfg, device.type)
     decoder.train()
     params = [p for group in optimizer.param_groups for p in group["params"]]
     totals, batches = Counter(), 0

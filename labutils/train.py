@@ -292,6 +292,11 @@ class MixedPrecision:
         self.dtype, self.device_type, self.enabled = dtype, device_type, dtype is not None
         self.scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and device_type == "cuda")
 
+    @classmethod
+    def for_config(cls, cfg, device_type: str, decoder_only: bool = True) -> MixedPrecision:
+        """The profile's precision on `device_type` (cfg.mixed_precision, `environment.autocast_dtype`)."""
+        return cls(autocast_dtype(device_type, bool(cfg.mixed_precision), decoder_only=decoder_only), device_type)
+
     def autocast(self):
         return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.enabled)
 
@@ -486,8 +491,7 @@ def train(cfg, decoder: nn.Module, loaders: Mapping, vocab, *, encoder: nn.Modul
     fine_tune = fine_tunes(encoder)
     optimizer = _make_optimizer(decoder, encoder, decoder_lr, encoder_lr)
     lr_scheduler = _make_scheduler(optimizer, scheduler, lr_factor, lr_patience, step_size, epochs)
-    amp = MixedPrecision(autocast_dtype(device.type, bool(cfg.mixed_precision), decoder_only=not fine_tune),
-                         device.type)
+    amp = MixedPrecision.for_config(cfg, device.type, decoder_only=not fine_tune)
     generators = _loader_generators(loaders)
     run = (_fresh_run(cfg, generators) if resume_from is None else
            _resumed_run(resume_from, decoder, encoder, fine_tune, optimizer, lr_scheduler, amp, generators))
