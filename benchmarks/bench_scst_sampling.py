@@ -8,8 +8,8 @@ policy-gradient loss on it, under the profile's mixed precision; the same thing 
 place of `decode.draw`. The two alternate, `--repeats` times, so a change of load hits both; the ratio of each
 pair is recorded, with its median and range. The decoders have the profile's sizes and random weights (timing
 does not depend on what they learned, except that a trained model ends captions earlier: all rows run
-`--max-len` steps here), the features are random, the vocabulary has `--vocab-size` words (2,543: the flickr8k
-profile's, recorded in results/flickr8k_recipe.json).
+`--max-len` steps here), the features are random, the vocabulary has `--vocab-size` words (default: the size
+the flickr8k recipe's last recorded run built, in results/flickr8k_recipe.json).
 
 What it buys end to end shows in results/beyond.json: the SCST batches that fit in the same 10 minutes.
 
@@ -42,6 +42,7 @@ from labutils import decode, decoders, get_config, scst, train  # noqa: E402
 from labutils.vocab import Vocabulary  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "scst_sampling.json"
+RECIPE_RESULTS = ROOT / "benchmarks" / "results" / "flickr8k_recipe.json"
 GOAL = "SCST's sampling step with decode.draw faster than with torch.multinomial (ratio > 1), same distribution (tests)"
 SAMPLERS = {"decode.draw": decode.draw,
             "torch.multinomial": lambda probs, generator=None: torch.multinomial(probs, 1,
@@ -89,16 +90,27 @@ def measure(kind: str, cfg, args) -> dict:
             "multinomial_over_draw_min_max": [round(min(ratios), 3), round(max(ratios), 3)]}
 
 
+def with_defaults(args: argparse.Namespace, cfg) -> argparse.Namespace:
+    """Fill the sizes not given from the profile (batch size, SCST sample length) and the recipe's record (words)."""
+    args.images = args.images or cfg.batch_size
+    args.max_len = args.max_len or int(cfg.scst_max_len or cfg.max_caption_len)
+    args.vocab_size = args.vocab_size or json.loads(RECIPE_RESULTS.read_text())["runs"][-1]["vocab_size"]
+    return args
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="flickr8k")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a config override")
     parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"],
                         choices=["attention", "transformer"])
-    parser.add_argument("--images", type=int, default=64, help="images per SCST batch (the profile's batch size)")
+    parser.add_argument("--images", type=int, default=None, help="images per SCST batch (default: the profile's "
+                                                                    "batch size)")
     parser.add_argument("--samples", type=int, default=5, help="samples per image")
-    parser.add_argument("--max-len", type=int, default=16, help="tokens per sample (the profile's scst_max_len)")
-    parser.add_argument("--vocab-size", type=int, default=2543)
+    parser.add_argument("--max-len", type=int, default=None, help="tokens per sample (default: the profile's "
+                                                                  "scst_max_len)")
+    parser.add_argument("--vocab-size", type=int, default=None, help="words in the vocabulary (default: the last "
+                                                                     "recorded flickr8k recipe run's)")
     parser.add_argument("--feature-dim", type=int, default=1280, help="channels of the grid (EfficientNet-Lite0's "
                                                                       "head: the flickr8k profile's encoder)")
     parser.add_argument("--repeats", type=int, default=9)
@@ -110,6 +122,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = get_config(args.profile, device="cpu", **parse_overrides(args.set))
+    with_defaults(args, cfg)
     runs = []
     for kind in args.kinds:
         runs.append(measure(kind, cfg, args))
