@@ -411,11 +411,10 @@ class CaptionTransformer(nn.Module):
         """Grid [B, P, C] -> memory [B, P, D] that the words attend over (position-aware when asked for)."""
         return prepare_grid(features, self.feature_norm, self.memory_proj, self.grid_position)
 
-    def memory_keys_values(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """Every layer's cross-attention keys and values [B, layers, heads, P, d], computed once per image."""
-        memory = self.memory(features)
-        pairs = [layer.cross_attention.keys_values(memory) for layer in self.layers]
-        return torch.stack([k for k, _ in pairs], dim=1), torch.stack([v for _, v in pairs], dim=1)
+    def memory_keys_values(self, features: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Each layer's cross-attention keys and values [B, heads, P, d], computed once per image."""
+        memory = self.memory(features)  # [B, P, D]
+        return [layer.cross_attention.keys_values(memory) for layer in self.layers]
 
     def embed(self, tokens: Tensor, positions: Tensor) -> Tensor:
         """Token + position embeddings [B, T, D] of `tokens` [B, T] at `positions` [T]."""
@@ -424,7 +423,7 @@ class CaptionTransformer(nn.Module):
     def run(self, features: Tensor, captions: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher forcing in one pass: logits [B, T-1, V] and cross-attention [B, layers, heads, T-1, P]."""
         check_inputs(features, captions, lengths)
-        keys, values = self.memory_keys_values(features)  # [B, L, h, P, d] each
+        memory_kv = self.memory_keys_values(features)  # per layer: keys, values [B, h, P, d]
         steps = captions.size(1) - 1
         if steps > self.max_len:
             raise ValueError(f"This decoder has position embeddings for {self.max_len} words, got captions of "
@@ -432,8 +431,8 @@ class CaptionTransformer(nn.Module):
         x = self.embed(captions[:, :-1], torch.arange(steps, device=captions.device))  # [B, T-1, D]: <start> w1 ..
         causal = causal_mask(steps, x.device)  # [T-1, T-1]: j <= t
         maps = []
-        for i, layer in enumerate(self.layers):
-            x, weights = layer(x, (keys[:, i], values[:, i]), causal)  # weights [B, h, T-1, P]
+        for layer, kv in zip(self.layers, memory_kv, strict=True):
+            x, weights = layer(x, kv, causal)  # weights [B, h, T-1, P]
             maps.append(weights)
         mask = valid_step_mask(lengths.to(x.device), steps)[:, None, None, :, None]  # [B, 1, 1, T-1, 1]
         return self.fc(self.final_norm(x)), torch.stack(maps, dim=1) * mask  # zero at padded steps
@@ -448,31 +447,32 @@ class CaptionTransformer(nn.Module):
         return self.run(features, captions, lengths)[1]
 
     def init_state(self, features: Tensor) -> State:
-        """(memory keys, memory values [B, L, h, P, d], word keys, word values [B, L, h, 0, d]): all batch-first;
-        the cache of earlier words starts empty and its length is the next word's position (capped at max_len - 1).
+        """Four batch-first tensors per layer: its memory keys and values [B, h, P, d] (fixed per image) and its
+        cache of the earlier words' keys and values [B, h, t, d] (empty at the start; t is the next word's position,
+        capped at max_len - 1). One tensor each, not one stack of the layers: a step that picked its layer out of a
+        stack would make the backward pass write a zero tensor of the whole stack for every layer at every step.
         """
-        keys, values = self.memory_keys_values(features)
-        empty = keys.new_zeros(keys.size(0), self.num_layers, self.num_heads, 0, self.dim // self.num_heads)
-        return keys, values, empty, empty.clone()
+        state = []
+        for keys, values in self.memory_keys_values(features):
+            empty = keys.new_zeros(keys.size(0), self.num_heads, 0, self.dim // self.num_heads)  # [B, h, 0, d]
+            state += [keys, values, empty, empty.clone()]
+        return tuple(state)
 
     def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State, Tensor]:
         """Logits [B, V] for the word after `tokens` [B], the state with this word cached, and alpha [B, P]."""
-        memory_keys, memory_values, past_keys, past_values = state
         # Training captions never reach past max_len positions; a longer decode (decode's default max_len may be
         # larger than cfg.max_caption_len) reuses the last position's embedding instead of failing mid-caption.
-        position = torch.tensor([min(past_keys.size(3), self.max_len - 1)], device=tokens.device)  # [1]
+        position = torch.tensor([min(state[2].size(2), self.max_len - 1)], device=tokens.device)  # [1]
         x = self.embed(tokens.unsqueeze(1), position)  # [B, 1, D]: at the next position
-        new_keys, new_values, maps = [], [], []
+        new_state, maps = [], []
         for i, layer in enumerate(self.layers):
-            x, weights, keys, values = layer.step(x, (memory_keys[:, i], memory_values[:, i]),
-                                                  past_keys[:, i], past_values[:, i])
-            new_keys.append(keys)  # [B, h, t+1, d]
-            new_values.append(values)
+            memory_keys, memory_values, past_keys, past_values = state[4 * i:4 * i + 4]
+            x, weights, keys, values = layer.step(x, (memory_keys, memory_values), past_keys, past_values)
+            new_state += [memory_keys, memory_values, keys, values]  # the same memory objects: beam search sees them as fixed per image
             maps.append(weights[:, :, 0])  # [B, h, P]
         self.last_cross_attention = torch.stack(maps, dim=1)  # [B, L, h, P]
         logits = self.fc(self.final_norm(x[:, 0]))  # [B, V]
-        state = (memory_keys, memory_values, torch.stack(new_keys, dim=1), torch.stack(new_values, dim=1))
-        return logits, state, self.last_cross_attention.mean(dim=(1, 2))  # alpha [B, P]
+        return logits, tuple(new_state), self.last_cross_attention.mean(dim=(1, 2))  # alpha [B, P]
 
 
 DECODER_KINDS = {"show_and_tell": ShowAndTell, "attention": ShowAttendTell, "transformer": CaptionTransformer}

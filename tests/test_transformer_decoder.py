@@ -44,10 +44,12 @@ def test_shapes_and_state_layout():
     out = model(features, captions, lengths)
     assert out.logits.shape == (B, T - 1, V) and out.alphas.shape == (B, T - 1, P)
     state = model.init_state(features)
-    assert [t.shape for t in state] == [(B, 2, 4, P, 4)] * 2 + [(B, 2, 4, 0, 4)] * 2
-    logits, state, alpha = model.step(captions[:, 0], state)
+    assert [t.shape for t in state] == ([(B, 4, P, 4)] * 2 + [(B, 4, 0, 4)] * 2) * 2, "four tensors per layer"
+    logits, new_state, alpha = model.step(captions[:, 0], state)
     assert logits.shape == (B, V) and alpha.shape == (B, P)
-    assert [t.shape for t in state[2:]] == [(B, 2, 4, 1, 4)] * 2, "each step caches one more word per layer"
+    assert [t.shape for t in new_state] == ([(B, 4, P, 4)] * 2 + [(B, 4, 1, 4)] * 2) * 2, "one more word cached"
+    assert all(new_state[i] is state[i] for i in (0, 1, 4, 5)), "the memory passes on untouched (beam search " \
+                                                                "reorders only what changes)"
     assert model.last_cross_attention.shape == (B, 2, 4, P)
     assert model.cross_attention_maps(features, captions, lengths).shape == (B, 2, 4, T - 1, P)
 
