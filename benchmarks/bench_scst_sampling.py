@@ -49,23 +49,29 @@ SAMPLERS = {"decode.draw": decode.draw,
                                                                                 generator=generator).squeeze(1)}
 
 
+def scst_step_seconds(decoder, features, vocab, args, amp, seed: int) -> float:
+    """Seconds of one SCST sampling step: `args.samples` samples per image with their graph, then the backward
+    pass of a policy-gradient loss with random advantages (what SCST's loss costs, whatever the rewards)."""
+    started = time.perf_counter()
+    with amp.autocast():
+        samples = scst.sample_with_log_probs(decoder, features, vocab, args.samples, args.max_len,
+                                             torch.Generator().manual_seed(seed))
+        advantage = torch.randn(samples.log_prob.shape, generator=torch.Generator().manual_seed(seed))  # [R]
+        loss = -(advantage * samples.log_prob).mean()
+    loss.backward()
+    seconds = time.perf_counter() - started
+    decoder.zero_grad(set_to_none=True)
+    return seconds
+
+
 def one_step(decoder, features, vocab, args, amp, sampler: str, seed: int) -> float:
-    """Seconds of one SCST sampling step (samples with their graph, then the backward pass) using `sampler`."""
+    """Seconds of one SCST sampling step using `sampler`."""
     original = decode.draw
     decode.draw = SAMPLERS[sampler]
     try:
-        started = time.perf_counter()
-        with amp.autocast():
-            samples = scst.sample_with_log_probs(decoder, features, vocab, args.samples, args.max_len,
-                                                 torch.Generator().manual_seed(seed))
-            advantage = torch.randn(samples.log_prob.shape, generator=torch.Generator().manual_seed(seed))  # [R]
-            loss = -(advantage * samples.log_prob).mean()
-        loss.backward()
-        seconds = time.perf_counter() - started
+        return scst_step_seconds(decoder, features, vocab, args, amp, seed)
     finally:
         decode.draw = original
-    decoder.zero_grad(set_to_none=True)
-    return seconds
 
 
 def measure(kind: str, cfg, args) -> dict:
@@ -98,12 +104,10 @@ def with_defaults(args: argparse.Namespace, cfg) -> argparse.Namespace:
     return args
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the SCST step's sizes and config (shared with bench_transformer_state.py)."""
     parser.add_argument("--profile", default="flickr8k")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a config override")
-    parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"],
-                        choices=["attention", "transformer"])
     parser.add_argument("--images", type=int, default=None, help="images per SCST batch (default: the profile's "
                                                                     "batch size)")
     parser.add_argument("--samples", type=int, default=5, help="samples per image")
@@ -113,6 +117,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                                      "recorded flickr8k recipe run's)")
     parser.add_argument("--feature-dim", type=int, default=1280, help="channels of the grid (EfficientNet-Lite0's "
                                                                       "head: the flickr8k profile's encoder)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_step_arguments(parser)
+    parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"],
+                        choices=["attention", "transformer"])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--label", required=True)
     parser.add_argument("--out", type=Path, default=RESULTS)

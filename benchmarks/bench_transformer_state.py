@@ -1,0 +1,143 @@
+"""The Transformer decoder's generation state: four tensors per layer (the library's `CaptionTransformer`) against
+one stack of the layers per tensor ([B, layers, heads, P or t, d], the plain layout, written out below as
+`StackedStateTransformer`), inside the SCST sampling step.
+
+Why it matters: a step that picks layer i out of a stack (`memory_keys[:, i]`) is cheap forward, but its backward
+pass writes a zero tensor of the whole stack and adds the layer's gradient into it, for every layer at every step;
+the cache of the earlier words is stacked anew at every step too. SCST runs that backward pass through every
+sampled word, so the layout sets how many SCST batches fit in its minutes.
+
+What is timed, for each layer count: `bench_scst_sampling.scst_step_seconds` (the flickr8k profile's SCST batch,
+sampled with the autograd graph, then the backward pass, under the profile's mixed precision) with the two
+layouts alternating, `--repeats` pairs, on the same weights and seeds (they draw the same tokens: checked at every
+pair). Sizes as in `bench_scst_sampling.py`; random weights and features.
+
+    python benchmarks/bench_transformer_state.py --label cpu-2cores
+    python benchmarks/bench_transformer_state.py --repeats 2 --images 8 --out /tmp/t.json --label smoke
+
+Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_flickr8k_recipe import parse_overrides  # noqa: E402
+from bench_scst_sampling import add_step_arguments, scst_step_seconds, with_defaults  # noqa: E402
+from machine import machine_info, record_run  # noqa: E402
+
+from labutils import decoders, get_config, scst, train  # noqa: E402
+from labutils.vocab import Vocabulary  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "transformer_state.json"
+GOAL = "SCST step with one state tensor per layer faster than with the layers stacked (ratio > 1), same tokens"
+LAYOUTS = ("per layer", "stacked")
+
+
+class StackedStateTransformer(decoders.CaptionTransformer):
+    """The reference layout: state = (memory keys, memory values, word keys, word values), each [B, L, h, ., d]."""
+
+    def init_state(self, features):
+        pairs = self.memory_keys_values(features)  # per layer: [B, h, P, d] each
+        keys, values = torch.stack([k for k, _ in pairs], dim=1), torch.stack([v for _, v in pairs], dim=1)
+        empty = keys.new_zeros(keys.size(0), self.num_layers, self.num_heads, 0, self.dim // self.num_heads)
+        return keys, values, empty, empty.clone()
+
+    def step(self, tokens, state):
+        memory_keys, memory_values, past_keys, past_values = state
+        position = torch.tensor([min(past_keys.size(3), self.max_len - 1)], device=tokens.device)
+        x = self.embed(tokens.unsqueeze(1), position)  # [B, 1, D]
+        new_keys, new_values, maps = [], [], []
+        for i, layer in enumerate(self.layers):
+            x, weights, keys, values = layer.step(x, (memory_keys[:, i], memory_values[:, i]),
+                                                  past_keys[:, i], past_values[:, i])
+            new_keys.append(keys)
+            new_values.append(values)
+            maps.append(weights[:, :, 0])
+        self.last_cross_attention = torch.stack(maps, dim=1)  # [B, L, h, P]
+        state = (memory_keys, memory_values, torch.stack(new_keys, dim=1), torch.stack(new_values, dim=1))
+        return self.fc(self.final_norm(x[:, 0])), state, self.last_cross_attention.mean(dim=(1, 2))
+
+
+def pair_of_decoders(cfg, vocab_size: int, feature_dim: int) -> dict:
+    """The library's decoder and the stacked reference with the same weights, ready for SCST (training mode)."""
+    library = decoders.build_decoder("transformer", vocab_size, feature_dim, cfg)
+    arguments = {k: v for k, v in train.decoder_spec(library).items() if k != "kind"}
+    stacked = StackedStateTransformer(**arguments)
+    stacked.load_state_dict(library.state_dict())
+    return {"per layer": scst.policy_copy(library).train(), "stacked": scst.policy_copy(stacked).train()}
+
+
+def same_tokens(models: dict, features, vocab, args, seed: int) -> bool:
+    """Whether both layouts sample the same captions from the same seed (the two compute the same thing)."""
+    drawn = [scst.sample_with_log_probs(m, features, vocab, args.samples, args.max_len,
+                                        torch.Generator().manual_seed(seed)).tokens for m in models.values()]
+    return torch.equal(*drawn)
+
+
+def measure(layers: int, cfg, args) -> dict:
+    """Seconds per SCST step with each layout, alternating, and the ratio stacked / per layer of each pair."""
+    cfg = cfg.replace(transformer_layers=layers)
+    torch.manual_seed(0)
+    vocab = Vocabulary([f"w{i}" for i in range(args.vocab_size - 4)])  # + <pad> <start> <end> <unk>
+    models = pair_of_decoders(cfg, len(vocab), args.feature_dim)
+    features = torch.randn(args.images, cfg.grid_size ** 2, args.feature_dim)  # [B, P, C]
+    amp = train.MixedPrecision.for_config(cfg, "cpu")
+    times = {name: [] for name in LAYOUTS}
+    with train.cpu_threads(cfg.cpu_threads):
+        for name in LAYOUTS:  # warm-up: first calls allocate
+            scst_step_seconds(models[name], features[:2], vocab, args, amp, 0)
+        for repeat in range(args.repeats):
+            with torch.no_grad(), amp.autocast():
+                if not same_tokens(models, features, vocab, args, repeat):
+                    raise RuntimeError("the two layouts sampled different captions: the reference is out of date")
+            for name in (LAYOUTS if repeat % 2 == 0 else reversed(LAYOUTS)):
+                times[name].append(scst_step_seconds(models[name], features, vocab, args, amp, repeat))
+    ratios = [s / p for s, p in zip(times["stacked"], times["per layer"], strict=True)]
+    return {"layers": layers, "rows": args.images * args.samples, "vocab_size": len(vocab),
+            "seconds_per_step": {name: [round(t, 4) for t in ts] for name, ts in times.items()},
+            "median_seconds": {name: round(statistics.median(ts), 4) for name, ts in times.items()},
+            "stacked_over_per_layer_median": round(statistics.median(ratios), 3),
+            "stacked_over_per_layer_min_max": [round(min(ratios), 3), round(max(ratios), 3)]}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_step_arguments(parser)
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 3], help="decoder layer counts to time")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = get_config(args.profile, device="cpu", **parse_overrides(args.set))
+    with_defaults(args, cfg)
+    runs = []
+    for layers in args.layers:
+        runs.append(measure(layers, cfg, args))
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "seconds_per_step"}), flush=True)
+    record_run(args.out, {"label": args.label, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                          "command": "python benchmarks/bench_transformer_state.py " + " ".join(
+                              argv if argv is not None else sys.argv[1:]),
+                          "profile": cfg.profile, "mixed_precision": bool(cfg.mixed_precision),
+                          "machine": machine_info(), "runs": runs}, GOAL)
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
