@@ -46,6 +46,9 @@ GOAL = "SCST: test CIDEr-D +10 % relative, METEOR not lower, within 10 extra CPU
 KINDS = ("attention", "transformer")
 TRANSFORMER_MAX_LR = 1e-3  # notebook 10: at 3e-3 its loss rose again after a few epochs
 SAMPLER = "decode.draw"  # what draws SCST's samples (scst.sample_with_log_probs); before it, torch.multinomial
+# How the Transformer keeps its generation state; before this layout, one stack of the layers per tensor
+# (bench_transformer_state.py: the stack made its SCST step slower).
+STATE_LAYOUT = {"transformer": "per layer"}
 
 
 def test_scores(decoder, lab, cache, beam: int, captions: dict | None, key: str) -> dict:
@@ -143,6 +146,7 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: 
     return tuned.eval(), {"scst_minutes": round(spent, 2), "batches": batches, "lr": lr,
                           "max_len": max_len or int(cfg.scst_max_len or cfg.max_caption_len), "dropout": dropout,
                           "xe_weight": xe_weight, "schedule": schedule, "sampler": SAMPLER,
+                          "state": STATE_LAYOUT.get(train.decoder_spec(decoder)["kind"]),
                           "kept_batch": best[0]["batches"] if best else batches, "dev_checks": checks,
                           "reward_first_10": round(sum(mean_reward[:10]) / max(1, len(mean_reward[:10])), 4),
                           "reward_last_10": round(sum(mean_reward[-10:]) / max(1, len(mean_reward[-10:])), 4)}
@@ -404,12 +408,13 @@ def device_of(run: dict) -> str:
 def scst_setting(run: dict, kind: str) -> tuple:
     """What makes two SCST stages the same experiment: the decoder and its shape (its overrides but the epochs,
     which only fit it to the minutes), the device and the stage's settings (records made before a setting existed
-    had its default: no cross-entropy term, a constant rate, 40-token samples, drawn by torch.multinomial: the
-    sampler decides how many batches fit in the minutes)."""
+    had its default: no cross-entropy term, a constant rate, 40-token samples, drawn by torch.multinomial, the
+    Transformer's state stacked: the sampler and the state layout decide how many batches fit in the minutes)."""
     stage = run["models"][kind]["scst"]
     return (kind, shape_of(run["models"][kind]), device_of(run), stage["lr"],
             stage.get("xe_weight") or 0.0, stage.get("schedule") or "constant", stage.get("max_len") or 40,
-            bool(stage.get("dropout")), stage.get("sampler") or "torch.multinomial")
+            bool(stage.get("dropout")), stage.get("sampler") or "torch.multinomial",
+            stage.get("state") or ("stacked" if kind == "transformer" else None))
 
 
 def seed_lines(results: dict) -> str:
@@ -428,13 +433,14 @@ def seed_lines(results: dict) -> str:
                 gains.setdefault(scst_setting(run, kind), []).append(
                     (run["label"], ratio[f"beam{run['beam']}"], ratio.get("greedy")))
     lines = []
-    for (kind, shape, device, lr, xe, schedule, max_len, dropout, sampler), runs in gains.items():
+    for (kind, shape, device, lr, xe, schedule, max_len, dropout, sampler, state), runs in gains.items():
         if len(runs) > 1:
             listed = ", ".join(f"{label} {gain:+.1%}" + (f" (greedy {greedy:+.1%})" if greedy is not None else "")
                                for label, gain, greedy in runs)
             greedy = [g for _, _, g in runs if g is not None]
             lines.append(f"{kind}{f' ({shape})' if shape else ''} SCST on {device}, lr {lr:g} {schedule}, xe {xe:g}, "
-                         f"{max_len} tokens{', dropout' if dropout else ''}, drawn by {sampler}: {listed}; "
+                         f"{max_len} tokens{', dropout' if dropout else ''}, drawn by {sampler}"
+                         f"{f', state {state}' if state else ''}: {listed}; "
                          f"mean {sum(g for _, g, _ in runs) / len(runs):+.1%} over {len(runs)} runs"
                          + (f" (greedy {sum(greedy) / len(greedy):+.1%})" if len(greedy) == len(runs) else ""))
     return "\n".join(lines)

@@ -47,16 +47,18 @@ def test_caption_sets_of_different_photos_are_refused(bench):
         bench.paired_bootstrap(GOOD, {k: v for k, v in GOOD.items() if k != "6"}, REFERENCES)
 
 
-def a_run(label, before, after, lr=2e-4, cuda=None, batches=300, overrides=None, greedy=None, sampler=None):
-    """A recorded run whose LSTM scored `before` and `after` SCST with beam 3, and with greedy decoding too when
-    `greedy` is (before, after)."""
+def a_run(label, before, after, lr=2e-4, cuda=None, batches=300, overrides=None, greedy=None, sampler=None,
+          kind="attention", state=None):
+    """A recorded run whose `kind` of decoder (the LSTM) scored `before` and `after` SCST with beam 3, and with
+    greedy decoding too when `greedy` is (before, after)."""
     scores, tuned = {"beam3": {"CIDEr": before}}, {"beam3": {"CIDEr": after}}
     if greedy:
         scores["greedy"], tuned["greedy"] = {"CIDEr": greedy[0]}, {"CIDEr": greedy[1]}
     stage = {"batches": batches, "lr": lr, "xe_weight": 1.0, "schedule": "constant", "max_len": 16,
-             "dropout": False, "test": {"methods": tuned}, **({"sampler": sampler} if sampler else {})}
+             "dropout": False, "test": {"methods": tuned}, **({"sampler": sampler} if sampler else {}),
+             **({"state": state} if state else {})}
     return {"label": label, "beam": 3, "machine": {"cuda": cuda},
-            "models": {"attention": {"test": {"methods": scores}, "scst": stage, "overrides": overrides or {}}}}
+            "models": {kind: {"test": {"methods": scores}, "scst": stage, "overrides": overrides or {}}}}
 
 
 def test_runs_of_one_scst_setting_are_summed_up_together_and_other_settings_apart(bench):
@@ -75,6 +77,19 @@ def test_runs_of_one_scst_setting_are_summed_up_together_and_other_settings_apar
     again = bench.seed_lines({"runs": [*results["runs"], a_run("drawn-again", 0.5, 0.55, sampler="decode.draw")]})
     assert "drawn by decode.draw: drawn +50.0%, drawn-again +10.0%; mean +30.0% over 2 runs" in again
     assert "greedy" not in lines[0]  # neither run scored greedy captions
+
+
+def test_transformer_runs_with_another_state_layout_are_another_experiment(bench):
+    # The layout sets how many SCST batches fit in the minutes; a record without one had the layers stacked.
+    runs = [a_run("old-1", 0.4, 0.44, kind="transformer"), a_run("old-2", 0.4, 0.40, kind="transformer"),
+            a_run("new-1", 0.4, 0.48, kind="transformer", state="per layer"),
+            a_run("new-2", 0.4, 0.52, kind="transformer", state="per layer"),
+            a_run("lstm-1", 0.4, 0.44), a_run("lstm-2", 0.4, 0.48)]
+    lines = bench.seed_lines({"runs": runs}).splitlines()
+    assert len(lines) == 3
+    assert "state stacked: old-1 +10.0%, old-2 +0.0%; mean +5.0% over 2 runs" in lines[0]
+    assert "state per layer: new-1 +20.0%, new-2 +30.0%; mean +25.0% over 2 runs" in lines[1]
+    assert lines[2].startswith("attention") and "state" not in lines[2], "the LSTM has no layout to name"
 
 
 def test_the_greedy_captions_gain_is_given_beside_the_beam_search_gain_when_every_run_scored_them(bench):
@@ -155,3 +170,25 @@ def test_dev_scores_reuse_the_raw_beam_for_penalty_0_and_decode_only_the_other_p
     args.dev_length_penalties = [0.5]
     assert [r["length_penalty"] for r in bench.dev_scores(None, type("Lab", (), {"vocab": None})(), None,
                                                           args)["length_penalties"]] == [0.5]
+
+
+def test_an_scst_stage_records_what_sets_how_many_batches_fit_in_its_minutes(bench, tiny_cfg):
+    import torch
+
+    from labutils import course, decoders
+
+    cfg = tiny_cfg.replace(embed_dim=8, hidden_dim=16, attention_dim=8, transformer_dim=16, num_heads=4,
+                           transformer_layers=2, batch_size=8, max_caption_len=16, grid_size=2, cpu_threads=1,
+                           scst_max_len=6)
+    grids = {}
+    lab = course.prepare_data(cfg, source=lambda i: grids.setdefault(i, torch.randn(4, 3)), feature_dim=3,
+                              progress=False)
+    cider = scst.CiderD({i: lab.captions[i] for i in lab.splits["train"]})
+    for kind, state in (("transformer", "per layer"), ("attention", None)):
+        torch.manual_seed(0)
+        decoder = decoders.build_decoder(kind, len(lab.vocab), 3, cfg)
+        # A clock-bounded stage runs whole batches until its minutes are spent: here, the first one.
+        tuned, stage = bench.self_critical(decoder, cfg, lab, cider, minutes=1e-3, lr=1e-3)
+        assert stage["batches"] >= 1 and stage["sampler"] == "decode.draw" == bench.SAMPLER
+        assert stage["state"] == state, "the Transformer's state layout is kept beside the sampler"
+        assert type(tuned) is type(decoder) and not tuned.training
