@@ -130,21 +130,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def measure_and_record(argv, args, items, measure, script: str, goal: str) -> int:
+    """Measure each of `items` (`measure(item, cfg, args)`) on the config of `args`, print each record and add the
+    run to `args.out` (shared with bench_transformer_state.py)."""
     cfg = get_config(args.profile, device="cpu", **parse_overrides(args.set))
     with_defaults(args, cfg)
     runs = []
-    for kind in args.kinds:
-        runs.append(measure(kind, cfg, args))
+    for item in items:
+        runs.append(measure(item, cfg, args))
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "seconds_per_step"}), flush=True)
     record_run(args.out, {"label": args.label, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                          "command": "python benchmarks/bench_scst_sampling.py " + " ".join(
+                          "command": f"python benchmarks/{script} " + " ".join(
                               argv if argv is not None else sys.argv[1:]),
                           "profile": cfg.profile, "mixed_precision": bool(cfg.mixed_precision),
-                          "machine": machine_info(), "runs": runs}, GOAL)
+                          "machine": machine_info(), "runs": runs}, goal)
     print(f"written to {args.out}")
     return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return measure_and_record(argv, args, args.kinds, measure, "bench_scst_sampling.py", GOAL)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ Run from the repository root.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -33,11 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_flickr8k_recipe import parse_overrides  # noqa: E402
-from bench_scst_sampling import add_step_arguments, scst_step_seconds, with_defaults  # noqa: E402
-from machine import machine_info, record_run  # noqa: E402
+from bench_scst_sampling import add_step_arguments, measure_and_record, scst_step_seconds  # noqa: E402
 
-from labutils import decoders, get_config, scst, train  # noqa: E402
+from labutils import decoders, scst, train  # noqa: E402
 from labutils.vocab import Vocabulary  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "transformer_state.json"
@@ -124,19 +120,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = get_config(args.profile, device="cpu", **parse_overrides(args.set))
-    with_defaults(args, cfg)
-    runs = []
-    for layers in args.layers:
-        runs.append(measure(layers, cfg, args))
-        print(json.dumps({k: v for k, v in runs[-1].items() if k != "seconds_per_step"}), flush=True)
-    record_run(args.out, {"label": args.label, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                          "command": "python benchmarks/bench_transformer_state.py " + " ".join(
-                              argv if argv is not None else sys.argv[1:]),
-                          "profile": cfg.profile, "mixed_precision": bool(cfg.mixed_precision),
-                          "machine": machine_info(), "runs": runs}, GOAL)
-    print(f"written to {args.out}")
-    return 0
+    return measure_and_record(argv, args, args.layers, measure, "bench_transformer_state.py", GOAL)
 
 
 if __name__ == "__main__":
