@@ -46,9 +46,10 @@ GOAL = "SCST: test CIDEr-D +10 % relative, METEOR not lower, within 10 extra CPU
 KINDS = ("attention", "transformer")
 TRANSFORMER_MAX_LR = 1e-3  # notebook 10: at 3e-3 its loss rose again after a few epochs
 SAMPLER = "decode.draw"  # what draws SCST's samples (scst.sample_with_log_probs); before it, torch.multinomial
-# How the Transformer keeps its generation state; before this layout, one stack of the layers per tensor
-# (bench_transformer_state.py: the stack made its SCST step slower).
-STATE_LAYOUT = {"transformer": "per layer"}
+# How each decoder keeps its generation state, and (BEFORE_STATE) how it did in the records made before the field:
+# the Transformer's layers stacked, the LSTM's grid float32 under autocast (bench_decoder_state.py: both slower).
+STATE_LAYOUT = {"transformer": "per layer", "attention": "grid in autocast dtype"}
+BEFORE_STATE = {"transformer": "stacked", "attention": "grid float32"}
 
 
 def test_scores(decoder, lab, cache, beam: int, captions: dict | None, key: str) -> dict:
@@ -409,12 +410,12 @@ def scst_setting(run: dict, kind: str) -> tuple:
     """What makes two SCST stages the same experiment: the decoder and its shape (its overrides but the epochs,
     which only fit it to the minutes), the device and the stage's settings (records made before a setting existed
     had its default: no cross-entropy term, a constant rate, 40-token samples, drawn by torch.multinomial, the
-    Transformer's state stacked: the sampler and the state layout decide how many batches fit in the minutes)."""
+    state as BEFORE_STATE: the sampler and the state layout decide how many batches fit in the minutes)."""
     stage = run["models"][kind]["scst"]
     return (kind, shape_of(run["models"][kind]), device_of(run), stage["lr"],
             stage.get("xe_weight") or 0.0, stage.get("schedule") or "constant", stage.get("max_len") or 40,
             bool(stage.get("dropout")), stage.get("sampler") or "torch.multinomial",
-            stage.get("state") or ("stacked" if kind == "transformer" else None))
+            stage.get("state") or BEFORE_STATE[kind])
 
 
 def seed_lines(results: dict) -> str:
@@ -439,8 +440,8 @@ def seed_lines(results: dict) -> str:
                                for label, gain, greedy in runs)
             greedy = [g for _, _, g in runs if g is not None]
             lines.append(f"{kind}{f' ({shape})' if shape else ''} SCST on {device}, lr {lr:g} {schedule}, xe {xe:g}, "
-                         f"{max_len} tokens{', dropout' if dropout else ''}, drawn by {sampler}"
-                         f"{f', state {state}' if state else ''}: {listed}; "
+                         f"{max_len} tokens{', dropout' if dropout else ''}, drawn by {sampler}, state {state}: "
+                         f"{listed}; "
                          f"mean {sum(g for _, g, _ in runs) / len(runs):+.1%} over {len(runs)} runs"
                          + (f" (greedy {sum(greedy) / len(greedy):+.1%})" if len(greedy) == len(runs) else ""))
     return "\n".join(lines)

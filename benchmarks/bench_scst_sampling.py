@@ -105,7 +105,7 @@ def with_defaults(args: argparse.Namespace, cfg) -> argparse.Namespace:
 
 
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of the SCST step's sizes and config (shared with bench_transformer_state.py)."""
+    """The options of the SCST step's sizes and config (shared with bench_decoder_state.py)."""
     parser.add_argument("--profile", default="flickr8k")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a config override")
     parser.add_argument("--images", type=int, default=None, help="images per SCST batch (default: the profile's "
@@ -132,7 +132,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def measure_and_record(argv, args, items, measure, script: str, goal: str) -> int:
     """Measure each of `items` (`measure(item, cfg, args)`) on the config of `args`, print each record and add the
-    run to `args.out` (shared with bench_transformer_state.py)."""
+    run to `args.out` (shared with bench_decoder_state.py)."""
     cfg = get_config(args.profile, device="cpu", **parse_overrides(args.set))
     with_defaults(args, cfg)
     runs = []

@@ -64,6 +64,13 @@ def prepare_grid(features: Tensor, norm: nn.Module | None, project: nn.Module | 
     return features + position
 
 
+def in_autocast_dtype(x: Tensor) -> Tensor:
+    """`x` in the dtype autocast computes in where it is on, else unchanged. For a tensor every step reads: autocast
+    casts a float32 input anew at each call (and its gradient back in the backward pass), so cast it once."""
+    device = x.device.type
+    return x.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else x
+
+
 class ShowAndTell(nn.Module):
     """Show and Tell: the pooled image vector is the LSTM's first input, then the caption's word embeddings."""
 
@@ -202,8 +209,9 @@ class ShowAttendTell(nn.Module):
         order = torch.argsort(decode_lengths, descending=True)
         features, decode_lengths = self.prepare_features(features[order]), decode_lengths[order]
         embedded = self.dropout(self.embedding(captions[order, :-1]))
-        enc_proj = self.encoder_att(features)  # once per batch, not once per step
         h, c = self.initial_hidden(features)
+        features = in_autocast_dtype(features)  # each step's context reads it
+        enc_proj = self.encoder_att(features)  # once per batch, not once per step
         running = (decode_lengths.unsqueeze(0) > torch.arange(steps, device=captions.device).unsqueeze(1)).sum(1)
         running = running[running > 0].cpu()
         words, hiddens, contexts, alphas = [], [], [], []
@@ -227,6 +235,7 @@ class ShowAttendTell(nn.Module):
         """(h [B, H], c [B, H], features [B, P, C], enc_proj [B, P, A]): the projection is computed here, once."""
         features = self.prepare_features(features)
         h, c = self.initial_hidden(features)
+        features = in_autocast_dtype(features)  # each step's context reads it
         return h, c, features, self.encoder_att(features)
 
     def output_logits(self, embedded: Tensor, h: Tensor, context: Tensor) -> Tensor:

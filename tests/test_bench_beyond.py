@@ -75,21 +75,26 @@ def test_runs_of_one_scst_setting_are_summed_up_together_and_other_settings_apar
     assert "drawn by torch.multinomial" in lines[0]
     assert not any(label in lines[0] for label in ("other-lr", "gpu", "deeper", "xe-only", "drawn +"))
     again = bench.seed_lines({"runs": [*results["runs"], a_run("drawn-again", 0.5, 0.55, sampler="decode.draw")]})
-    assert "drawn by decode.draw: drawn +50.0%, drawn-again +10.0%; mean +30.0% over 2 runs" in again
+    assert "drawn by decode.draw, state grid float32: drawn +50.0%, drawn-again +10.0%; mean +30.0% over 2 runs" \
+        in again
     assert "greedy" not in lines[0]  # neither run scored greedy captions
 
 
-def test_transformer_runs_with_another_state_layout_are_another_experiment(bench):
-    # The layout sets how many SCST batches fit in the minutes; a record without one had the layers stacked.
+def test_runs_with_another_state_layout_are_another_experiment(bench):
+    # The layout sets how many SCST batches fit in the minutes; a record without one kept the state as before:
+    # the Transformer's layers stacked, the LSTM's grid in float32.
     runs = [a_run("old-1", 0.4, 0.44, kind="transformer"), a_run("old-2", 0.4, 0.40, kind="transformer"),
             a_run("new-1", 0.4, 0.48, kind="transformer", state="per layer"),
             a_run("new-2", 0.4, 0.52, kind="transformer", state="per layer"),
-            a_run("lstm-1", 0.4, 0.44), a_run("lstm-2", 0.4, 0.48)]
+            a_run("lstm-1", 0.4, 0.44), a_run("lstm-2", 0.4, 0.48),
+            a_run("lstm-3", 0.4, 0.40, state="grid in autocast dtype"),
+            a_run("lstm-4", 0.4, 0.60, state="grid in autocast dtype")]
     lines = bench.seed_lines({"runs": runs}).splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4
     assert "state stacked: old-1 +10.0%, old-2 +0.0%; mean +5.0% over 2 runs" in lines[0]
     assert "state per layer: new-1 +20.0%, new-2 +30.0%; mean +25.0% over 2 runs" in lines[1]
-    assert lines[2].startswith("attention") and "state" not in lines[2], "the LSTM has no layout to name"
+    assert lines[2].startswith("attention") and "state grid float32: lstm-1 +10.0%, lstm-2 +20.0%" in lines[2]
+    assert "state grid in autocast dtype: lstm-3 +0.0%, lstm-4 +50.0%; mean +25.0%" in lines[3]
 
 
 def test_the_greedy_captions_gain_is_given_beside_the_beam_search_gain_when_every_run_scored_them(bench):
@@ -184,11 +189,11 @@ def test_an_scst_stage_records_what_sets_how_many_batches_fit_in_its_minutes(ben
     lab = course.prepare_data(cfg, source=lambda i: grids.setdefault(i, torch.randn(4, 3)), feature_dim=3,
                               progress=False)
     cider = scst.CiderD({i: lab.captions[i] for i in lab.splits["train"]})
-    for kind, state in (("transformer", "per layer"), ("attention", None)):
+    for kind, state in (("transformer", "per layer"), ("attention", "grid in autocast dtype")):
         torch.manual_seed(0)
         decoder = decoders.build_decoder(kind, len(lab.vocab), 3, cfg)
         # A clock-bounded stage runs whole batches until its minutes are spent: here, the first one.
         tuned, stage = bench.self_critical(decoder, cfg, lab, cider, minutes=1e-3, lr=1e-3)
         assert stage["batches"] >= 1 and stage["sampler"] == "decode.draw" == bench.SAMPLER
-        assert stage["state"] == state, "the Transformer's state layout is kept beside the sampler"
+        assert stage["state"] == state, "the state layout is kept beside the sampler"
         assert type(tuned) is type(decoder) and not tuned.training

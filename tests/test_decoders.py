@@ -274,3 +274,51 @@ def test_show_and_tell_normalises_the_pooled_features_when_the_config_asks():
     rebuilt.load_state_dict(normed.state_dict())
     captions, lengths = torch.tensor([[1, 5, 6, 2]] * 3), torch.tensor([4, 4, 4])
     assert torch.equal(rebuilt.eval()(features, captions, lengths).logits, normed(features, captions, lengths).logits)
+
+
+def _grid_casts(run, grid_shape):
+    """How many times `run()` casts a tensor of `grid_shape` to bfloat16 (autocast's casts included)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        casts = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            if func is torch.ops.aten._to_copy.default and tuple(args[0].shape) == grid_shape \
+                    and kwargs.get("dtype") == torch.bfloat16:
+                Count.casts += 1
+            return out
+
+    with Count():
+        run()
+    return Count.casts
+
+
+def test_under_autocast_the_attention_grid_is_cast_once_and_gives_what_autocast_would():
+    torch.manual_seed(0)
+    model = ShowAttendTell(V, C, embed_dim=8, hidden_dim=12, attention_dim=9, dropout=0.0, deep_output=True,
+                           num_positions=P, feature_norm=True, adapter_dim=7).eval()
+    features, captions, lengths = make_inputs()
+    lengths = torch.full((B,), T)  # every row runs every step: the grid is read whole at each
+    grid = torch.randn(B, P, C)
+    assert decoders.in_autocast_dtype(grid) is grid, "no autocast: the tensor as it is"
+    assert model.init_state(features)[2].dtype == torch.float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert decoders.in_autocast_dtype(grid).dtype == torch.bfloat16
+        h, c, state_grid, enc_proj = model.init_state(features)
+        assert state_grid.dtype == torch.bfloat16
+        logits, _, alpha = model.step(captions[:, 0], (h, c, state_grid, enc_proj))
+        # What autocast makes of the float32 grid, cast by the step itself: the same numbers.
+        want_logits, _, want_alpha = model.step(captions[:, 0], (h, c, state_grid.float(), enc_proj))
+        torch.testing.assert_close(logits, want_logits, rtol=0, atol=0)
+        torch.testing.assert_close(alpha, want_alpha, rtol=0, atol=0)
+        grid_shape = (B, P, model.context_dim)
+        assert _grid_casts(lambda: model(features, captions, lengths), grid_shape) == 1, "forward: once, not per step"
+
+        def generate():
+            state = model.init_state(features)
+            for t in range(T - 1):
+                state = model.step(captions[:, t], state)[1]
+        assert _grid_casts(generate, grid_shape) == 1, "init_state casts it; the steps read it as it is"

@@ -1,19 +1,22 @@
-"""The Transformer decoder's generation state: four tensors per layer (the library's `CaptionTransformer`) against
-one stack of the layers per tensor ([B, layers, heads, P or t, d], the plain layout, written out below as
-`StackedStateTransformer`), inside the SCST sampling step.
+"""How the decoders keep their generation state, timed inside the SCST sampling step: the library's layout against
+the plain one it replaced, written out below as a reference class with the library's weights.
 
-Why it matters: a step that picks layer i out of a stack (`memory_keys[:, i]`) is cheap forward, but its backward
-pass writes a zero tensor of the whole stack and adds the layer's gradient into it, for every layer at every step;
-the cache of the earlier words is stacked anew at every step too. SCST runs that backward pass through every
-sampled word, so the layout sets how many SCST batches fit in its minutes.
+- Transformer: four tensors per layer (`CaptionTransformer.init_state`) against one stack of the layers per tensor
+  `[B, layers, heads, P or t, d]` (`StackedStateTransformer`). A step that picks layer i out of a stack
+  (`memory_keys[:, i]`) is cheap forward, but its backward pass writes a zero tensor of the whole stack and adds
+  the layer's gradient into it, for every layer at every step, and the word cache is stacked anew at every step.
+- Attention LSTM: the grid in the state already in autocast's dtype (`ShowAttendTell.init_state`) against the
+  float32 grid (`GridCastEveryStep`), which autocast casts anew in every step's context product, and whose
+  gradient it casts back in the backward pass.
 
-What is timed, for each layer count: `bench_scst_sampling.scst_step_seconds` (the flickr8k profile's SCST batch,
-sampled with the autograd graph, then the backward pass, under the profile's mixed precision) with the two
-layouts alternating, `--repeats` pairs, on the same weights and seeds (they draw the same tokens: checked at every
-pair). Sizes as in `bench_scst_sampling.py`; random weights and features.
+SCST runs the backward pass through every sampled word, so the layout sets how many SCST batches fit in its
+minutes. What is timed: `bench_scst_sampling.scst_step_seconds` (the flickr8k profile's SCST batch, sampled with
+the autograd graph, then the backward pass, under the profile's mixed precision) with the two layouts
+alternating, `--repeats` pairs, on the same weights and seeds (they draw the same tokens: checked at every pair).
+Sizes as in `bench_scst_sampling.py`; random weights and features.
 
-    python benchmarks/bench_transformer_state.py --label cpu-2cores
-    python benchmarks/bench_transformer_state.py --repeats 2 --images 8 --out /tmp/t.json --label smoke
+    python benchmarks/bench_decoder_state.py --label cpu-2cores
+    python benchmarks/bench_decoder_state.py --repeats 2 --images 8 --out /tmp/t.json --label smoke
 
 Run from the repository root.
 """
@@ -36,9 +39,9 @@ from bench_scst_sampling import add_step_arguments, measure_and_record, scst_ste
 from labutils import decoders, scst, train  # noqa: E402
 from labutils.vocab import Vocabulary  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "transformer_state.json"
-GOAL = "SCST step with one state tensor per layer faster than with the layers stacked (ratio > 1), same tokens"
-LAYOUTS = ("per layer", "stacked")
+RESULTS = ROOT / "benchmarks" / "results" / "decoder_state.json"
+GOAL = "SCST step with the library's state faster than with the reference layout (ratio > 1), same tokens"
+LAYOUTS = ("library", "reference")
 
 
 class StackedStateTransformer(decoders.CaptionTransformer):
@@ -66,13 +69,24 @@ class StackedStateTransformer(decoders.CaptionTransformer):
         return self.fc(self.final_norm(x[:, 0])), state, self.last_cross_attention.mean(dim=(1, 2))
 
 
-def pair_of_decoders(cfg, vocab_size: int, feature_dim: int) -> dict:
-    """The library's decoder and the stacked reference with the same weights, ready for SCST (training mode)."""
-    library = decoders.build_decoder("transformer", vocab_size, feature_dim, cfg)
-    arguments = {k: v for k, v in train.decoder_spec(library).items() if k != "kind"}
-    stacked = StackedStateTransformer(**arguments)
-    stacked.load_state_dict(library.state_dict())
-    return {"per layer": scst.policy_copy(library).train(), "stacked": scst.policy_copy(stacked).train()}
+class GridCastEveryStep(decoders.ShowAttendTell):
+    """The reference state of the attention LSTM: the grid stays float32, so autocast casts it at every step."""
+
+    def init_state(self, features):
+        features = self.prepare_features(features)
+        h, c = self.initial_hidden(features)
+        return h, c, features, self.encoder_att(features)
+
+
+REFERENCES = {"transformer": StackedStateTransformer, "attention": GridCastEveryStep}
+
+
+def pair_of_decoders(kind: str, cfg, vocab_size: int, feature_dim: int) -> dict:
+    """The library's decoder and its reference with the same weights, ready for SCST (training mode)."""
+    library = decoders.build_decoder(kind, vocab_size, feature_dim, cfg)
+    reference = REFERENCES[kind](**{k: v for k, v in train.decoder_spec(library).items() if k != "kind"})
+    reference.load_state_dict(library.state_dict())
+    return {"library": scst.policy_copy(library).train(), "reference": scst.policy_copy(reference).train()}
 
 
 def same_tokens(models: dict, features, vocab, args, seed: int) -> bool:
@@ -82,12 +96,14 @@ def same_tokens(models: dict, features, vocab, args, seed: int) -> bool:
     return torch.equal(*drawn)
 
 
-def measure(layers: int, cfg, args) -> dict:
-    """Seconds per SCST step with each layout, alternating, and the ratio stacked / per layer of each pair."""
-    cfg = cfg.replace(transformer_layers=layers)
+def measure(item: tuple[str, int | None], cfg, args) -> dict:
+    """Seconds per SCST step of decoder `item` = (kind, layers) with each layout, alternating, and the ratio
+    reference / library of each pair."""
+    kind, layers = item
+    cfg = cfg.replace(transformer_layers=layers) if layers else cfg
     torch.manual_seed(0)
     vocab = Vocabulary([f"w{i}" for i in range(args.vocab_size - 4)])  # + <pad> <start> <end> <unk>
-    models = pair_of_decoders(cfg, len(vocab), args.feature_dim)
+    models = pair_of_decoders(kind, cfg, len(vocab), args.feature_dim)
     features = torch.randn(args.images, cfg.grid_size ** 2, args.feature_dim)  # [B, P, C]
     amp = train.MixedPrecision.for_config(cfg, "cpu")
     times = {name: [] for name in LAYOUTS}
@@ -100,18 +116,21 @@ def measure(layers: int, cfg, args) -> dict:
                     raise RuntimeError("the two layouts sampled different captions: the reference is out of date")
             for name in (LAYOUTS if repeat % 2 == 0 else reversed(LAYOUTS)):
                 times[name].append(scst_step_seconds(models[name], features, vocab, args, amp, repeat))
-    ratios = [s / p for s, p in zip(times["stacked"], times["per layer"], strict=True)]
-    return {"layers": layers, "rows": args.images * args.samples, "vocab_size": len(vocab),
+    ratios = [r / lib for r, lib in zip(times["reference"], times["library"], strict=True)]
+    return {"decoder": kind, "layers": layers, "reference": REFERENCES[kind].__name__,
+            "rows": args.images * args.samples, "vocab_size": len(vocab),
             "seconds_per_step": {name: [round(t, 4) for t in ts] for name, ts in times.items()},
             "median_seconds": {name: round(statistics.median(ts), 4) for name, ts in times.items()},
-            "stacked_over_per_layer_median": round(statistics.median(ratios), 3),
-            "stacked_over_per_layer_min_max": [round(min(ratios), 3), round(max(ratios), 3)]}
+            "reference_over_library_median": round(statistics.median(ratios), 3),
+            "reference_over_library_min_max": [round(min(ratios), 3), round(max(ratios), 3)]}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_step_arguments(parser)
-    parser.add_argument("--layers", type=int, nargs="+", default=[2, 3], help="decoder layer counts to time")
+    parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"],
+                        choices=["attention", "transformer"])
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 3], help="Transformer layer counts to time")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--label", required=True)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -120,7 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return measure_and_record(argv, args, args.layers, measure, "bench_transformer_state.py", GOAL)
+    items = [(kind, layers) for kind in args.kinds for layers in (args.layers if kind == "transformer" else [None])]
+    return measure_and_record(argv, args, items, measure, "bench_decoder_state.py", GOAL)
 
 
 if __name__ == "__main__":
