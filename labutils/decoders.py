@@ -477,7 +477,8 @@ class CaptionTransformer(nn.Module):
         for i, layer in enumerate(self.layers):
             memory_keys, memory_values, past_keys, past_values = state[4 * i:4 * i + 4]
             x, weights, keys, values = layer.step(x, (memory_keys, memory_values), past_keys, past_values)
-            new_state += [memory_keys, memory_values, keys, values]  # the same memory objects: beam search sees them as fixed per image
+            # The memory passes on as the same objects: beam search then knows it needs no reordering per row.
+            new_state += [memory_keys, memory_values, keys, values]
             maps.append(weights[:, :, 0])  # [B, h, P]
         self.last_cross_attention = torch.stack(maps, dim=1)  # [B, L, h, P]
         logits = self.fc(self.final_norm(x[:, 0]))  # [B, V]
