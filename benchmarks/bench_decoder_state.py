@@ -24,7 +24,6 @@ Run from the repository root.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -34,7 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scst_sampling import add_step_arguments, measure_and_record, scst_step_seconds  # noqa: E402
+from bench_scst_sampling import (  # noqa: E402
+    add_step_arguments,
+    alternate,
+    measure_and_record,
+    ratio_summary,
+    scst_step_seconds,
+)
 
 from labutils import decoders, scst, train  # noqa: E402
 from labutils.vocab import Vocabulary  # noqa: E402
@@ -106,23 +111,20 @@ def measure(item: tuple[str, int | None], cfg, args) -> dict:
     models = pair_of_decoders(kind, cfg, len(vocab), args.feature_dim)
     features = torch.randn(args.images, cfg.grid_size ** 2, args.feature_dim)  # [B, P, C]
     amp = train.MixedPrecision.for_config(cfg, "cpu")
-    times = {name: [] for name in LAYOUTS}
+
+    def step(name, seed, warm_up):
+        return scst_step_seconds(models[name], features[:2] if warm_up else features, vocab, args, amp, seed)
+
+    def check(seed):
+        with torch.no_grad(), amp.autocast():
+            if not same_tokens(models, features, vocab, args, seed):
+                raise RuntimeError("the two layouts sampled different captions: the reference is out of date")
+
     with train.cpu_threads(cfg.cpu_threads):
-        for name in LAYOUTS:  # warm-up: first calls allocate
-            scst_step_seconds(models[name], features[:2], vocab, args, amp, 0)
-        for repeat in range(args.repeats):
-            with torch.no_grad(), amp.autocast():
-                if not same_tokens(models, features, vocab, args, repeat):
-                    raise RuntimeError("the two layouts sampled different captions: the reference is out of date")
-            for name in (LAYOUTS if repeat % 2 == 0 else reversed(LAYOUTS)):
-                times[name].append(scst_step_seconds(models[name], features, vocab, args, amp, repeat))
-    ratios = [r / lib for r, lib in zip(times["reference"], times["library"], strict=True)]
+        times = alternate(step, list(LAYOUTS), args.repeats, check)
     return {"decoder": kind, "layers": layers, "reference": REFERENCES[kind].__name__,
             "rows": args.images * args.samples, "vocab_size": len(vocab),
-            "seconds_per_step": {name: [round(t, 4) for t in ts] for name, ts in times.items()},
-            "median_seconds": {name: round(statistics.median(ts), 4) for name, ts in times.items()},
-            "reference_over_library_median": round(statistics.median(ratios), 3),
-            "reference_over_library_min_max": [round(min(ratios), 3), round(max(ratios), 3)]}
+            **ratio_summary(times, "reference", "library", "reference_over_library")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:

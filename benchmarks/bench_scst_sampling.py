@@ -74,6 +74,30 @@ def one_step(decoder, features, vocab, args, amp, sampler: str, seed: int) -> fl
         decode.draw = original
 
 
+def alternate(step, names, repeats: int, check=None) -> dict[str, list[float]]:
+    """Seconds of `step(name, seed, warm_up)` for each of `names`: one warm-up call each (first calls allocate),
+    then `repeats` rounds with the order flipped every round, so a change of load hits both; `check(seed)` runs
+    before each round (shared with bench_decoder_state.py)."""
+    for name in names:
+        step(name, 0, True)
+    times = {name: [] for name in names}
+    for repeat in range(repeats):
+        if check is not None:
+            check(repeat)
+        for name in (names if repeat % 2 == 0 else list(reversed(names))):
+            times[name].append(step(name, repeat, False))
+    return times
+
+
+def ratio_summary(times: dict[str, list[float]], slower: str, faster: str, key: str) -> dict:
+    """Every time, the medians, and the median and range of the ratio `slower` / `faster` of each pair."""
+    ratios = [a / b for a, b in zip(times[slower], times[faster], strict=True)]
+    return {"seconds_per_step": {name: [round(t, 4) for t in ts] for name, ts in times.items()},
+            "median_seconds": {name: round(statistics.median(ts), 4) for name, ts in times.items()},
+            f"{key}_median": round(statistics.median(ratios), 3),
+            f"{key}_min_max": [round(min(ratios), 3), round(max(ratios), 3)]}
+
+
 def measure(kind: str, cfg, args) -> dict:
     """Seconds per step with each sampler, alternating, and the ratio multinomial / draw of each pair."""
     torch.manual_seed(0)
@@ -81,19 +105,14 @@ def measure(kind: str, cfg, args) -> dict:
     decoder = scst.policy_copy(decoders.build_decoder(kind, len(vocab), args.feature_dim, cfg)).train()
     features = torch.randn(args.images, cfg.grid_size ** 2, args.feature_dim)  # [B, P, C]
     amp = train.MixedPrecision.for_config(cfg, "cpu")
-    times = {name: [] for name in SAMPLERS}
+
+    def step(name, seed, warm_up):
+        return one_step(decoder, features[:2] if warm_up else features, vocab, args, amp, name, seed)
+
     with train.cpu_threads(cfg.cpu_threads):
-        for name in SAMPLERS:  # warm-up: first calls allocate
-            one_step(decoder, features[:2], vocab, args, amp, name, 0)
-        for repeat in range(args.repeats):
-            for name in (SAMPLERS if repeat % 2 == 0 else reversed(list(SAMPLERS))):
-                times[name].append(one_step(decoder, features, vocab, args, amp, name, repeat))
-    ratios = [m / d for m, d in zip(times["torch.multinomial"], times["decode.draw"], strict=True)]
+        times = alternate(step, list(SAMPLERS), args.repeats)
     return {"decoder": kind, "rows": args.images * args.samples, "vocab_size": len(vocab),
-            "seconds_per_step": {name: [round(t, 4) for t in ts] for name, ts in times.items()},
-            "median_seconds": {name: round(statistics.median(ts), 4) for name, ts in times.items()},
-            "multinomial_over_draw_median": round(statistics.median(ratios), 3),
-            "multinomial_over_draw_min_max": [round(min(ratios), 3), round(max(ratios), 3)]}
+            **ratio_summary(times, "torch.multinomial", "decode.draw", "multinomial_over_draw")}
 
 
 def with_defaults(args: argparse.Namespace, cfg) -> argparse.Namespace:
