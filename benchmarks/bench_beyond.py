@@ -50,6 +50,9 @@ SAMPLER = "decode.draw"  # what draws SCST's samples (scst.sample_with_log_probs
 # the Transformer's layers stacked, the LSTM's grid float32 under autocast (bench_decoder_state.py: both slower).
 STATE_LAYOUT = {"transformer": "per layer", "attention": "grid in autocast dtype"}
 BEFORE_STATE = {"transformer": "stacked", "attention": "grid float32"}
+# How the samples' log p keeps its gradient (scst.sample_with_log_probs): "one pass" scores them again in one
+# causal pass (bench_scst_one_pass.py), "steps' graph" keeps the graph of every step (every record before the field).
+LOG_P = {True: "one pass", False: "steps' graph"}
 
 
 def test_scores(decoder, lab, cache, beam: int, captions: dict | None, key: str) -> dict:
@@ -148,6 +151,7 @@ def self_critical(decoder, cfg, lab, cider, minutes: float, lr: float, max_len: 
                           "max_len": max_len or int(cfg.scst_max_len or cfg.max_caption_len), "dropout": dropout,
                           "xe_weight": xe_weight, "schedule": schedule, "sampler": SAMPLER,
                           "state": STATE_LAYOUT.get(train.decoder_spec(decoder)["kind"]),
+                          "log_p": LOG_P[scst.scores_in_one_pass(decoder)],
                           "kept_batch": best[0]["batches"] if best else batches, "dev_checks": checks,
                           "reward_first_10": round(sum(mean_reward[:10]) / max(1, len(mean_reward[:10])), 4),
                           "reward_last_10": round(sum(mean_reward[-10:]) / max(1, len(mean_reward[-10:])), 4)}
@@ -410,12 +414,13 @@ def scst_setting(run: dict, kind: str) -> tuple:
     """What makes two SCST stages the same experiment: the decoder and its shape (its overrides but the epochs,
     which only fit it to the minutes), the device and the stage's settings (records made before a setting existed
     had its default: no cross-entropy term, a constant rate, 40-token samples, drawn by torch.multinomial, the
-    state as BEFORE_STATE: the sampler and the state layout decide how many batches fit in the minutes)."""
+    state as BEFORE_STATE, log p from the steps' graph: the sampler, the state layout and how log p keeps its
+    gradient decide how many batches fit in the minutes)."""
     stage = run["models"][kind]["scst"]
     return (kind, shape_of(run["models"][kind]), device_of(run), stage["lr"],
             stage.get("xe_weight") or 0.0, stage.get("schedule") or "constant", stage.get("max_len") or 40,
             bool(stage.get("dropout")), stage.get("sampler") or "torch.multinomial",
-            stage.get("state") or BEFORE_STATE[kind])
+            stage.get("state") or BEFORE_STATE[kind], stage.get("log_p") or LOG_P[False])
 
 
 def seed_lines(results: dict) -> str:
@@ -434,13 +439,14 @@ def seed_lines(results: dict) -> str:
                 gains.setdefault(scst_setting(run, kind), []).append(
                     (run["label"], ratio[f"beam{run['beam']}"], ratio.get("greedy")))
     lines = []
-    for (kind, shape, device, lr, xe, schedule, max_len, dropout, sampler, state), runs in gains.items():
+    for (kind, shape, device, lr, xe, schedule, max_len, dropout, sampler, state, log_p), runs in gains.items():
         if len(runs) > 1:
             listed = ", ".join(f"{label} {gain:+.1%}" + (f" (greedy {greedy:+.1%})" if greedy is not None else "")
                                for label, gain, greedy in runs)
             greedy = [g for _, _, g in runs if g is not None]
             lines.append(f"{kind}{f' ({shape})' if shape else ''} SCST on {device}, lr {lr:g} {schedule}, xe {xe:g}, "
-                         f"{max_len} tokens{', dropout' if dropout else ''}, drawn by {sampler}, state {state}: "
+                         f"{max_len} tokens{', dropout' if dropout else ''}, drawn by {sampler}, state {state}, "
+                         f"log p by {log_p}: "
                          f"{listed}; "
                          f"mean {sum(g for _, g, _ in runs) / len(runs):+.1%} over {len(runs)} runs"
                          + (f" (greedy {sum(greedy) / len(greedy):+.1%})" if len(greedy) == len(runs) else ""))

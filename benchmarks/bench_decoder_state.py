@@ -11,8 +11,10 @@ the plain one it replaced, written out below as a reference class with the libra
 
 SCST runs the backward pass through every sampled word, so the layout sets how many SCST batches fit in its
 minutes. What is timed: `bench_scst_sampling.scst_step_seconds` (the flickr8k profile's SCST batch, sampled with
-the autograd graph, then the backward pass, under the profile's mixed precision) with the two layouts
-alternating, `--repeats` pairs, on the same weights and seeds (they draw the same tokens: checked at every pair).
+the autograd graph of every step, as the library did for both decoders when this was recorded: `one_pass=False`,
+while the Transformer now scores its samples in one pass, bench_scst_one_pass.py; then the backward pass, under
+the profile's mixed precision) with the two layouts alternating, `--repeats` pairs, on the same weights and seeds
+(they draw the same tokens: checked at every pair).
 Sizes as in `bench_scst_sampling.py`; random weights and features.
 
     python benchmarks/bench_decoder_state.py --label cpu-2cores
@@ -34,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_scst_sampling import (  # noqa: E402
+    add_run_arguments,
     add_step_arguments,
     alternate,
     measure_and_record,
@@ -73,6 +76,10 @@ class StackedStateTransformer(decoders.CaptionTransformer):
         state = (memory_keys, memory_values, torch.stack(new_keys, dim=1), torch.stack(new_values, dim=1))
         return self.fc(self.final_norm(x[:, 0])), state, self.last_cross_attention.mean(dim=(1, 2))
 
+    def teacher_forced(self, state, inputs, keep):
+        memory_kv = [(state[0][:, i], state[1][:, i]) for i in range(self.num_layers)]
+        return self.fc(self.final_norm(self.words_pass(memory_kv, inputs)[0][keep]))
+
 
 class GridCastEveryStep(decoders.ShowAttendTell):
     """The reference state of the attention LSTM: the grid stays float32, so autocast casts it at every step."""
@@ -97,7 +104,8 @@ def pair_of_decoders(kind: str, cfg, vocab_size: int, feature_dim: int) -> dict:
 def same_tokens(models: dict, features, vocab, args, seed: int) -> bool:
     """Whether both layouts sample the same captions from the same seed (the two compute the same thing)."""
     drawn = [scst.sample_with_log_probs(m, features, vocab, args.samples, args.max_len,
-                                        torch.Generator().manual_seed(seed)).tokens for m in models.values()]
+                                        torch.Generator().manual_seed(seed), one_pass=False).tokens
+             for m in models.values()]
     return torch.equal(*drawn)
 
 
@@ -113,7 +121,8 @@ def measure(item: tuple[str, int | None], cfg, args) -> dict:
     amp = train.MixedPrecision.for_config(cfg, "cpu")
 
     def step(name, seed, warm_up):
-        return scst_step_seconds(models[name], features[:2] if warm_up else features, vocab, args, amp, seed)
+        return scst_step_seconds(models[name], features[:2] if warm_up else features, vocab, args, amp, seed,
+                                 one_pass=False)
 
     def check(seed):
         with torch.no_grad(), amp.autocast():
@@ -133,9 +142,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"],
                         choices=["attention", "transformer"])
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 3], help="Transformer layer counts to time")
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--label", required=True)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_run_arguments(parser, RESULTS)
     return parser.parse_args(argv)
 
 

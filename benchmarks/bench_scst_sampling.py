@@ -3,7 +3,8 @@
 self-critical training runs on every batch.
 
 What is timed, for each decoder: `scst.sample_with_log_probs` (the flickr8k profile's SCST batch: `--images`
-images x `--samples` samples, up to `--max-len` tokens, with the autograd graph) and the backward pass of a
+images x `--samples` samples, up to `--max-len` tokens, with the gradient of their log p as the library keeps it:
+recorded when both decoders kept the graph of every step) and the backward pass of a
 policy-gradient loss on it, under the profile's mixed precision; the same thing with `torch.multinomial` put in
 place of `decode.draw`. The two alternate, `--repeats` times, so a change of load hits both; the ratio of each
 pair is recorded, with its median and range. The decoders have the profile's sizes and random weights (timing
@@ -49,13 +50,14 @@ SAMPLERS = {"decode.draw": decode.draw,
                                                                                 generator=generator).squeeze(1)}
 
 
-def scst_step_seconds(decoder, features, vocab, args, amp, seed: int) -> float:
-    """Seconds of one SCST sampling step: `args.samples` samples per image with their graph, then the backward
-    pass of a policy-gradient loss with random advantages (what SCST's loss costs, whatever the rewards)."""
+def scst_step_seconds(decoder, features, vocab, args, amp, seed: int, one_pass: bool | None = None) -> float:
+    """Seconds of one SCST sampling step: `args.samples` samples per image with the gradient of their log p (as
+    `one_pass` asks, by default as the library chooses), then the backward pass of a policy-gradient loss with
+    random advantages (what SCST's loss costs, whatever the rewards)."""
     started = time.perf_counter()
     with amp.autocast():
         samples = scst.sample_with_log_probs(decoder, features, vocab, args.samples, args.max_len,
-                                             torch.Generator().manual_seed(seed))
+                                             torch.Generator().manual_seed(seed), one_pass)
         advantage = torch.randn(samples.log_prob.shape, generator=torch.Generator().manual_seed(seed))  # [R]
         loss = -(advantage * samples.log_prob).mean()
     loss.backward()
@@ -138,14 +140,20 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
                                                                       "head: the flickr8k profile's encoder)")
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The options of how many pairs to time and where to record them (shared with the other SCST-step
+    benchmarks)."""
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--out", type=Path, default=results)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_step_arguments(parser)
     parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"],
                         choices=["attention", "transformer"])
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--label", required=True)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_run_arguments(parser, RESULTS)
     return parser.parse_args(argv)
 
 

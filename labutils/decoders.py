@@ -14,6 +14,7 @@ Every decoder takes the encoder's grid of features `[B, P, C]` (P positions of C
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -437,14 +438,32 @@ class CaptionTransformer(nn.Module):
         if steps > self.max_len:
             raise ValueError(f"This decoder has position embeddings for {self.max_len} words, got captions of "
                              f"{steps + 1} tokens; cap them at max_len + 1 tokens or build it with a larger max_len.")
-        x = self.embed(captions[:, :-1], torch.arange(steps, device=captions.device))  # [B, T-1, D]: <start> w1 ..
-        causal = causal_mask(steps, x.device)  # [T-1, T-1]: j <= t
+        x, maps = self.words_pass(memory_kv, captions[:, :-1])  # [B, T-1, D], [B, L, h, T-1, P]
+        mask = valid_step_mask(lengths.to(x.device), steps)[:, None, None, :, None]  # [B, 1, 1, T-1, 1]
+        return self.fc(self.final_norm(x)), maps * mask  # zero at padded steps
+
+    def words_pass(self, memory_kv: Sequence[tuple[Tensor, Tensor]], inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """All layers over the words `inputs` [B, T] (<start> w1 .. w_{T-1}) at once, each word seeing itself and
+        the words before it: the output [B, T, D] and the cross-attention [B, layers, heads, T, P]."""
+        steps = inputs.size(1)
+        # Capped as `step` caps them (`run` refuses longer captions before it gets here).
+        positions = torch.arange(steps, device=inputs.device).clamp(max=self.max_len - 1)  # [T]
+        x = self.embed(inputs, positions)  # [B, T, D]
+        causal = causal_mask(steps, x.device)  # [T, T]: j <= t
         maps = []
         for layer, kv in zip(self.layers, memory_kv, strict=True):
-            x, weights = layer(x, kv, causal)  # weights [B, h, T-1, P]
+            x, weights = layer(x, kv, causal)  # weights [B, h, T, P]
             maps.append(weights)
-        mask = valid_step_mask(lengths.to(x.device), steps)[:, None, None, :, None]  # [B, 1, 1, T-1, 1]
-        return self.fc(self.final_norm(x)), torch.stack(maps, dim=1) * mask  # zero at padded steps
+        return x, torch.stack(maps, dim=1)
+
+    def teacher_forced(self, state: State, inputs: Tensor, keep: Tensor) -> Tensor:
+        """Logits [N, V] of the next word at the N positions where `keep` [B, T] is True, from a fresh `init_state`
+        (rows selected or repeated as the caller needs) and the words `inputs` [B, T]: what T `step`s from that
+        state give, in one causal pass. SCST scores its sampled captions this way: the samples are drawn without
+        a graph, and only one pass, over the words that count, is kept for the backward pass."""
+        memory_kv = [(state[4 * i], state[4 * i + 1]) for i in range(self.num_layers)]  # per layer [B, h, P, d]
+        x = self.words_pass(memory_kv, inputs)[0]  # [B, T, D]
+        return self.fc(self.final_norm(x[keep]))  # [N, V]: padded positions cost neither projection nor softmax
 
     def forward(self, features: Tensor, captions: Tensor, lengths: Tensor) -> DecoderOutput:
         """Teacher-forced logits [B, T-1, V] and attention [B, T-1, P] (mean over heads and layers, 0 when padded)."""

@@ -7,7 +7,8 @@ raises the log-probability of the samples that beat a baseline (REINFORCE with a
     loss = -(reward(sample) - baseline) * log p(sample)
 
 * `CiderD`: the reward, computed in-process and vectorised, equal to pycocoevalcap's CIDEr-D (tested);
-* `sample_with_log_probs`: several multinomial samples per image, with the gradient of their log-probabilities;
+* `sample_with_log_probs`: several multinomial samples per image, with the gradient of their log-probabilities
+  (drawn step by step; a Transformer scores its samples again in one causal pass, which is cheaper to backpropagate);
 * `scst_loss`: rewards, the baseline ("greedy": the model's greedy caption, as in the paper; "mean": the mean of
   the image's OTHER samples), the policy-gradient loss and a few numbers to watch;
 * `scst_epoch`: one epoch of fine-tuning over the lab's training loader, optionally mixed with the cross-entropy of
@@ -256,16 +257,43 @@ class Samples(NamedTuple):
 
 
 def sample_with_log_probs(decoder, features: Tensor, vocab, n_samples: int = 5, max_len: int = 16,
-                          generator: torch.Generator | None = None) -> Samples:
-    """Draw `n_samples` captions per image from the decoder's step distribution, keeping the autograd graph.
+                          generator: torch.Generator | None = None, one_pass: bool | None = None) -> Samples:
+    """Draw `n_samples` captions per image from the decoder's step distribution, with the gradient of their
+    log-probabilities.
 
     The policy is the distribution the words are drawn from: the decoder's softmax with <pad>, <start> and <unk>
     removed (`decode.words_only`), so log p is taken from that same renormalised distribution.
+
+    How the gradient is kept: a decoder with `teacher_forced` (the Transformer; `one_pass=None` asks the decoder)
+    samples without a graph and then scores its samples again in one causal pass over the words that count, which
+    backpropagates through a few large matrix products instead of a step per word; any other decoder keeps the
+    graph of its steps while it samples (an LSTM's one pass would be the same steps again).
     """
+    one_pass = scores_in_one_pass(decoder) if one_pass is None else one_pass
     rows = torch.arange(features.size(0), device=features.device).repeat_interleave(n_samples)  # [R]
     state = tuple(t.index_select(0, rows) for t in decoder.init_state(features))  # each [R, ...]
-    tokens = torch.full((rows.numel(),), vocab.start_id, dtype=torch.long, device=features.device)  # [R]
-    done = torch.zeros(rows.numel(), dtype=torch.bool, device=features.device)  # [R]
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not one_pass):
+        tokens, log_prob, mask, done = draw_captions(decoder, state, vocab, max_len, generator)
+    if one_pass:
+        inputs = torch.cat([torch.full_like(tokens[:, :1], vocab.start_id), tokens[:, :-1]], dim=1)  # [R, T]
+        keep = mask.bool()  # [R, T]: the words and <end>, not the padding after it
+        logp = F.log_softmax(decode.words_only(decoder.teacher_forced(state, inputs, keep).float(), vocab), dim=1)
+        picked = logp.gather(1, tokens[keep].unsqueeze(1)).squeeze(1)  # [N]: each kept word's log p
+        log_prob = torch.zeros_like(mask).masked_scatter(keep, picked).sum(1)  # [R]
+    return Samples(tokens, log_prob, mask, done)
+
+
+def scores_in_one_pass(decoder) -> bool:
+    """Whether `sample_with_log_probs` scores this decoder's samples in one pass (it has `teacher_forced`)."""
+    return hasattr(decoder, "teacher_forced")
+
+
+def draw_captions(decoder, state: tuple, vocab, max_len: int,
+                  generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Sample one caption per row of `state` with `decode.draw`: tokens [R, T] (<pad> after <end>), their summed
+    log p [R], the mask [R, T] of the words up to and including <end>, and which rows ended [R]."""
+    tokens = torch.full((state[0].size(0),), vocab.start_id, dtype=torch.long, device=state[0].device)  # [R]
+    done = torch.zeros_like(tokens, dtype=torch.bool)  # [R]
     out, log_probs, masks = [], [], []
     for _ in range(max_len):
         logits, state, _ = decoder.step(tokens, state)  # [R, V]
@@ -278,7 +306,7 @@ def sample_with_log_probs(decoder, features: Tensor, vocab, n_samples: int = 5, 
         done = done | (tokens == vocab.end_id)
         if bool(done.all()):
             break
-    return Samples(torch.stack(out, 1), torch.stack(log_probs, 1).sum(1), torch.stack(masks, 1), done)
+    return torch.stack(out, 1), torch.stack(log_probs, 1).sum(1), torch.stack(masks, 1), done
 
 
 def leave_one_out(rewards: Tensor, n_samples: int) -> Tensor:
@@ -396,5 +424,6 @@ def scst_epoch(decoder: nn.Module, loader, optimizer, vocab, cider: CiderD, cfg,
     return {key: value / batches for key, value in totals.items()}
 
 
-__all__ = ["BASELINES", "END", "CiderD", "Samples", "caption_words", "greedy_rewards", "leave_one_out",
-           "policy_copy", "reference_cross_entropy", "sample_with_log_probs", "scst_epoch", "scst_loss"]
+__all__ = ["BASELINES", "END", "CiderD", "Samples", "caption_words", "draw_captions", "greedy_rewards",
+           "leave_one_out", "policy_copy", "reference_cross_entropy", "sample_with_log_probs", "scores_in_one_pass",
+           "scst_epoch", "scst_loss"]

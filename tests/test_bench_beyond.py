@@ -48,7 +48,7 @@ def test_caption_sets_of_different_photos_are_refused(bench):
 
 
 def a_run(label, before, after, lr=2e-4, cuda=None, batches=300, overrides=None, greedy=None, sampler=None,
-          kind="attention", state=None):
+          kind="attention", state=None, log_p=None):
     """A recorded run whose `kind` of decoder (the LSTM) scored `before` and `after` SCST with beam 3, and with
     greedy decoding too when `greedy` is (before, after)."""
     scores, tuned = {"beam3": {"CIDEr": before}}, {"beam3": {"CIDEr": after}}
@@ -56,7 +56,7 @@ def a_run(label, before, after, lr=2e-4, cuda=None, batches=300, overrides=None,
         scores["greedy"], tuned["greedy"] = {"CIDEr": greedy[0]}, {"CIDEr": greedy[1]}
     stage = {"batches": batches, "lr": lr, "xe_weight": 1.0, "schedule": "constant", "max_len": 16,
              "dropout": False, "test": {"methods": tuned}, **({"sampler": sampler} if sampler else {}),
-             **({"state": state} if state else {})}
+             **({"state": state} if state else {}), **({"log_p": log_p} if log_p else {})}
     return {"label": label, "beam": 3, "machine": {"cuda": cuda},
             "models": {kind: {"test": {"methods": scores}, "scst": stage, "overrides": overrides or {}}}}
 
@@ -75,7 +75,7 @@ def test_runs_of_one_scst_setting_are_summed_up_together_and_other_settings_apar
     assert "drawn by torch.multinomial" in lines[0]
     assert not any(label in lines[0] for label in ("other-lr", "gpu", "deeper", "xe-only", "drawn +"))
     again = bench.seed_lines({"runs": [*results["runs"], a_run("drawn-again", 0.5, 0.55, sampler="decode.draw")]})
-    assert "drawn by decode.draw, state grid float32: drawn +50.0%, drawn-again +10.0%; mean +30.0% over 2 runs" \
+    assert "drawn by decode.draw, state grid float32, log p by steps' graph: drawn +50.0%, drawn-again +10.0%; mean +30.0% over 2 runs" \
         in again
     assert "greedy" not in lines[0]  # neither run scored greedy captions
 
@@ -91,10 +91,21 @@ def test_runs_with_another_state_layout_are_another_experiment(bench):
             a_run("lstm-4", 0.4, 0.60, state="grid in autocast dtype")]
     lines = bench.seed_lines({"runs": runs}).splitlines()
     assert len(lines) == 4
-    assert "state stacked: old-1 +10.0%, old-2 +0.0%; mean +5.0% over 2 runs" in lines[0]
-    assert "state per layer: new-1 +20.0%, new-2 +30.0%; mean +25.0% over 2 runs" in lines[1]
-    assert lines[2].startswith("attention") and "state grid float32: lstm-1 +10.0%, lstm-2 +20.0%" in lines[2]
-    assert "state grid in autocast dtype: lstm-3 +0.0%, lstm-4 +50.0%; mean +25.0%" in lines[3]
+    assert "state stacked, log p by steps' graph: old-1 +10.0%, old-2 +0.0%; mean +5.0% over 2 runs" in lines[0]
+    assert "state per layer, log p by steps' graph: new-1 +20.0%, new-2 +30.0%; mean +25.0% over 2 runs" in lines[1]
+    assert lines[2].startswith("attention") and "state grid float32, log p by steps' graph: lstm-1 +10.0%, lstm-2 +20.0%" in lines[2]
+    assert "state grid in autocast dtype, log p by steps' graph: lstm-3 +0.0%, lstm-4 +50.0%; mean +25.0%" in lines[3]
+
+
+def test_runs_whose_log_p_kept_its_gradient_another_way_are_another_experiment(bench):
+    # Scoring the samples in one pass changes how many SCST batches fit in the minutes, as the state layout does.
+    runs = [a_run(f"steps-{i}", 0.4, 0.4 + 0.04 * i, kind="transformer", state="per layer") for i in (1, 2)]
+    runs += [a_run(f"pass-{i}", 0.4, 0.4 + 0.08 * i, kind="transformer", state="per layer", log_p="one pass")
+             for i in (1, 2)]
+    lines = bench.seed_lines({"runs": runs}).splitlines()
+    assert len(lines) == 2
+    assert "log p by steps' graph: steps-1 +10.0%, steps-2 +20.0%; mean +15.0% over 2 runs" in lines[0]
+    assert "log p by one pass: pass-1 +20.0%, pass-2 +40.0%; mean +30.0% over 2 runs" in lines[1]
 
 
 def test_the_greedy_captions_gain_is_given_beside_the_beam_search_gain_when_every_run_scored_them(bench):
@@ -189,11 +200,13 @@ def test_an_scst_stage_records_what_sets_how_many_batches_fit_in_its_minutes(ben
     lab = course.prepare_data(cfg, source=lambda i: grids.setdefault(i, torch.randn(4, 3)), feature_dim=3,
                               progress=False)
     cider = scst.CiderD({i: lab.captions[i] for i in lab.splits["train"]})
-    for kind, state in (("transformer", "per layer"), ("attention", "grid in autocast dtype")):
+    for kind, state, log_p in (("transformer", "per layer", "one pass"),
+                               ("attention", "grid in autocast dtype", "steps' graph")):
         torch.manual_seed(0)
         decoder = decoders.build_decoder(kind, len(lab.vocab), 3, cfg)
         # A clock-bounded stage runs whole batches until its minutes are spent: here, the first one.
         tuned, stage = bench.self_critical(decoder, cfg, lab, cider, minutes=1e-3, lr=1e-3)
         assert stage["batches"] >= 1 and stage["sampler"] == "decode.draw" == bench.SAMPLER
         assert stage["state"] == state, "the state layout is kept beside the sampler"
+        assert stage["log_p"] == log_p, "and how the samples' log p kept its gradient"
         assert type(tuned) is type(decoder) and not tuned.training

@@ -8,8 +8,9 @@ import pytest
 import torch
 from benchmark_scripts import load_benchmark
 
-from labutils import get_config
+from labutils import get_config, scst
 from labutils.decoders import CaptionTransformer, ShowAttendTell
+from labutils.vocab import Vocabulary
 
 TINY = ["--profile", "quick", "--set", "transformer_dim=16", "--set", "num_heads=4", "--images", "2", "--samples",
         "2", "--max-len", "3", "--vocab-size", "12", "--feature-dim", "8"]
@@ -48,6 +49,16 @@ def test_the_stacked_reference_steps_like_the_library_with_its_layers_stacked():
         torch.testing.assert_close(state[4 * layer + 2], reference_state[2][:, layer])
 
 
+def test_the_stacked_reference_scores_samples_in_one_pass_like_the_library():
+    bench, models, cfg = _pair("transformer")
+    vocab = Vocabulary([f"w{i}" for i in range(8)])
+    features = torch.randn(2, cfg.grid_size ** 2, 8)
+    got, want = (scst.sample_with_log_probs(models[name], features, vocab, 2, 4, torch.Generator().manual_seed(1))
+                 for name in ("library", "reference"))
+    assert torch.equal(got.tokens, want.tokens)
+    torch.testing.assert_close(got.log_prob, want.log_prob)
+
+
 def test_the_float32_grid_reference_gives_the_librarys_numbers_under_autocast():
     bench, models, cfg = _pair("attention")
     library, reference = models["library"].eval(), models["reference"].eval()
@@ -64,9 +75,10 @@ def test_both_layouts_are_timed_alternately_and_the_ratio_is_read_off_the_pairs(
     bench = load_benchmark("bench_decoder_state")
     out, steps, timed = tmp_path / "state.json", [], bench.scst_step_seconds
 
-    def counted(decoder, features, vocab, args, amp, seed):
+    def counted(decoder, features, vocab, args, amp, seed, one_pass):
+        assert one_pass is False, "both layouts are timed with the graph of their steps, as recorded"
         steps.append("library" if type(decoder) in (CaptionTransformer, ShowAttendTell) else "reference")
-        return timed(decoder, features, vocab, args, amp, seed)
+        return timed(decoder, features, vocab, args, amp, seed, one_pass)
 
     bench.scst_step_seconds = counted
     assert bench.main([*TINY, "--layers", "1", "2", "--repeats", "3", "--label", "tiny", "--out", str(out)]) == 0

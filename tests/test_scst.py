@@ -202,6 +202,46 @@ def test_samples_never_hold_banned_tokens_and_pad_after_end():
     assert torch.equal(ended, samples.finished)
 
 
+@pytest.mark.parametrize("decoder_max_len", [12, 5])  # 5: the samples run past the position embeddings
+def test_transformer_samples_scored_in_one_pass_equal_the_graph_of_their_steps(decoder_max_len):
+    # One causal pass over the sampled words gives each sample the log p, and the gradient, that keeping the graph
+    # of every step gives; 5 positions also checks that the pass caps positions where `step` does.
+    torch.manual_seed(2)
+    vocab = Vocabulary([f"w{i}" for i in range(6)])
+    decoder = CaptionTransformer(len(vocab), feature_dim=8, dim=16, num_layers=2, num_heads=2, dropout=0.0,
+                                 max_len=decoder_max_len, num_positions=3)
+    features = torch.randn(4, 3, 8)
+    results = {}
+    for one_pass in (True, False):
+        samples = scst.sample_with_log_probs(decoder, features, vocab, 3, 10, torch.Generator().manual_seed(3),
+                                             one_pass=one_pass)
+        decoder.zero_grad()
+        (samples.log_prob * torch.linspace(-1, 1, 12)).sum().backward()
+        results[one_pass] = samples, [p.grad.clone() for p in decoder.parameters()]
+    (fast, fast_grads), (steps, step_grads) = results[True], results[False]
+    lengths = fast.mask.sum(1)
+    assert lengths.min() < lengths.max() and not bool(fast.finished.all())  # ended early, late and not at all
+    assert torch.equal(fast.tokens, steps.tokens) and torch.equal(fast.mask, steps.mask)
+    torch.testing.assert_close(fast.log_prob, steps.log_prob)
+    for fast_grad, step_grad in zip(fast_grads, step_grads, strict=True):
+        torch.testing.assert_close(fast_grad, step_grad)
+
+
+def test_decoders_choose_how_to_keep_the_gradient_of_their_samples(monkeypatch):
+    # The Transformer scores its samples in one pass (it has `teacher_forced`); an LSTM keeps its steps' graph.
+    vocab = Vocabulary([f"w{i}" for i in range(6)])
+    calls = []
+    original = CaptionTransformer.teacher_forced
+    monkeypatch.setattr(CaptionTransformer, "teacher_forced",
+                        lambda self, *args: calls.append(type(self)) or original(self, *args))
+    for decoder in (CaptionTransformer(len(vocab), feature_dim=8, dim=16, num_layers=1, num_heads=2, dropout=0.0,
+                                       max_len=8, num_positions=3),
+                    ShowAttendTell(len(vocab), feature_dim=8, embed_dim=8, hidden_dim=16, attention_dim=8)):
+        samples = scst.sample_with_log_probs(decoder, torch.randn(2, 3, 8), vocab, 2, 6)
+        assert samples.log_prob.requires_grad
+    assert calls == [CaptionTransformer]
+
+
 # -- training -----------------------------------------------------------------------------------------------------
 def _dropouts(model: nn.Module) -> list[float]:
     """Every dropout probability of `model`: nn.Dropout's p and the between-layer dropout of a stacked LSTM/GRU."""
