@@ -17,7 +17,13 @@ the profile's mixed precision) with the two layouts alternating, `--repeats` pai
 (they draw the same tokens: checked at every pair).
 Sizes as in `bench_scst_sampling.py`; random weights and features.
 
+`--steps xe` times the attention LSTM's cross-entropy training step instead (its teacher-forced `forward` casts
+the grid once too; the reference leaves it float32 there as well): whether the cast changes how long the LSTM's
+cross-entropy training takes, which sets the Transformer's epochs at equal minutes in bench_beyond.py. Captions of
+8 to 20 tokens, random words.
+
     python benchmarks/bench_decoder_state.py --label cpu-2cores
+    python benchmarks/bench_decoder_state.py --steps xe --repeats 15 --label cpu-2cores-xe
     python benchmarks/bench_decoder_state.py --repeats 2 --images 8 --out /tmp/t.json --label smoke
 
 Run from the repository root.
@@ -26,7 +32,9 @@ Run from the repository root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -81,13 +89,28 @@ class StackedStateTransformer(decoders.CaptionTransformer):
         return self.fc(self.final_norm(self.words_pass(memory_kv, inputs)[0][keep]))
 
 
+@contextlib.contextmanager
+def grid_left_float32():
+    """`decoders.in_autocast_dtype` made a no-op while it lasts: autocast then casts the float32 grid at every use,
+    as it did before the library cast it once."""
+    cast, decoders.in_autocast_dtype = decoders.in_autocast_dtype, lambda features: features
+    try:
+        yield
+    finally:
+        decoders.in_autocast_dtype = cast
+
+
 class GridCastEveryStep(decoders.ShowAttendTell):
-    """The reference state of the attention LSTM: the grid stays float32, so autocast casts it at every step."""
+    """The reference state of the attention LSTM: the grid stays float32 in generation (`init_state`) and in
+    teacher forcing (`forward`), so autocast casts it at every step."""
 
     def init_state(self, features):
-        features = self.prepare_features(features)
-        h, c = self.initial_hidden(features)
-        return h, c, features, self.encoder_att(features)
+        with grid_left_float32():
+            return super().init_state(features)
+
+    def forward(self, features, captions, lengths):
+        with grid_left_float32():
+            return super().forward(features, captions, lengths)
 
 
 REFERENCES = {"transformer": StackedStateTransformer, "attention": GridCastEveryStep}
@@ -109,9 +132,52 @@ def same_tokens(models: dict, features, vocab, args, seed: int) -> bool:
     return torch.equal(*drawn)
 
 
+def xe_step_seconds(decoder, features, captions, lengths, pad_id: int, amp) -> float:
+    """Seconds of one cross-entropy training step: the teacher-forced pass and its backward pass."""
+    started = time.perf_counter()
+    with amp.autocast():
+        loss = scst.reference_cross_entropy(decoder, features, captions, lengths, pad_id)
+    loss.backward()
+    seconds = time.perf_counter() - started
+    decoder.zero_grad(set_to_none=True)
+    return seconds
+
+
+def measure_xe(cfg, args) -> dict:
+    """Seconds per cross-entropy step of the attention LSTM with each way of keeping its grid, alternating, and the
+    ratio reference / library of each pair (the Transformer's teacher-forced pass has no state to lay out)."""
+    torch.manual_seed(0)
+    vocab = Vocabulary([f"w{i}" for i in range(args.vocab_size - 4)])  # + <pad> <start> <end> <unk>
+    models = pair_of_decoders("attention", cfg, len(vocab), args.feature_dim)
+    features = torch.randn(args.images, cfg.grid_size ** 2, args.feature_dim)  # [B, P, C]
+    lengths = torch.randint(8, 21, (args.images,))  # [B] tokens, <start> and <end> included
+    captions = torch.randint(4, len(vocab), (args.images, int(lengths.max())))  # [B, T]
+    captions[torch.arange(captions.size(1)) >= lengths[:, None]] = vocab.pad_id  # [B, T]: padded after the caption
+    amp = train.MixedPrecision.for_config(cfg, "cpu")
+
+    def step(name, seed, warm_up):
+        rows = slice(2) if warm_up else slice(None)
+        return xe_step_seconds(models[name], features[rows], captions[rows], lengths[rows], vocab.pad_id, amp)
+
+    def check(seed):
+        with torch.no_grad(), amp.autocast():
+            losses = [scst.reference_cross_entropy(m, features, captions, lengths, vocab.pad_id)
+                      for m in models.values()]
+        if not torch.equal(*losses):
+            raise RuntimeError("the two layouts gave different losses: the reference is out of date")
+
+    with train.cpu_threads(cfg.cpu_threads):
+        times = alternate(step, list(LAYOUTS), args.repeats, check)
+    return {"decoder": "attention", "layers": None, "step": "cross-entropy", "reference": GridCastEveryStep.__name__,
+            "rows": args.images, "vocab_size": len(vocab),
+            **ratio_summary(times, "reference", "library", "reference_over_library")}
+
+
 def measure(item: tuple[str, int | None], cfg, args) -> dict:
-    """Seconds per SCST step of decoder `item` = (kind, layers) with each layout, alternating, and the ratio
-    reference / library of each pair."""
+    """Seconds per SCST step (or, for item ("attention", "xe"), cross-entropy step) of decoder `item` =
+    (kind, layers) with each layout, alternating, and the ratio reference / library of each pair."""
+    if item == ("attention", "xe"):
+        return measure_xe(cfg, args)
     kind, layers = item
     cfg = cfg.replace(transformer_layers=layers) if layers else cfg
     torch.manual_seed(0)
@@ -131,7 +197,7 @@ def measure(item: tuple[str, int | None], cfg, args) -> dict:
 
     with train.cpu_threads(cfg.cpu_threads):
         times = alternate(step, list(LAYOUTS), args.repeats, check)
-    return {"decoder": kind, "layers": layers, "reference": REFERENCES[kind].__name__,
+    return {"decoder": kind, "layers": layers, "step": "SCST", "reference": REFERENCES[kind].__name__,
             "rows": args.images * args.samples, "vocab_size": len(vocab),
             **ratio_summary(times, "reference", "library", "reference_over_library")}
 
@@ -142,13 +208,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--kinds", nargs="+", default=["attention", "transformer"],
                         choices=["attention", "transformer"])
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 3], help="Transformer layer counts to time")
+    parser.add_argument("--steps", nargs="+", default=["scst"], choices=["scst", "xe"],
+                        help="which training steps to time: SCST's (each of --kinds), the attention LSTM's "
+                             "cross-entropy step")
     add_run_arguments(parser, RESULTS)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    items = [(kind, layers) for kind in args.kinds for layers in (args.layers if kind == "transformer" else [None])]
+    items = [(kind, layers) for kind in args.kinds for layers in (args.layers if kind == "transformer" else [None])
+             if "scst" in args.steps]
+    items += [("attention", "xe")] if "xe" in args.steps else []
     return measure_and_record(argv, args, items, measure, "bench_decoder_state.py", GOAL)
 
 

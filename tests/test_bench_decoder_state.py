@@ -108,3 +108,41 @@ def test_a_reference_that_samples_other_captions_stops_the_benchmark(tmp_path):
         bench.main([*TINY, "--kinds", "transformer", "--layers", "2", "--repeats", "1", "--label", "tiny",
                     "--out", str(tmp_path / "state.json")])
     assert not (tmp_path / "state.json").exists(), "nothing is recorded from a comparison of different work"
+
+
+def test_the_float32_grid_reference_leaves_the_grid_float32_in_teacher_forcing_too(monkeypatch):
+    bench, models, cfg = _pair("attention")
+    library, reference = models["library"].eval(), models["reference"].eval()
+    features, lengths = torch.randn(2, cfg.grid_size ** 2, 8), torch.tensor([4, 3])
+    captions = torch.tensor([[1, 5, 9, 2], [1, 7, 2, 0]])
+    casts, cast = [], bench.decoders.in_autocast_dtype
+
+    def spy(grid):
+        casts.append(grid.dtype)
+        return cast(grid)
+
+    monkeypatch.setattr(bench.decoders, "in_autocast_dtype", spy)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = library(features, captions, lengths).logits
+        assert casts == [torch.float32], "the library casts the grid once"
+        got = reference(features, captions, lengths).logits
+    assert len(casts) == 1, "the reference's forward never casts it"
+    assert bench.decoders.in_autocast_dtype is spy, "and puts the library's function back afterwards"
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_the_cross_entropy_step_is_timed_alternately_for_the_attention_lstm_alone(tmp_path):
+    bench = load_benchmark("bench_decoder_state")
+    out, steps, timed = tmp_path / "state.json", [], bench.xe_step_seconds
+
+    def counted(decoder, features, captions, lengths, pad_id, amp):
+        steps.append("library" if type(decoder) is ShowAttendTell else "reference")
+        assert (captions[:, 1:] == pad_id).any(), "captions are padded after their length"
+        return timed(decoder, features, captions, lengths, pad_id, amp)
+
+    bench.xe_step_seconds = counted
+    assert bench.main([*TINY, "--steps", "xe", "--repeats", "2", "--label", "tiny", "--out", str(out)]) == 0
+    assert steps == ["library", "reference", "library", "reference", "reference", "library"]
+    [record] = json.loads(out.read_text())["runs"][0]["runs"]
+    assert (record["decoder"], record["step"], record["reference"]) == ("attention", "cross-entropy",
+                                                                        "GridCastEveryStep")
