@@ -45,7 +45,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "beyond.json"
 GOAL = "SCST: test CIDEr-D +10 % relative, METEOR not lower, within 10 extra CPU minutes; Transformer >= LSTM CIDEr-D"
 KINDS = ("attention", "transformer")
 TRANSFORMER_MAX_LR = 1e-3  # notebook 10: at 3e-3 its loss rose again after a few epochs
-SAMPLER = "decode.draw"  # what draws SCST's samples (scst.sample_with_log_probs); before it, torch.multinomial
+# What draws SCST's samples (scst.draw_captions): before "decode.draw", torch.multinomial; records that say
+# "decode.draw" alone kept ended rows in the batch to the last step (bench_scst_ended_rows.py).
+SAMPLER = "decode.draw, ended rows dropped"
 # How each decoder keeps its generation state, and (BEFORE_STATE) how it did in the records made before the field:
 # the Transformer's layers stacked, the LSTM's grid float32 under autocast (bench_decoder_state.py: both slower).
 STATE_LAYOUT = {"transformer": "per layer", "attention": "grid in autocast dtype"}

@@ -90,7 +90,8 @@ def as_batch(decoder, features: Tensor, max_len: int) -> Tensor:
     return features.to(device) if device is not None else features
 
 
-def _select(state: tuple[Tensor, ...], rows: Tensor) -> tuple[Tensor, ...]:
+def select_rows(state: tuple[Tensor, ...], rows: Tensor) -> tuple[Tensor, ...]:
+    """The decoder state of `rows` [L] only: every state tensor is batch-first (the step interface's contract)."""
     return tuple(t.index_select(0, rows) for t in state)
 
 
@@ -180,7 +181,7 @@ def _run_sequential(decoder, features: Tensor, vocab, max_len: int,
                 break
             if bool(ended.any()):  # drop finished rows so later steps cost only what is still running
                 keep = (~ended).nonzero().squeeze(1)
-                state, tokens, rows = _select(state, keep), tokens.index_select(0, keep), rows.index_select(0, keep)
+                state, tokens, rows = select_rows(state, keep), tokens.index_select(0, keep), rows.index_select(0, keep)
     return [make_caption(vocab, history[i], log_probs[i], log_probs[i],
                           torch.stack(alpha_history[i]) if alpha_history[i] else None, finished[i])
             for i in range(batch)]

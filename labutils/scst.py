@@ -291,22 +291,36 @@ def scores_in_one_pass(decoder) -> bool:
 def draw_captions(decoder, state: tuple, vocab, max_len: int,
                   generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sample one caption per row of `state` with `decode.draw`: tokens [R, T] (<pad> after <end>), their summed
-    log p [R], the mask [R, T] of the words up to and including <end>, and which rows ended [R]."""
-    tokens = torch.full((state[0].size(0),), vocab.start_id, dtype=torch.long, device=state[0].device)  # [R]
-    done = torch.zeros_like(tokens, dtype=torch.bool)  # [R]
-    out, log_probs, masks = [], [], []
-    for _ in range(max_len):
-        logits, state, _ = decoder.step(tokens, state)  # [R, V]
-        logp = F.log_softmax(decode.words_only(logits.float(), vocab), dim=1)  # [R, V]
-        drawn = decode.draw(logp.detach().exp(), generator)  # [R]
-        tokens = drawn.masked_fill(done, vocab.pad_id)  # [R]: rows that ended only pad
-        masks.append((~done).float())  # [R]
-        log_probs.append(logp.gather(1, drawn.unsqueeze(1)).squeeze(1) * masks[-1])  # [R]
-        out.append(tokens)
+    log p [R], the mask [R, T] of the words up to and including <end>, and which rows ended [R].
+
+    Rows that ended leave the batch once they are a quarter of it (`decode.select_rows`): a trained captioner
+    ends most samples well before `max_len`, and each step then costs only the captions still being written,
+    while the copies of the state that dropping rows needs stay few.
+    """
+    rows = state[0].size(0)
+    device = state[0].device
+    live = torch.arange(rows, device=device)  # [L]: which of the R rows each row still in the batch is
+    tokens = torch.full((rows,), vocab.start_id, dtype=torch.long, device=device)  # [L]
+    done = torch.zeros_like(tokens, dtype=torch.bool)  # [L]
+    out = torch.full((rows, max_len), vocab.pad_id, dtype=torch.long, device=device)  # [R, max_len]
+    mask = torch.zeros(rows, max_len, device=device)  # [R, max_len]
+    log_prob = torch.zeros(rows, device=device)  # [R]
+    for t in range(max_len):
+        logits, state, _ = decoder.step(tokens, state)  # [L, V]
+        logp = F.log_softmax(decode.words_only(logits.float(), vocab), dim=1)  # [L, V]
+        drawn = decode.draw(logp.detach().exp(), generator)  # [L]
+        tokens = drawn.masked_fill(done, vocab.pad_id)  # [L]: rows that ended only pad
+        out[live, t], mask[live, t] = tokens, (~done).float()
+        picked = logp.gather(1, drawn.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0)  # [L]
+        log_prob = log_prob.index_add(0, live, picked)  # [R]: out of place, so an LSTM's graph keeps every step
         done = done | (tokens == vocab.end_id)
         if bool(done.all()):
             break
-    return torch.stack(out, 1), torch.stack(log_probs, 1).sum(1), torch.stack(masks, 1), done
+        if 4 * int(done.sum()) >= done.numel():
+            keep = (~done).nonzero().squeeze(1)  # [L']
+            state, tokens, live, done = decode.select_rows(state, keep), tokens[keep], live[keep], done[keep]
+    out, mask = out[:, :t + 1], mask[:, :t + 1]  # [R, T]
+    return out, log_prob, mask, (out == vocab.end_id).any(1)
 
 
 def leave_one_out(rewards: Tensor, n_samples: int) -> Tensor:

@@ -6,11 +6,12 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 from torch import nn
 
-from labutils import scst
+from labutils import decode, scst
 from labutils.config import QUICK
 from labutils.data import CaptionBatch
 from labutils.decoders import CaptionTransformer, ShowAndTell, ShowAttendTell
@@ -225,6 +226,38 @@ def test_transformer_samples_scored_in_one_pass_equal_the_graph_of_their_steps(d
     torch.testing.assert_close(fast.log_prob, steps.log_prob)
     for fast_grad, step_grad in zip(fast_grads, step_grads, strict=True):
         torch.testing.assert_close(fast_grad, step_grad)
+
+
+@pytest.mark.parametrize("kind", ["attention", "transformer"])
+def test_ended_samples_leave_the_batch_and_keep_their_own_words_and_log_p(kind, monkeypatch):
+    # Once a quarter of the rows have ended they leave the batch; the rest must stay with their own state: every
+    # sample's words, replayed through `step` on the whole batch, give the log p the sampler summed for it.
+    torch.manual_seed(4)
+    vocab = Vocabulary([f"w{i}" for i in range(6)])
+    decoder = (CaptionTransformer(len(vocab), feature_dim=8, dim=16, num_layers=2, num_heads=2, dropout=0.0,
+                                  max_len=12, num_positions=3) if kind == "transformer" else
+               ShowAttendTell(len(vocab), feature_dim=8, embed_dim=8, hidden_dim=16, attention_dim=8, dropout=0.0))
+    rows = torch.arange(4).repeat_interleave(5)  # [20]
+    start = tuple(t.index_select(0, rows) for t in decoder.init_state(torch.randn(4, 3, 8)))
+    sizes, step = [], decoder.step
+    monkeypatch.setattr(decoder, "step", lambda tokens, state: sizes.append(len(tokens)) or step(tokens, state))
+    with torch.no_grad():
+        tokens, log_prob, mask, finished = scst.draw_captions(decoder, start, vocab, 10,
+                                                              torch.Generator().manual_seed(5))
+    monkeypatch.undo()
+    lengths = mask.sum(1)
+    assert lengths.min() < lengths.max() and bool(finished.any())
+    assert sizes[0] == 20 and sizes[-1] < 20 and sizes == sorted(sizes, reverse=True)
+    replayed, state = torch.zeros(20), start
+    previous = torch.full((20,), vocab.start_id)
+    with torch.no_grad():
+        for t in range(tokens.size(1)):
+            logits, state, _ = decoder.step(previous, state)  # [20, V]
+            logp = F.log_softmax(decode.words_only(logits.float(), vocab), dim=1)  # [20, V]
+            picked = logp.gather(1, tokens[:, t:t + 1]).squeeze(1)  # [20]
+            replayed += torch.where(mask[:, t].bool(), picked, torch.zeros_like(picked))
+            previous = tokens[:, t]
+    torch.testing.assert_close(log_prob, replayed)
 
 
 def test_decoders_choose_how_to_keep_the_gradient_of_their_samples(monkeypatch):
