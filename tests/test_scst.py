@@ -228,9 +228,10 @@ def test_transformer_samples_scored_in_one_pass_equal_the_graph_of_their_steps(d
         torch.testing.assert_close(fast_grad, step_grad)
 
 
+@pytest.mark.parametrize("drop_at", [0.25, 0.0, 1.0])  # the library's; at every step that ended one; never
 @pytest.mark.parametrize("kind", ["attention", "transformer"])
-def test_ended_samples_leave_the_batch_and_keep_their_own_words_and_log_p(kind, monkeypatch):
-    # Once a quarter of the rows have ended they leave the batch; the rest must stay with their own state: every
+def test_ended_samples_leave_the_batch_and_keep_their_own_words_and_log_p(kind, drop_at, monkeypatch):
+    # Once `drop_at` of the rows have ended they leave the batch; the rest must stay with their own state: every
     # sample's words, replayed through `step` on the whole batch, give the log p the sampler summed for it.
     torch.manual_seed(4)
     vocab = Vocabulary([f"w{i}" for i in range(6)])
@@ -243,11 +244,12 @@ def test_ended_samples_leave_the_batch_and_keep_their_own_words_and_log_p(kind, 
     monkeypatch.setattr(decoder, "step", lambda tokens, state: sizes.append(len(tokens)) or step(tokens, state))
     with torch.no_grad():
         tokens, log_prob, mask, finished = scst.draw_captions(decoder, start, vocab, 10,
-                                                              torch.Generator().manual_seed(5))
+                                                              torch.Generator().manual_seed(5), drop_at)
     monkeypatch.undo()
     lengths = mask.sum(1)
     assert lengths.min() < lengths.max() and bool(finished.any())
-    assert sizes[0] == 20 and sizes[-1] < 20 and sizes == sorted(sizes, reverse=True)
+    assert sizes[0] == 20 and sizes == sorted(sizes, reverse=True)
+    assert (sizes[-1] == 20) == (drop_at == 1.0), "rows leave unless drop_at keeps them all to the last step"
     replayed, state = torch.zeros(20), start
     previous = torch.full((20,), vocab.start_id)
     with torch.no_grad():
