@@ -8,7 +8,7 @@ values for every sample), so how often to drop is a trade, timed here.
 
 What is timed, for each decoder: `bench_scst_sampling.scst_step_seconds` (the flickr8k profile's SCST batch and the
 backward pass, log p kept the library's way: one pass for the Transformer, the steps' graph for the LSTM) each
-way, in turn, the order rotated every round, `--repeats` rounds, on the same weights. Random weights would run
+way, in turn, each round led by the next way, `--repeats` rounds, on the same weights. Random weights would run
 every row to `--max-len`: the output layer's bias for `<end>` is raised so that a sample ends after about
 `--mean-length` tokens (a trained decoder's captions, results/beyond.json's `words`, plus `<end>`), once at every
 step with the same chance (calibrated on the first step), so some run to the end. The mean length each way drew is recorded beside its times:
@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scst_sampling import (  # noqa: E402
     add_run_arguments,
     add_step_arguments,
+    alternate,
     measure_and_record,
     scst_step_seconds,
 )
@@ -80,28 +81,31 @@ def step_with(drop_at: float, *args, **kwargs) -> float:
 
 
 def measure(kind: str, cfg, args) -> dict:
-    """Seconds per SCST step each way (`--repeats` rounds, each way first in turn), the ratio of each other way to
-    the library's, and the mean sample length each way drew."""
+    """Seconds per SCST step each way (`bench_scst_sampling.alternate`: `--repeats` rounds, each led by the next
+    way), the ratio of each other way to the library's, and the mean sample length each way drew."""
     torch.manual_seed(0)
     vocab = Vocabulary([f"w{i}" for i in range(args.vocab_size - 4)])  # + <pad> <start> <end> <unk>
     features = torch.randn(args.images, cfg.grid_size ** 2, args.feature_dim)  # [B, P, C]
     decoder = ending_decoder(kind, vocab, cfg, features, args.mean_length)
     amp = train.MixedPrecision.for_config(cfg, "cpu")
-    names, times, lengths = list(WAYS), {name: [] for name in WAYS}, {name: [] for name in WAYS}
-    with train.cpu_threads(cfg.cpu_threads):
-        for name in names:  # warm-up: first calls allocate
-            step_with(WAYS[name], decoder, features[:2], vocab, args, amp, 0)
-        for repeat in range(args.repeats):
-            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-                times[name].append(step_with(WAYS[name], decoder, features, vocab, args, amp, repeat))
-                with torch.no_grad(), amp.autocast():
-                    rows = torch.arange(args.images).repeat_interleave(args.samples)  # [R]
-                    state = tuple(t.index_select(0, rows) for t in decoder.init_state(features))
-                    mask = scst.draw_captions(decoder, state, vocab, args.max_len,
-                                              torch.Generator().manual_seed(repeat), WAYS[name])[2]  # [R, T]
+    lengths = {name: [] for name in WAYS}
+
+    def step(name, seed, warm_up):
+        return step_with(WAYS[name], decoder, features[:2] if warm_up else features, vocab, args, amp, seed)
+
+    def drawn_lengths(seed):
+        rows = torch.arange(args.images).repeat_interleave(args.samples)  # [R]
+        with torch.no_grad(), amp.autocast():
+            state = tuple(t.index_select(0, rows) for t in decoder.init_state(features))
+            for name, drop_at in WAYS.items():
+                mask = scst.draw_captions(decoder, state, vocab, args.max_len, torch.Generator().manual_seed(seed),
+                                          drop_at)[2]  # [R, T]
                 lengths[name].append(float(mask.sum(1).mean()))
+
+    with train.cpu_threads(cfg.cpu_threads):
+        times = alternate(step, list(WAYS), args.repeats, drawn_lengths)
     ratios = {name: [t / lib for t, lib in zip(times[name], times[LIBRARY], strict=True)]
-              for name in names if name != LIBRARY}
+              for name in WAYS if name != LIBRARY}
     return {"decoder": kind, "rows": args.images * args.samples, "vocab_size": len(vocab),
             "mean_length_asked": args.mean_length,
             "mean_length_drawn": {name: round(statistics.mean(ls), 2) for name, ls in lengths.items()},

@@ -78,15 +78,16 @@ def one_step(decoder, features, vocab, args, amp, sampler: str, seed: int) -> fl
 
 def alternate(step, names, repeats: int, check=None) -> dict[str, list[float]]:
     """Seconds of `step(name, seed, warm_up)` for each of `names`: one warm-up call each (first calls allocate),
-    then `repeats` rounds with the order flipped every round, so a change of load hits both; `check(seed)` runs
-    before each round (shared with bench_decoder_state.py)."""
+    then `repeats` rounds, each led by the next name in turn (two names: the order flips every round), so a change
+    of load hits all; `check(seed)` runs before each round (shared with the other SCST-step benchmarks)."""
     for name in names:
         step(name, 0, True)
     times = {name: [] for name in names}
     for repeat in range(repeats):
         if check is not None:
             check(repeat)
-        for name in (names if repeat % 2 == 0 else list(reversed(names))):
+        lead = repeat % len(names)
+        for name in names[lead:] + names[:lead]:
             times[name].append(step(name, repeat, False))
     return times
 
