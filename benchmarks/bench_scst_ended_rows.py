@@ -96,7 +96,7 @@ def measure(kind: str, cfg, args) -> dict:
     def drawn_lengths(seed):
         rows = torch.arange(args.images).repeat_interleave(args.samples)  # [R]
         with torch.no_grad(), amp.autocast():
-            state = tuple(t.index_select(0, rows) for t in decoder.init_state(features))
+            state = decode.select_rows(decoder.init_state(features), rows)
             for name, drop_at in WAYS.items():
                 mask = scst.draw_captions(decoder, state, vocab, args.max_len, torch.Generator().manual_seed(seed),
                                           drop_at)[2]  # [R, T]

@@ -271,7 +271,7 @@ def sample_with_log_probs(decoder, features: Tensor, vocab, n_samples: int = 5, 
     """
     one_pass = scores_in_one_pass(decoder) if one_pass is None else one_pass
     rows = torch.arange(features.size(0), device=features.device).repeat_interleave(n_samples)  # [R]
-    state = tuple(t.index_select(0, rows) for t in decoder.init_state(features))  # each [R, ...]
+    state = decode.select_rows(decoder.init_state(features), rows)  # each [R, ...]
     with torch.set_grad_enabled(torch.is_grad_enabled() and not one_pass):
         tokens, log_prob, mask, done = draw_captions(decoder, state, vocab, max_len, generator)
     if one_pass:
